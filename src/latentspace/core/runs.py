@@ -1,0 +1,163 @@
+"""Run directories: `runs/<family>/<name>/` with config.json, metrics.jsonl, plots/*.png, summary.md.
+
+A `Run` is where a training or evaluation command leaves everything a reader needs afterwards;
+checkpoints live under `checkpoints/` inside it so `--resume` finds them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def default_run_name() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+class Run:
+    """One run directory.
+
+    Args:
+        family: the family name, the first path component under `root`.
+        name: the run name (default: a timestamp).
+        root: where runs live (default `runs/`).
+        path: an explicit folder, overriding root/family/name.
+    """
+
+    def __init__(self, family: str, name: str | None = None, root: str | Path = "runs", path: str | Path | None = None):
+        self.family = family
+        self.name = name or default_run_name()
+        self.path = Path(path) if path is not None else Path(root) / family / self.name
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.plots_dir.mkdir(exist_ok=True)
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def write_config(self, config: Any) -> Path:
+        """Save the run's config (a `Config` or a dict) to config.json."""
+        data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        path = self.path / "config.json"
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return path
+
+    def log(self, step: int, **metrics: float) -> None:
+        """Append one line {"step", "time", **metrics} to metrics.jsonl (flushed, so a crash keeps it)."""
+        record = {"step": int(step), "time": round(time.time(), 3)}
+        for key, value in metrics.items():
+            record[key] = float(value) if hasattr(value, "__float__") else value
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            if line.strip():
+                rows.append(json.loads(line))
+        return rows
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop metric lines past `after_step` (on resume, steps after the checkpoint are re-done)."""
+        rows = [r for r in self.read_metrics() if r["step"] <= after_step]
+        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def plot_metrics(self, keys: Sequence[str], filename: str = "loss.png", title: str | None = None,
+                     logy: bool = False) -> Path | None:
+        """Line plot of the given metric keys against step; one panel per key. None if nothing logged."""
+        rows = self.read_metrics()
+        keys = [k for k in keys if any(k in r for r in rows)]
+        if not keys:
+            return None
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+        for ax, key in zip(axes[0], keys, strict=True):
+            points = [(r["step"], r[key]) for r in rows if key in r and _finite(r[key])]
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, lw=1.4)
+            ax.set_title(key)
+            ax.set_xlabel("step")
+            if logy:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+        if title:
+            fig.suptitle(title)
+        return self.save_figure(fig, filename)
+
+    def save_figure(self, fig, filename: str) -> Path:
+        path = self.plots_dir / filename
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
+
+    def write_summary(self, title: str, metrics: dict[str, Any] | None = None, notes: str = "",
+                      tables: Iterable[str] = ()) -> Path:
+        """Write summary.md: a title, a metric table, extra Markdown tables, notes and the plots."""
+        lines = [f"# {title}", "", f"Run folder: `{self.path}`", ""]
+        if metrics:
+            lines += [markdown_table(["metric", "value"], [[k, format_value(v)] for k, v in metrics.items()]), ""]
+        for table in tables:
+            lines += [table, ""]
+        if notes:
+            lines += [notes.strip(), ""]
+        for plot in sorted(self.plots_dir.glob("*.png")):
+            lines.append(f"![{plot.stem}](plots/{plot.name})")
+        path = self.path / "summary.md"
+        path.write_text("\n".join(lines).rstrip() + "\n")
+        return path
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub Markdown table."""
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for row in rows:
+        out.append("| " + " | ".join(format_value(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(out)
+
+
+class DemoResult:
+    """What a family's `demo(out_dir, quiet)` returns for `latentspace demo`'s report.
+
+    Args:
+        metrics: headline numbers, name -> value.
+        plots: PNG files to show in the report.
+        summary: one paragraph of Markdown.
+        tables: extra Markdown tables (for example a table of samples).
+    """
+
+    def __init__(self, metrics: dict[str, Any], plots: Sequence[Path] = (), summary: str = "",
+                 tables: Sequence[str] = ()):
+        self.metrics = dict(metrics)
+        self.plots = [Path(p) for p in plots]
+        self.summary = summary
+        self.tables = list(tables)

@@ -1,0 +1,88 @@
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from latentspace.core.config import Config, config_command
+from latentspace.core.data import find_dataset, list_datasets
+from latentspace.core.errors import ConfigError, DataError
+
+
+@dataclasses.dataclass
+class ExampleConfig(Config):
+    latent_dim: int = 16
+    lr: float = 1e-3
+    name: str = "x"
+    dims: tuple[int, ...] = (1, 2)
+    PRESETS = {"big": {"latent_dim": 64}}
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = ExampleConfig(latent_dim=8, dims=(3, 4))
+    config.to_json(tmp_path / "c.json")
+    assert ExampleConfig.from_json(tmp_path / "c.json") == config
+    assert ExampleConfig.preset("big").latent_dim == 64
+    with pytest.raises(ConfigError, match="unknown field"):
+        ExampleConfig.from_dict({"latnt_dim": 3})
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        ExampleConfig.from_json("{oops")
+
+
+def test_config_command_exposes_fields_as_options(tmp_path):
+    app = typer.Typer()
+    seen = {}
+
+    @config_command(app, "train", ExampleConfig, quiet=(bool, typer.Option(False, "--quiet")))
+    def train(config, quiet):
+        seen["config"], seen["quiet"] = config, quiet
+
+    @app.command("other")
+    def other():
+        pass
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--latent-dim", "32", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"] == ExampleConfig(latent_dim=32) and seen["quiet"] is True
+    (tmp_path / "c.json").write_text(json.dumps({"lr": 0.5, "name": "file"}))
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / "c.json"), "--name", "cli"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"].lr == 0.5 and seen["config"].name == "cli"
+
+
+def test_find_dataset_searches_data_dir_env_and_checkout(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    assert find_dataset("mine", data_dir=tmp_path) == tmp_path / "mine"
+    monkeypatch.setenv("LATENTSPACE_DATA", str(tmp_path))
+    assert find_dataset("mine") == tmp_path / "mine"
+    with pytest.raises(DataError, match="data set 'absent' not found"):
+        find_dataset("absent")
+    with pytest.raises(DataError, match="not a folder"):
+        find_dataset("mine", data_dir=tmp_path / "nope")
+
+
+def test_list_datasets_reads_origins_and_licences(tmp_path):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "README.md").write_text(
+        "| folder | origin (GitHub) | what | licence / terms | used by |\n| --- | --- | --- | --- | --- |\n"
+        "| `gsm8k/` | openai/grade-school-math | math | MIT | lipo |\n| `gone/` | a/b | c | d | e |\n")
+    infos = {i.name: i for i in list_datasets(tmp_path)}
+    assert infos["gsm8k"].origin == "openai/grade-school-math" and infos["gsm8k"].path == tmp_path / "gsm8k"
+    assert infos["gone"].path is None
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "latentspace.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_cli_version_data_and_usage_errors(tmp_path):
+    assert "latentspace 0.1.0" in _cli("--version").stdout
+    result = _cli("data", "--json", "--data-dir", str(tmp_path))
+    assert result.returncode == 0 and isinstance(json.loads(result.stdout), list)
+    result = _cli("demo", "--only", "nosuchfamily", "-o", str(tmp_path / "d"))
+    assert result.returncode == 2 and "unknown family" in result.stderr
