@@ -1,0 +1,1 @@
+"""LTT: the Latent Trajectory Transformer (ltt.md): tokens -> latent path, ODE/SDE/flow priors, latent planning."""

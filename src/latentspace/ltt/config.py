@@ -1,0 +1,61 @@
+"""`LTTConfig`: every setting of the Latent Trajectory Transformer, with defaults that train the char task on CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..core.config import Config
+from ..core.errors import ConfigError
+
+PRIORS = ("ode", "sde", "flow")
+
+
+@dataclasses.dataclass
+class LTTConfig(Config):
+    """Encoder, decoder, prior, loss weights and the char task (ltt.md "Practical Tips": weights 1.0, 0.05, 1.0)."""
+
+    # model sizes
+    vocab_size: int = 32  # the char task's vocabulary (tasks.VOCAB); other users set their own
+    d_model: int = 64
+    latent_dim: int = 16
+    n_layers: int = 2  # encoder blocks
+    decoder_layers: int = 2  # causal decoder blocks
+    n_heads: int = 4
+    max_len: int = 80  # longest sequence the positional embedding covers
+    dropout: float = 0.0
+    # prior
+    prior: str = "ode"  # ode (PriorODE) | sde (PriorSDE, torchsde) | flow (flow-matching z0 + ODE drift)
+    prior_hidden: int = 128
+    multiscale: bool = False  # drift = fast(z, t) + slow_scale * slow(z, t) (ltt.md "Hierarchical Time Scales")
+    slow_scale: float = 0.1
+    solver: str = "euler"  # ODE solver of sampling: euler | midpoint | rk4 | dopri5 ...
+    sde_solver: str = "euler"  # SDE solver: euler (Euler-Maruyama) | milstein | srk ...
+    flow_steps: int = 16  # integration steps of the flow-matching z0 sampler
+    # loss: w_recon * CE + w_latent * Epps-Pulley + w_ode * prior matching
+    w_recon: float = 1.0
+    w_latent: float = 0.05
+    w_ode: float = 1.0
+    ep_slices: int = 32
+    latent_noise: float = 0.05  # std of Gaussian noise added to the path the decoder sees in training
+    # char task (tasks.py)
+    seq_len: int = 64  # characters after the `?X>` prompt
+    block_len: int = 8
+    noise_p: float = 0.0625  # probability of `!` at each background character
+    temperature: float = 1.0  # sampling temperature of the decoder
+
+    PRESETS = {
+        "tiny": {"d_model": 32, "latent_dim": 8, "n_layers": 1, "decoder_layers": 1, "n_heads": 2,
+                 "prior_hidden": 32, "seq_len": 16, "block_len": 4, "max_len": 24, "ep_slices": 8},
+        "small": {},
+    }
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"LTTConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.prior not in PRIORS:
+            raise ConfigError(f"LTTConfig: unknown prior {self.prior!r}; expected one of {PRIORS}")
+        for name in ("vocab_size", "d_model", "latent_dim", "n_layers", "n_heads", "max_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"LTTConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"LTTConfig: dropout must be in [0, 1), got {self.dropout}")

@@ -1,0 +1,136 @@
+"""The Latent Trajectory Transformer (ltt.md "Understanding the Architecture"), read top to bottom.
+
+`DeterministicEncoder` (bidirectional transformer: tokens (B, T) -> latent path z (B, T, D)), then
+`DiscreteObservation` (causal transformer on right-shifted tokens plus the projected path: logits (B, T, V)),
+then `LatentTrajectoryTransformer`, which joins them with a prior (priors.py) and holds the loss
+w_recon * CE + w_latent * Epps-Pulley + w_ode * prior matching, and sampling from the prior.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.errors import DataError
+from .config import LTTConfig
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a boolean `allowed` mask (B or 1, 1, T, T): True where a query may look."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=-1)  # 3 x (B, T, C)
+        q, k, v = (u.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for u in (q, k, v))  # (B, H, T, C/H)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=causal and allowed is None,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, C/H)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = SelfAttention(d_model, n_heads, dropout)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), allowed, causal)
+        return x + self.mlp(self.ln2(x))
+
+
+def _check_tokens(tokens: torch.Tensor, config: LTTConfig) -> None:
+    if tokens.dim() != 2:
+        raise DataError(f"tokens must be (B, T), got shape {tuple(tokens.shape)}")
+    if tokens.shape[1] > config.max_len:
+        raise DataError(f"sequence length {tokens.shape[1]} exceeds max_len={config.max_len}")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= config.vocab_size):
+        raise DataError(f"token ids must be in [0, {config.vocab_size}), got [{int(tokens.min())}, "
+                        f"{int(tokens.max())}]")
+
+
+class DeterministicEncoder(nn.Module):
+    """Bidirectional transformer: tokens (B, T) -> latent path z (B, T, latent_dim); no sampling (ltt.md).
+
+    Padding positions (mask False) are removed from every attention, so the outputs at valid positions do
+    not depend on what the padding holds; each position may always attend to itself, so a padded position
+    gets a finite (meaningless) latent rather than NaN.
+    """
+
+    def __init__(self, config: LTTConfig):
+        super().__init__()
+        self.config = config
+        self.token_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.max_len, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads, config.dropout)
+                                    for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.d_model)
+        self.proj = nn.Linear(config.d_model, config.latent_dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode tokens (B, T) with an optional validity mask (B, T) (True = real token) -> z (B, T, D)."""
+        _check_tokens(tokens, self.config)
+        B, T = tokens.shape
+        positions = torch.arange(T, device=tokens.device)
+        x = self.drop(self.token_emb(tokens) + self.pos_emb(positions))  # (B, T, C)
+        allowed = None
+        if mask is not None:
+            if mask.shape != tokens.shape:
+                raise DataError(f"mask shape {tuple(mask.shape)} differs from tokens shape {tuple(tokens.shape)}")
+            eye = torch.eye(T, dtype=torch.bool, device=tokens.device)
+            allowed = (mask.bool()[:, None, :] | eye).unsqueeze(1)  # (B, 1, T, T): keys that are real, or self
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.proj(self.ln_f(x))  # (B, T, D)
+
+
+class DiscreteObservation(nn.Module):
+    """Autoregressive decoder p(x_t | x_<t, z_<=t): causal transformer on right-shifted tokens + projected latents.
+
+    h_t = latent_proj(z_t) + token_emb(x_{t-1}) + pos_emb(t), with x_{-1} = START (ltt.md "Decoder").
+    """
+
+    def __init__(self, config: LTTConfig, start_token: int = 0):
+        super().__init__()
+        self.config = config
+        self.start_token = start_token
+        self.token_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.max_len, config.d_model)
+        self.latent_proj = nn.Linear(config.latent_dim, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads, config.dropout)
+                                    for _ in range(config.decoder_layers))
+        self.ln_f = nn.LayerNorm(config.d_model)
+        self.proj_out = nn.Linear(config.d_model, config.vocab_size)
+
+    def shift_right(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) -> decoder inputs (B, T): START, x_0, ..., x_{T-2}."""
+        start = torch.full_like(tokens[:, :1], self.start_token)
+        return torch.cat([start, tokens[:, :-1]], dim=1)
+
+    def forward(self, z_path: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits: z_path (B, T, D), tokens (B, T) -> logits (B, T, V) for predicting tokens."""
+        return self.logits_from_inputs(z_path, self.shift_right(tokens))
+
+    def logits_from_inputs(self, z_path: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits for already-shifted inputs (B, t) and the first t latents of z_path (B, >=t, D) -> (B, t, V)."""
+        T = inputs.shape[1]
+        positions = torch.arange(T, device=inputs.device)
+        h = self.latent_proj(z_path[:, :T]) + self.token_emb(inputs) + self.pos_emb(positions)  # (B, T, C)
+        h = self.drop(h)
+        for block in self.blocks:
+            h = block(h, causal=True)
+        return self.proj_out(self.ln_f(h))  # (B, T, V)
