@@ -1,0 +1,84 @@
+"""LBSConfig: every setting of the LLM-integrated Bayesian state-space model, with the seed's defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..core.config import Config
+from ..core.errors import ConfigError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclasses.dataclass
+class LBSConfig(Config):
+    """Model and data-window settings of `BaseLBS` / `GoalLBS`.
+
+    The seed's names are kept (`latent_dim`, `prefix_tokens`, `sum_tokens`, `gru_layers`, `kl_free_nats`,
+    `alpha_val`, `alpha_text`, `alpha_kl`, `d_type` as `dtype`). Backbone "tiny-llama" / "tiny-granite"
+    builds a small causal LM from a config (offline); anything else is a hub id or a local path.
+    """
+
+    backbone: str = dataclasses.field(default="tiny-llama",
+                                      metadata={"help": "tiny-llama, tiny-granite, hub id or path"})
+    tiny_hidden: int = 64
+    tiny_layers: int = 2
+    tiny_heads: int = 4
+    latent_dim: int = 16
+    prefix_tokens: int = 4
+    sum_tokens: int = 4
+    gru_layers: int = 1
+    kl_free_nats: float = 1.0
+    kl_balance: float = 0.8  # DreamerV3 balancing in core.gaussian.kl_loss; -1 = the seed's plain KL
+    alpha_val: float = 1.0
+    alpha_text: float = 0.1
+    alpha_kl: float = 0.1
+    alpha_pred: float = 1.0  # value loss of the prior one step ahead: trains the forecast path directly
+    dtype: str = "float32"
+    use_text: bool = True  # False: text embeddings zeroed (the no-text ablation)
+    max_text_chars: int = 384  # text is cut to this many characters before encoding
+    max_target_tokens: int = 96  # text_loss: tokens of the target text scored per step
+    text_loss_samples: int = 16  # text_loss on this many (series, step) pairs per batch
+    encode_batch: int = 64
+    padding_side: str = "right"
+    seed: int = 0
+
+    PRESETS = {
+        "tiny": {"tiny_hidden": 32, "tiny_layers": 1, "latent_dim": 8, "prefix_tokens": 2, "sum_tokens": 2,
+                 "max_text_chars": 64, "max_target_tokens": 24, "text_loss_samples": 4},
+        "small": {},
+        "granite": {"backbone": "tiny-granite"},
+    }
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"LBSConfig.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.padding_side not in ("left", "right"):
+            raise ConfigError(f"LBSConfig.padding_side must be left or right, got {self.padding_side!r}")
+        for name in ("latent_dim", "prefix_tokens", "sum_tokens", "gru_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"LBSConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.backbone.startswith("tiny-")
+
+
+@dataclasses.dataclass
+class WindowConfig(Config):
+    """How a series is cut into training windows and forecast origins."""
+
+    window: int = 32  # T steps per training window
+    batch: int = 16  # B windows per optimizer step
+    bptt: int = 16  # truncated BPTT: the state is detached every `bptt` steps
+    context: int = 24  # forecast: steps filtered before the origin
+    horizon: int = 6  # H steps forecast
+    samples: int = 64  # N prior trajectories per origin
+    train_frac: float = 0.7
+    val_frac: float = 0.1

@@ -1,0 +1,163 @@
+"""Forecasting with a trained LBS: filter a context, roll the prior H steps N times, quantiles, texts.
+
+Also the baselines every LBS forecast is compared with in the same run: naive, seasonal naive and an
+AIC-selected ARIMA (statsmodels), all on the same standardised series and forecast origins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..core.errors import DataError
+from .data import Standardizer, TextSeries
+from .model import FORECAST_PROMPT, BaseLBS
+
+
+@dataclasses.dataclass
+class Forecast:
+    """Value forecasts of B origins: samples (N, B, H), mean (B, H), quantiles (Q, B, H) at `levels`."""
+
+    samples: torch.Tensor
+    mean: torch.Tensor
+    quantiles: torch.Tensor
+    levels: tuple[float, ...]
+    texts: list[str] | None = None
+
+
+@torch.no_grad()
+def filter_context(model: BaseLBS, y: torch.Tensor, s: torch.Tensor):
+    """Run the posterior filter (means) over a context: y (B, L), s (B, L, D) -> x (B, D), h (layers, B, D)."""
+    x, h = model.initial_state(y.shape[0])
+    for t in range(y.shape[1]):
+        x, _, _, h = model.filter_step(x, h, y[:, t], s[:, t], sample=False)
+    return x, h
+
+
+@torch.no_grad()
+def rollout(model: BaseLBS, x: torch.Tensor, h: torch.Tensor, horizon: int, samples: int,
+            generator: torch.Generator | None = None):
+    """Roll the (possibly steered) prior forward: returns values (N, B, H) and prior means (N, B, H, D)."""
+    b, d = x.shape
+    x = x.repeat(samples, 1)  # (N*B, D)
+    h = h.repeat(1, samples, 1)  # (layers, N*B, D)
+    values, means = [], []
+    for _ in range(horizon):
+        _, h = model.gru(x.unsqueeze(1), h)
+        prior = model.prior(h[-1])
+        eps = torch.randn(prior.mu.shape, generator=generator, dtype=prior.mu.dtype).to(prior.mu.device)
+        x = prior.mu + eps * prior.std
+        values.append(model.mlp_val(x).squeeze(-1))
+        means.append(prior.mu)
+    vals = torch.stack(values, -1).view(samples, b, horizon)
+    return vals, torch.stack(means, 1).view(samples, b, horizon, d)
+
+
+def context_tensors(model: BaseLBS, series: TextSeries, scaler: Standardizer, origins: Sequence[int], context: int):
+    """Standardised context values (B, L) and semantic observations (B, L, D) ending just before each origin."""
+    if min(origins) < context:
+        raise DataError(f"forecast origin {min(origins)} leaves fewer than {context} context steps")
+    idx = torch.tensor([list(range(o - context, o)) for o in origins])  # (B, L)
+    z = torch.as_tensor(scaler(series.values), dtype=torch.float32)
+    hidden = model.sum_hidden_cached(series.texts)  # (T, K, H), cached
+    mask = torch.tensor([bool(t) for t in series.texts], dtype=torch.float32)
+    with torch.no_grad():
+        s = model.project_sum(hidden[idx], mask[idx])  # (B, L, D)
+    return z[idx].to(model.device), s
+
+
+@torch.no_grad()
+def forecast(model: BaseLBS, series: TextSeries, scaler: Standardizer, origins: Sequence[int], context: int,
+             horizon: int, samples: int = 64, levels: tuple[float, ...] = (0.1, 0.5, 0.9), seed: int = 0,
+             with_text: bool = False) -> Forecast:
+    """Forecasts (standardised units) of `horizon` steps from each origin (the first unseen step)."""
+    y, s = context_tensors(model, series, scaler, origins, context)
+    x, h = filter_context(model, y, s)
+    gen = torch.Generator().manual_seed(seed)
+    vals, means = rollout(model, x, h, horizon, samples, gen)
+    q = torch.quantile(vals.float().cpu(), torch.tensor(levels), dim=0)  # (Q, B, H)
+    texts = None
+    if with_text:
+        dates = [series.dates[o] if o < len(series) else series.dates[-1] for o in origins]
+        texts = generate_text(model, means.mean(0)[:, 0], dates)
+    return Forecast(vals.cpu(), vals.mean(0).cpu(), q, tuple(levels), texts)
+
+
+@torch.no_grad()
+def generate_text(model: BaseLBS, x: torch.Tensor, dates: Sequence[str], max_new_tokens: int = 48) -> list[str]:
+    """Greedy textual forecasts from the soft prompt proj_state(x) (B, D) and the date prompt."""
+    out = []
+    emb = model.model.get_input_embeddings()
+    for i, date in enumerate(dates):
+        ids = torch.tensor([model.tokenizer(FORECAST_PROMPT.format(date=date)).input_ids], device=model.device)
+        embeds = torch.cat([model.soft_prompt(x[i : i + 1]), emb(ids)], dim=1)  # (1, P + L, H)
+        generated = []
+        for _ in range(max_new_tokens):  # explicit loop: works for every causal LM taking inputs_embeds
+            logits = model.model(inputs_embeds=embeds).logits[0, -1]
+            token = int(logits.argmax())
+            if token == model.tokenizer.eos_token_id:
+                break
+            generated.append(token)
+            embeds = torch.cat([embeds, emb(torch.tensor([[token]], device=model.device))], dim=1)
+        out.append(model.tokenizer.decode(generated, skip_special_tokens=True))
+    return out
+
+
+# ---- baselines -------------------------------------------------------------------------------------------
+
+
+def naive_forecast(z: np.ndarray, origins: Sequence[int], horizon: int) -> np.ndarray:
+    """Last value repeated: (B, H)."""
+    return np.stack([np.full(horizon, z[o - 1]) for o in origins])
+
+
+def seasonal_naive_forecast(z: np.ndarray, origins: Sequence[int], horizon: int, period: int) -> np.ndarray:
+    """The value one period earlier: (B, H)."""
+    return np.stack([[z[o + k - period * (1 + k // period)] for k in range(horizon)] for o in origins])
+
+
+def arima_forecast(z: np.ndarray, train_end: int, origins: Sequence[int], horizon: int,
+                   orders=((1, 0, 0), (2, 0, 1), (0, 1, 1), (1, 1, 1), (2, 1, 2))) -> tuple[np.ndarray, str]:
+    """ARIMA with the order of least AIC on the training part, re-filtered (same parameters) at each origin.
+
+    Returns:
+        forecasts (B, H), the chosen order as text.
+    """
+    from statsmodels.tsa.arima.model import ARIMA
+
+    best = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for order in orders:
+            try:
+                res = ARIMA(z[:train_end], order=order, trend="c" if order[1] == 0 else "n").fit()
+            except (ValueError, np.linalg.LinAlgError):
+                continue
+            if best is None or res.aic < best[1].aic:
+                best = (order, res)
+        if best is None:
+            raise DataError("no ARIMA order could be fitted to the training part")
+        order, res = best
+        out = []
+        for o in origins:
+            out.append(np.asarray(res.apply(z[:o]).forecast(horizon)))
+    return np.stack(out), f"ARIMA{order}"
+
+
+def forecast_origins(n: int, start: int, horizon: int, max_origins: int = 100) -> list[int]:
+    """Evenly spread origins in [start, n - horizon], at most `max_origins`."""
+    last = n - horizon
+    if last < start:
+        raise DataError(f"series of {n} steps has no test origin after step {start} for horizon {horizon}")
+    count = min(max_origins, last - start + 1)
+    return sorted({int(round(v)) for v in np.linspace(start, last, count)})
+
+
+def errors(pred: np.ndarray, z: np.ndarray, origins: Sequence[int], horizon: int) -> dict[str, float]:
+    """MSE and MAE of forecasts (B, H) against the truth, standardised units."""
+    truth = np.stack([z[o : o + horizon] for o in origins])
+    return {"mse": float(np.mean((pred - truth) ** 2)), "mae": float(np.mean(np.abs(pred - truth)))}

@@ -1,0 +1,364 @@
+"""BaseLBS: a recurrent state-space model (RSSM) with a frozen causal LM as its text sensor and decoder.
+
+Reads top to bottom like the seed (../shared/seeds/lbs.md): `__init__` (frozen LM + `<SUM0..k>`
+tokens, GRU, prior/posterior/value heads, `proj_sum`, `proj_state`), `encode_text`, `filter_step`,
+`value_loss`, `text_loss`, `kl_loss`, `training_step`. The seed's batch-1 path is kept (it is the slow
+reference and the speed baseline); the fast path is `window_loss`: many texts encoded in one padded
+batch, the frozen LM's SUM hidden states cached by text hash, and the filter run over (B series,
+T steps) windows with truncated BPTT.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core import gaussian
+from ..core.backbones import EmbeddingCache, byte_tokenizer, load_causal_lm, tiny_causal_lm
+from ..core.checkpoint import CheckpointMixin
+from ..core.errors import CheckpointError, DataError
+from ..core.gaussian import DiagGaussian
+from .config import LBSConfig
+
+log = logging.getLogger("latentspace")
+
+ENCODE_PROMPT = "Information encoded into a sequence of vectors.\n{text}\n"
+FORECAST_PROMPT = "Given this belief state, generate a textual forecast.\nDate: {date}\n"
+
+
+def build_backbone(cfg: LBSConfig, sum_tokens: Sequence[str]):
+    """The frozen causal LM and its tokenizer with the `<SUM>` tokens added.
+
+    "tiny-llama" / "tiny-granite" build a small model from a config (offline, seeded); anything else
+    goes to `core.backbones.load_causal_lm` (hub id or local path) and gets its embeddings resized.
+    """
+    if cfg.is_tiny:
+        kind = {"tiny-llama": "llama", "tiny-granite": "granitemoehybrid"}.get(cfg.backbone)
+        if kind is None:
+            raise CheckpointError(f"unknown tiny backbone {cfg.backbone!r}: expected tiny-llama or tiny-granite")
+        tokenizer = byte_tokenizer(extra_special_tokens=list(sum_tokens))
+        model, tokenizer = tiny_causal_lm(kind, hidden_size=cfg.tiny_hidden, layers=cfg.tiny_layers,
+                                          heads=cfg.tiny_heads, tokenizer=tokenizer, seed=cfg.seed)
+        model = model.to(cfg.torch_dtype)
+    else:
+        model, tokenizer = load_causal_lm(cfg.backbone, dtype=cfg.torch_dtype)
+        tokenizer.add_special_tokens({"additional_special_tokens": list(sum_tokens)})
+        model.resize_token_embeddings(len(tokenizer))
+    tokenizer.padding_side = cfg.padding_side
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), tokenizer
+
+
+class BaseLBS(CheckpointMixin, nn.Module):
+    """LLM-integrated Bayesian state space: GRU prior, text+value posterior, value and text decoders.
+
+    Args:
+        cfg: the model settings (`LBSConfig`).
+        model, tokenizer: an already-built frozen backbone (with the SUM tokens added); built from
+            `cfg.backbone` when omitted.
+    """
+
+    family = "lbs"
+    config_class = LBSConfig
+
+    def __init__(self, cfg: LBSConfig | None = None, model=None, tokenizer=None):
+        super().__init__()
+        self.cfg = cfg or LBSConfig()
+        self.config = self.cfg
+        sum_tokens = [f"<SUM{i}>" for i in range(self.cfg.sum_tokens)]
+        if model is None:
+            model, tokenizer = build_backbone(self.cfg, sum_tokens)
+        self.model = model  # frozen: the sensor (encode_text) and the decoder (text_loss)
+        self.tokenizer = tokenizer
+        hidden = self.model.config.hidden_size
+        d = self.cfg.latent_dim
+        # THE TEMPORAL ENGINE: x_{t-1} -> h_t
+        self.gru = nn.GRU(d, d, num_layers=self.cfg.gru_layers, batch_first=True)
+        # THE TRANSITION PRIOR p(x_t | h_t): [d] -> [2d]
+        self.mlp_prior = nn.Linear(d, d * 2)
+        # THE POSTERIOR FILTER q(x_t | h_t, y_t, s_t): [d + 1 + d] -> [2d]
+        self.mlp_post = nn.Linear(d * 2 + 1, d * 2)
+        # VALUE DECODER x_t -> y_t (standardised)
+        self.mlp_val = nn.Linear(d, 1)
+        # SEMANTIC COMPRESSION HEAD: LM hidden -> d
+        self.proj_sum = nn.Linear(hidden, d)
+        # SEMANTIC GENERATION HEAD: d -> prefix_tokens * LM hidden (the soft prompt)
+        self.proj_state = nn.Linear(d, self.cfg.prefix_tokens * hidden)
+        ids = tokenizer.convert_tokens_to_ids(sum_tokens)
+        self.register_buffer("sum_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+        self.cache = EmbeddingCache(namespace=f"{self.cfg.backbone}|{self.cfg.seed}|{self.cfg.sum_tokens}|"
+                                              f"{self.cfg.max_text_chars}")
+
+    # ---- plumbing -----------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.mlp_val.weight.device
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.eval()  # the backbone stays frozen and deterministic
+        return self
+
+    def state_dict(self, *args, **kwargs):
+        """Heads always; the backbone only when it is a tiny one built here (a hub model is reloaded by id)."""
+        state = super().state_dict(*args, **kwargs)
+        if not self.cfg.is_tiny:
+            prefix = kwargs.get("prefix", "")
+            for key in [k for k in state if k.startswith(prefix + "model.")]:
+                del state[key]
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.cfg.is_tiny:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith("model.")]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"LBS state mismatch: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+        return result
+
+    @classmethod
+    def _build_from_checkpoint(cls, config: LBSConfig, directory: Path):
+        return cls(config)
+
+    def _prompt_ids(self, text: str) -> list[int]:
+        text = text[: self.cfg.max_text_chars]
+        return self.tokenizer(ENCODE_PROMPT.format(text=text)).input_ids + self.sum_ids.tolist()
+
+    # ---- encode_text: the semantic bottleneck ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def sum_hidden(self, texts: Sequence[str]) -> torch.Tensor:
+        """The frozen LM's last-layer states at the SUM positions of many texts in one padded batch.
+
+        Padding follows `tokenizer.padding_side`; position ids count real tokens only, so a padded row
+        sees the same positions as its unpadded encoding.
+
+        Returns:
+            (N, K, H) with K = sum_tokens.
+        """
+        rows = [self._prompt_ids(t) for t in texts]
+        length = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        left = self.tokenizer.padding_side == "left"
+        ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, r in enumerate(rows):
+            sl = slice(length - len(r), length) if left else slice(0, len(r))
+            ids[i, sl] = torch.tensor(r)
+            mask[i, sl] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)  # (N, L)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True)
+        hidden = out.hidden_states[-1]  # (N, L, H)
+        last = (mask * torch.arange(length, device=self.device)).argmax(1)  # (N,) index of the last real token
+        k = self.cfg.sum_tokens
+        idx = last[:, None] - torch.arange(k - 1, -1, -1, device=self.device)[None]  # (N, K) SUM positions
+        gathered = hidden.gather(1, idx[..., None].expand(-1, -1, hidden.shape[-1]))  # (N, K, H)
+        return gathered.float()
+
+    def sum_hidden_cached(self, texts: Sequence[str]) -> torch.Tensor:
+        """`sum_hidden` through the text-hash cache: each distinct text meets the LM once. (N, K, H) on CPU."""
+        return self.cache.encode(list(texts), lambda chunk: self.sum_hidden(chunk), batch_size=self.cfg.encode_batch)
+
+    def project_sum(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """SUM hidden states (..., K, H) -> semantic observations s (..., D); rows with mask 0 (no text) are 0."""
+        s = self.proj_sum(hidden.to(self.device, self.proj_sum.weight.dtype)).mean(dim=-2)  # (..., D)
+        if not self.cfg.use_text:
+            return torch.zeros_like(s)
+        if mask is not None:
+            s = s * mask.to(s.dtype).unsqueeze(-1)
+        return s
+
+    def encode_text(self, text: str | Sequence[str], cache: bool = True) -> torch.Tensor:
+        """Texts -> semantic observations s: (1, D) for one string, (N, D) for a list; '' encodes to 0."""
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise DataError("encode_text needs at least one text")
+        hidden = self.sum_hidden_cached(texts) if cache else self.sum_hidden(texts).cpu()
+        mask = torch.tensor([bool(t) for t in texts])
+        return self.project_sum(hidden, mask)
+
+    def encode_text_reference(self, text: str) -> torch.Tensor:
+        """The seed's encode_text: one text, no padding, no cache; (1, D)."""
+        input_ids = torch.tensor([self._prompt_ids(text)], device=self.device)
+        with torch.no_grad():
+            out = self.model(input_ids=input_ids, output_hidden_states=True)
+        sum_hidden = out.hidden_states[-1][0, -self.cfg.sum_tokens:].float()  # (K, H)
+        s = self.proj_sum(sum_hidden)  # (K, D)
+        return s.mean(dim=0, keepdim=True)  # (1, D)
+
+    # ---- filter_step: predict, then correct ----------------------------------------------------------------
+
+    def initial_state(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero latent x (B, D) and GRU memory h (layers, B, D)."""
+        d = self.cfg.latent_dim
+        return (torch.zeros(batch, d, device=self.device),
+                torch.zeros(self.cfg.gru_layers, batch, d, device=self.device))
+
+    def prior(self, h_top: torch.Tensor) -> DiagGaussian:
+        """p(x_t | h_t) from the top GRU layer's state (B, D). GoalLBS steers its mean."""
+        return DiagGaussian.from_params(self.mlp_prior(h_top))
+
+    def posterior(self, h_top: torch.Tensor, y_t: torch.Tensor, s_t: torch.Tensor) -> DiagGaussian:
+        """q(x_t | h_t, y_t, s_t): h (B, D), y (B,), s (B, D)."""
+        return DiagGaussian.from_params(self.mlp_post(torch.cat([h_top, y_t.unsqueeze(1), s_t], dim=-1)))
+
+    def filter_step(self, x_prev, h_prev, y_t, s_t, sample: bool = True):
+        """One predict-correct step.
+
+        Args:
+            x_prev: previous latent (B, D); h_prev: GRU memory (layers, B, D); y_t: value (B,) or scalar;
+            s_t: semantic observation (B, D) or (D,).
+            sample: draw x_t from the posterior (training); False returns its mean (filtering for forecasts).
+
+        Returns:
+            x_t (B, D), (prior_mu, prior_logvar), (post_mu, post_logvar), h_t (layers, B, D).
+        """
+        if y_t.dim() == 0:
+            y_t = y_t.unsqueeze(0)
+        if s_t.dim() == 1:
+            s_t = s_t.unsqueeze(0)
+        _, h_t = self.gru(x_prev.unsqueeze(1), h_prev)  # (B, 1, D) in, h_t (layers, B, D)
+        prior = self.prior(h_t[-1])
+        post = self.posterior(h_t[-1], y_t.to(s_t.dtype), s_t)
+        x_t = post.rsample() if sample else post.mu
+        return x_t, (prior.mu, prior.logvar), (post.mu, post.logvar), h_t
+
+    # ---- losses ---------------------------------------------------------------------------------------------
+
+    def value_loss(self, x_t: torch.Tensor, y_t: torch.Tensor) -> torch.Tensor:
+        """MSE between mlp_val(x_t) (..., 1) and the standardised value y_t (...)."""
+        return F.mse_loss(self.mlp_val(x_t).squeeze(-1), y_t)
+
+    def _text_batch(self, texts: Sequence[str], dates: Sequence[str]):
+        """Right-padded (prompt + text) ids (N, L), their mask and labels scoring the text tokens only."""
+        rows, labels = [], []
+        for text, date in zip(texts, dates, strict=True):
+            prompt = self.tokenizer(FORECAST_PROMPT.format(date=date)).input_ids
+            target = self.tokenizer(text, add_special_tokens=False).input_ids[: self.cfg.max_target_tokens]
+            rows.append(prompt + target)
+            labels.append([-100] * len(prompt) + target)
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        lab = torch.full((len(rows), length), -100, dtype=torch.long)
+        for i, (r, lb) in enumerate(zip(rows, labels, strict=True)):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+            lab[i, : len(lb)] = torch.tensor(lb)
+        return ids.to(self.device), mask.to(self.device), lab.to(self.device)
+
+    def soft_prompt(self, x_t: torch.Tensor) -> torch.Tensor:
+        """Latent (N, D) -> prefix embeddings (N, P, H) in the LM's dtype."""
+        emb = self.model.get_input_embeddings()
+        return self.proj_state(x_t).view(x_t.shape[0], self.cfg.prefix_tokens, -1).to(emb.weight.dtype)
+
+    def text_loss(self, x_t: torch.Tensor, texts: str | Sequence[str], dates: str | Sequence[str] = "2025-01-01",
+                  reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy of each step's text given the soft prompt proj_state(x_t) and the step's real date.
+
+        Args:
+            x_t: latents (N, D); texts, dates: N strings (a single string for N = 1).
+            reduction: "mean" over texts (each text's mean token loss), or "none": (N,).
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        dates = [dates] * len(texts) if isinstance(dates, str) else list(dates)
+        ids, mask, labels = self._text_batch(texts, dates)  # (N, L)
+        prefix = self.soft_prompt(x_t)  # (N, P, H)
+        embeds = torch.cat([prefix, self.model.get_input_embeddings()(ids)], dim=1)  # (N, P + L, H)
+        full_mask = torch.cat([torch.ones(ids.shape[0], self.cfg.prefix_tokens, dtype=mask.dtype,
+                                          device=mask.device), mask], dim=1)
+        logits = self.model(inputs_embeds=embeds, attention_mask=full_mask).logits[:, self.cfg.prefix_tokens:]
+        # position j predicts token j + 1
+        token_loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=-100,
+                                     reduction="none")  # (N, L - 1)
+        counts = (labels[:, 1:] != -100).sum(1).clamp(min=1)
+        per_text = token_loss.sum(1) / counts  # (N,)
+        return per_text if reduction == "none" else per_text.mean()
+
+    def kl_loss(self, prior_mu, prior_logvar, post_mu, post_logvar, step=None, total_steps=None) -> torch.Tensor:
+        """KL(posterior || prior) with the seed's annealed free nats (per sample, core.gaussian), mean over batch."""
+        balance = None if self.cfg.kl_balance < 0 else self.cfg.kl_balance
+        return gaussian.kl_loss(DiagGaussian(post_mu, post_logvar), DiagGaussian(prior_mu, prior_logvar),
+                                free_nats=self.cfg.kl_free_nats, step=step, total_steps=total_steps, balance=balance)
+
+    def kl_loss_reference(self, prior_mu, prior_logvar, post_mu, post_logvar, step, total_steps) -> torch.Tensor:
+        """The seed's formula: KL summed over everything, then the annealed free nats, clamped at 0."""
+        kl = -0.5 * torch.sum(1 + post_logvar - prior_logvar - (post_mu - prior_mu).pow(2) / prior_logvar.exp()
+                              - post_logvar.exp() / prior_logvar.exp())
+        free_nats = self.cfg.kl_free_nats * max(0.0, 1.0 - step / total_steps)
+        return torch.clamp(kl - free_nats, min=0.0)
+
+    # ---- training_step: the seed's batch-1 orchestrator (the slow reference) -----------------------------
+
+    def training_step(self, y_t, text, x_prev, h_prev, step, total_steps, date: str = "2025-01-01"):
+        """The seed's per-step loop body: encode one text (LM pass 1), filter, value/text (LM pass 2)/KL losses.
+
+        Returns:
+            loss, x_t.detach(), h_t.detach(), (L_val, L_text, L_kl)
+        """
+        s_t = self.encode_text_reference(text) if self.cfg.use_text else torch.zeros(1, self.cfg.latent_dim,
+                                                                                     device=self.device)
+        x_t, prior, post, h_t = self.filter_step(x_prev, h_prev, y_t, s_t)
+        L_val = self.value_loss(x_t, y_t.reshape(1))  # noqa: N806 (the seed's names)
+        L_text = self.text_loss(x_t.detach(), text or " ", date)  # noqa: N806
+        L_kl = self.kl_loss(prior[0], prior[1], post[0], post[1], step, total_steps)  # noqa: N806
+        loss = self.cfg.alpha_val * L_val + self.cfg.alpha_text * L_text + self.cfg.alpha_kl * L_kl
+        return loss, x_t.detach(), h_t.detach(), (L_val.item(), L_text.item(), L_kl.item())
+
+    # ---- the fast path: (B, T) windows, cached SUM states, truncated BPTT ---------------------------------
+
+    def window_loss(self, y: torch.Tensor, hidden: torch.Tensor, text_mask: torch.Tensor,
+                    texts: Sequence[Sequence[str]], dates: Sequence[Sequence[str]], step: int | None = None,
+                    total_steps: int | None = None, bptt: int = 16, generator: torch.Generator | None = None):
+        """Loss of B windows of T steps.
+
+        Args:
+            y: standardised values (B, T); hidden: cached SUM states (B, T, K, H); text_mask: (B, T) 1 where
+                the step has text; texts, dates: B lists of T strings (for text_loss).
+            bptt: the latent and GRU state are detached every `bptt` steps (truncated BPTT).
+
+        Returns:
+            loss, metrics {val, pred, text, kl}
+        """
+        y = y.to(self.device)
+        b, t_len = y.shape
+        s = self.project_sum(hidden, text_mask.to(self.device))  # (B, T, D)
+        x, h = self.initial_state(b)
+        xs, priors, posts = [], [], []
+        for t in range(t_len):
+            if t and bptt and t % bptt == 0:
+                x, h = x.detach(), h.detach()
+            x, prior, post, h = self.filter_step(x, h, y[:, t], s[:, t])
+            xs.append(x)
+            priors.append(prior)
+            posts.append(post)
+        x_all = torch.stack(xs, 1)  # (B, T, D)
+        prior_mu, prior_logvar = (torch.stack([p[i] for p in priors], 1) for i in range(2))  # (B, T, D)
+        post_mu, post_logvar = (torch.stack([p[i] for p in posts], 1) for i in range(2))
+        l_val = self.value_loss(x_all, y)
+        l_pred = self.value_loss(prior_mu[:, 1:], y[:, 1:])  # one step ahead from the prior: the forecast path
+        l_kl = self.kl_loss(prior_mu, prior_logvar, post_mu, post_logvar, step, total_steps)
+        loss = self.cfg.alpha_val * l_val + self.cfg.alpha_pred * l_pred + self.cfg.alpha_kl * l_kl
+        metrics = {"val": float(l_val.detach()), "pred": float(l_pred.detach()), "kl": float(l_kl.detach())}
+        if self.cfg.alpha_text > 0 and self.cfg.text_loss_samples > 0:
+            where = text_mask.nonzero().tolist()  # [(b, t)] with text
+            if where:
+                pick = torch.randperm(len(where), generator=generator)[: self.cfg.text_loss_samples].tolist()
+                bt = [where[i] for i in pick]
+                x_sel = x_all[[i for i, _ in bt], [j for _, j in bt]].detach()  # (S, D), detached as in the seed
+                l_text = self.text_loss(x_sel, [texts[i][j] for i, j in bt], [dates[i][j] for i, j in bt])
+                loss = loss + self.cfg.alpha_text * l_text
+                metrics["text"] = float(l_text.detach())
+        return loss, metrics
+
+
+LBS = BaseLBS  # the seed's class name

@@ -1,0 +1,23 @@
+import numpy as np
+import torch
+
+from latentspace.lbs.data import Standardizer, generated_series
+from latentspace.lbs.forecast import errors, forecast, forecast_origins, naive_forecast, seasonal_naive_forecast
+
+
+def test_forecast_horizon_and_ordered_quantiles(model):
+    s = generated_series(steps=80)
+    sc = Standardizer(s.values[:50])
+    origins = forecast_origins(len(s), 50, 5, max_origins=7)
+    f = forecast(model, s, sc, origins, context=12, horizon=5, samples=16, levels=(0.1, 0.5, 0.9), with_text=True)
+    assert f.samples.shape == (16, len(origins), 5) and f.mean.shape == (len(origins), 5)
+    assert f.quantiles.shape == (3, len(origins), 5)
+    assert torch.all(f.quantiles[0] <= f.quantiles[1]) and torch.all(f.quantiles[1] <= f.quantiles[2])
+    assert len(f.texts) == len(origins) and all(isinstance(t, str) for t in f.texts)
+
+
+def test_baselines():
+    z = np.arange(30, dtype=float)
+    assert (naive_forecast(z, [10], 3) == 9).all()
+    assert seasonal_naive_forecast(z, [20], 6, period=4).tolist() == [[16, 17, 18, 19, 16, 17]]
+    assert errors(naive_forecast(z, [10], 2), z, [10], 2)["mae"] == 1.5
