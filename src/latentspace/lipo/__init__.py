@@ -1,0 +1,1 @@
+"""LIPO: latent instruction prompt optimisation (APE -> embeddings -> VAE -> Hyperband + GP/LogEI -> inversion)."""

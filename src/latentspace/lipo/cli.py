@@ -1,0 +1,182 @@
+"""`latentspace lipo run | evaluate`, and the demo: LIPO's pipeline from the command line.
+
+Heavy imports (torch, botorch, sentence-transformers) happen inside the commands: the root CLI imports
+this module on startup.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..core.config import config_command
+from ..core.errors import DataError
+from .config import LIPOConfig, apply_preset
+
+app = typer.Typer(help="Latent instruction prompt optimisation: APE -> VAE -> Hyperband + GP/LogEI -> inversion.",
+                  no_args_is_help=True)
+
+_RUN_PARAMS = {
+    "preset": (str, typer.Option("cpu", "--preset", help="cpu (offline, default) | seed | debug.")),
+    "debug": (bool, typer.Option(False, "--debug", help="The seed's debug mode (the debug preset).")),
+    "skip_hbbops": (bool, typer.Option(False, "--skip-hbbops", help="Load Hyperband evaluations instead.")),
+    "hyperband_evals_path": (str, typer.Option("", "--hyperband-evals-path", help="hyperband_evals.json to load.")),
+    "load_grid": (str, typer.Option("", "--load-grid", help="JSONL {instruction, error_rate}.")),
+    "hyperband_only": (bool, typer.Option(False, "--hyperband-only", help="Stop after Hyperband.")),
+    "ape_instructions": (int, typer.Option(0, "--ape-instructions", help="Alias of --ape-num-instructions.")),
+    "run_name": (str, typer.Option("", "--name", help="Run name (reusing one reuses its LLM caches).")),
+    "runs_dir": (Path, typer.Option(Path("runs"), "--runs-dir", help="Where runs/lipo/<name> goes.")),
+    "data_dir": (str, typer.Option("", "--data-dir", help="Folder holding gsm8k/.")),
+    "quiet": (bool, typer.Option(False, "--quiet", "-q", help="No progress bars.")),
+    "as_json": (bool, typer.Option(False, "--json", help="Print the result JSON.")),
+}
+
+
+def _explicit_fields() -> set[str]:
+    """Config fields given on the command line (they win over the preset)."""
+    import click
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return set()
+    return {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+
+
+def resolve_config(config: LIPOConfig, preset: str, debug: bool, ape_instructions: int,
+                   explicit: set[str] | None = None) -> LIPOConfig:
+    explicit = _explicit_fields() if explicit is None else explicit
+    config = apply_preset(config, "debug" if debug else preset, explicit=explicit)
+    if ape_instructions:
+        config = config.replace(ape_num_instructions=ape_instructions)
+    return config
+
+
+@config_command(app, "run", LIPOConfig, help="Run LIPO (standard | --skip-hbbops | --load-grid | --hyperband-only | "
+                "--debug); writes runs/lipo/<name>/result.json and plots.", **_RUN_PARAMS)
+def run_command(config: LIPOConfig, preset: str, debug: bool, skip_hbbops: bool, hyperband_evals_path: str,
+                load_grid: str, hyperband_only: bool, ape_instructions: int, run_name: str, runs_dir: Path,
+                data_dir: str, quiet: bool, as_json: bool):
+    from rich.console import Console
+
+    from ..core.runs import Run, markdown_table
+    from .pipeline import run_lipo
+
+    modes = [m for m, on in (("skip_hbbops", skip_hbbops), ("load_grid", bool(load_grid)),
+                             ("hyperband_only", hyperband_only)) if on]
+    if len(modes) > 1:
+        raise DataError(f"choose one mode, got {modes}")
+    mode = modes[0] if modes else "standard"
+    config = resolve_config(config, preset, debug, ape_instructions)
+    run = Run("lipo", run_name or None, root=runs_dir)
+    result = run_lipo(config, run, mode=mode, quiet=quiet, load_grid_path=load_grid or None,
+                      hyperband_evals_path=hyperband_evals_path or None, data_dir=data_dir or None)
+    metrics = headline_metrics(result)
+    run.write_summary(f"LIPO run ({mode})", metrics, notes=_notes(result))
+    if as_json:
+        print(json.dumps(result, indent=2, default=float))
+    elif not quiet:
+        Console().print(markdown_table(["metric", "value"], [[k, v] for k, v in metrics.items()]))
+        Console().print(f"run folder: {run.path}")
+
+
+def headline_metrics(result: dict) -> dict:
+    metrics = {"vae_cosine_mean": result["vae_quality_metrics"]["cosine_mean"],
+               "hyperband_best_error": result["hyperband"]["best_error"]}
+    if "inference" in result:
+        metrics["inference_best_error"] = result["inference"]["best_error"]
+        metrics["inference_improvement"] = result["inference"]["improvement"]
+    for key, value in result.get("test_error", {}).items():
+        metrics[f"test_error_{key}"] = value
+    metrics["total_llm_calls"] = result["total_llm_calls"]
+    return metrics
+
+
+def _notes(result: dict) -> str:
+    best = result.get("inference", result["hyperband"])["best_instruction"]
+    sim = " The task model is the offline SIMULATED GSM8K solver (docs/lipo.md)." if result["task_model"][
+        "simulated"] else ""
+    return f"Best instruction: \"{best}\".{sim}"
+
+
+@app.command("evaluate")
+def evaluate_command(
+    instruction: list[str] = typer.Option(None, "--instruction", "-i", help="Instruction text (repeatable)."),
+    result_file: Path = typer.Option(None, "--result", help="A result.json: evaluate its best instructions."),
+    split: str = typer.Option("test", "--split", help="test | validation."),
+    preset: str = typer.Option("cpu", "--preset", help="cpu (simulated task model) | seed (an LLM server)."),
+    task_backend: str = typer.Option("", "--task-backend", help="simulated | vllm | openai | ollama | hf."),
+    task_model: str = typer.Option("", "--task-model", help="Model name of the task backend."),
+    base_url: str = typer.Option("", "--base-url", help="OpenAI-compatible endpoint."),
+    test_size: int = typer.Option(0, "--test-size", help="Test questions (0: the preset's)."),
+    name: str = typer.Option("", "--name", help="Run name."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    data_dir: str = typer.Option("", "--data-dir", help="Folder holding gsm8k/."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """Error rate of instructions on GSM8K (exact match of the final number); default: the seed's examples."""
+    from rich.console import Console
+
+    from ..core.runs import Run, markdown_table
+    from .ape import STYLE_CATEGORIES
+    from .pipeline import build_task_evaluator
+
+    texts = list(instruction or [])
+    if result_file is not None:
+        if not result_file.is_file():
+            raise DataError(f"--result {result_file} does not exist")
+        data = json.loads(result_file.read_text())
+        texts += [data[k]["best_instruction"] for k in ("hyperband", "inference") if k in data]
+    if not texts:
+        texts = [ex for info in STYLE_CATEGORIES.values() for ex in info["examples"][:1]]
+    if split not in ("test", "validation"):
+        raise DataError(f"--split must be test or validation, got {split!r}")
+    config = LIPOConfig.preset(preset)
+    changes = {k: v for k, v in (("task_backend", task_backend), ("task_model", task_model), ("base_url", base_url),
+                                 ("test_size", test_size)) if v}
+    config = config.replace(**changes)
+    run = Run("lipo", name or None, root=runs_dir)
+    run.write_config(config)
+    evaluator = build_task_evaluator(config, run.path / "llm_cache.jsonl", data_dir or None)
+    rows = []
+    for step, text in enumerate(texts):
+        error = evaluator.evaluate_test(text) if split == "test" else evaluator.evaluate_range(
+            text, 0, len(evaluator.validation))
+        run.log(step, error=error)
+        rows.append({"instruction": text, "error": error, "accuracy": 1.0 - error})
+    n = len(evaluator.test) if split == "test" else len(evaluator.validation)
+    table = markdown_table(["instruction", f"{split} error (n={n})"], [[r["instruction"], r["error"]] for r in rows])
+    sim = config.task_backend == "simulated"
+    run.write_summary("LIPO evaluate", {"instructions": len(rows), "llm_calls": evaluator.client.calls},
+                      tables=[table], notes="Task model: SIMULATED (offline stand-in)." if sim else "")
+    (run.path / "evaluation.json").write_text(json.dumps({"split": split, "n": n, "simulated": sim, "rows": rows},
+                                                         indent=2))
+    if as_json:
+        print(json.dumps({"split": split, "n": n, "simulated": sim, "rows": rows}, indent=2))
+    elif not quiet:
+        Console().print(table)
+
+
+def demo(out_dir: Path, quiet: bool):
+    """The small offline default job: 200 APE instructions, Hyperband + 4 InvBO iterations, simulated task model."""
+    from ..core.runs import DemoResult, Run, markdown_table
+    from .pipeline import run_lipo
+
+    config = LIPOConfig.preset("cpu").replace(ape_num_instructions=200, iterations=4, vae_epochs=250, test_size=200)
+    run = Run("lipo", path=Path(out_dir))
+    result = run_lipo(config, run, quiet=quiet)
+    metrics = headline_metrics(result)
+    run.write_summary("LIPO demo", metrics, notes=_notes(result))
+    history = result["inference"]["history"]
+    table = markdown_table(["iter", "instruction (inverted)", "val error", "GP predicted"],
+                           [[h["iteration"], h["instruction"], h["error"], h["predicted_error"]] for h in history])
+    summary = (f"LIPO generated {config.ape_num_instructions} instructions offline, embedded them with MiniLM, trained "
+               f"the InstructionVAE (reconstruction cosine {metrics['vae_cosine_mean']:.3f}), ran Hyperband with BO "
+               f"proposals ({result['hyperband']['llm_calls']} LLM calls, best validation error "
+               f"{metrics['hyperband_best_error']:.3f}) and {config.iterations} InvBO iterations (best "
+               f"{metrics['inference_best_error']:.3f}). The GSM8K solver is the deterministic SIMULATED task model, "
+               "not an LLM; `--task-backend vllm --base-url ...` runs the same code on a real model.")
+    return DemoResult(metrics, plots=[Path(p) for p in result["plots"]], summary=summary, tables=[table])

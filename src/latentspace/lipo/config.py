@@ -1,0 +1,175 @@
+"""`LIPOConfig`: the single source of truth for every LIPO setting (the seed's parameter tables).
+
+The dataclass defaults are the seed's values (../shared/seeds/lipo.md, "Konfigurace"). They assume an
+LLM server and GTR-T5-base; named presets change only what differs:
+
+- `seed`: the defaults as they are (vLLM Qwen2.5-7B, GTR-T5-base, 1000 APE instructions).
+- `cpu`: offline and CPU-sized: the packaged all-MiniLM-L6-v2, the offline APE writer, the simulated task
+  model (evaluate.py), fewer epochs and acquisition restarts. The command line starts from this preset.
+- `debug`: the seed's debug mode (`--debug --iterations 1 --ape-instructions 10`) on top of `cpu`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from ..core.config import Config as BaseConfig
+from ..core.errors import ConfigError
+
+
+def _f(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass
+class LIPOConfig(BaseConfig):
+    """Every setting of the LIPO pipeline; field names follow the seed's tables."""
+
+    # APE generation
+    ape_num_instructions: int = _f(1000, "Instructions to generate.")
+    ape_model: str = _f("Qwen/Qwen2.5-7B-Instruct", "Model that writes instructions.")
+    ape_backend: str = _f("vllm", "vllm | openai | ollama | llamacpp | deepinfra | hf | offline (template writer).")
+    ape_cache_path: str = _f("lipo/data/ape_instructions.json", "JSON cache of generated instructions.")
+    ape_batch_size: int = _f(10, "Instructions per generation call.")
+    ape_max_tokens: int = _f(100, "Max tokens per instruction.")
+    ape_max_length: int = _f(500, "Max characters per instruction.")
+    # encoder
+    encoder_model: str = _f("sentence-transformers/gtr-t5-base", "Sentence encoder (hub id or local path).")
+    # VAE training
+    vae_beta: float = _f(0.003, "KL weight beta_max (scaled for 64D).")
+    vae_epochs: int = _f(10000, "Max VAE epochs.")
+    vae_annealing_epochs: int = _f(500, "Epochs of linear KL annealing from 0 to vae_beta.")
+    vae_patience: int = _f(500, "Early stopping patience on the reconstruction loss.")
+    vae_lr: float = _f(0.0003, "VAE learning rate (AdamW).")
+    vae_batch_size: int = _f(64, "VAE batch size.")
+    vae_hidden_dim: int = _f(256, "Widest decoder layer.")
+    vae_grad_clip: float = _f(1.0, "Gradient clipping norm.")
+    vae_eta_min: float = _f(1e-4, "Minimum LR of the cosine schedule (T_max = 2 x epochs).")
+    # latent dimensions
+    embedding_dim: int = _f(768, "Sentence-embedding size (768 for GTR, 384 for MiniLM; set from the encoder).")
+    latent_dim: int = _f(64, "VAE latent size.")
+    gp_latent_dim: int = _f(10, "Adapter output size fed to the GP kernel.")
+    # Hyperband
+    bmin: int = _f(10, "Minimum fidelity (validation samples).")
+    eta: float = _f(2.0, "Successive-halving rate.")
+    random_interleaving_prob: float = _f(0.1, "Probability of a random proposal instead of a BO one.")
+    min_fidelity_pct: float = _f(0.75, "GP trains only on points at >= this fraction of full fidelity.")
+    validation_size: int = _f(200, "Validation questions (full fidelity, nvalid).")
+    # GP training
+    gp_epochs: int = _f(10000, "Max GP epochs (exact marginal likelihood, AdamW).")
+    gp_lr: float = _f(0.01, "GP learning rate.")
+    gp_patience: int = _f(100, "GP early stopping patience.")
+    hb_gp_epochs: int = _f(3000, "GP epochs during Hyperband (for_hyperband_gp).")
+    hb_gp_lr: float = _f(0.01, "GP learning rate during Hyperband.")
+    hb_gp_patience: int = _f(50, "GP patience during Hyperband.")
+    # inference
+    iterations: int = _f(10, "InvBO iterations.")
+    num_restarts: int = _f(64, "optimize_acqf restarts (L-BFGS-B).")
+    raw_samples: int = _f(1024, "optimize_acqf raw samples.")
+    acq_maxiter: int = _f(200, "L-BFGS-B iterations per restart.")
+    use_inversion: bool = _f(True, "Run the InvBO inversion loop.")
+    max_inversion_iters: int = _f(3, "Max inversion iterations.")
+    gap_threshold: float = _f(0.1, "Re-invert when the cosine gap exceeds this.")
+    # Vec2Text and offline inversion
+    inverter: str = _f("auto", "auto (vec2text if installed, else nearest) | vec2text | nearest.")
+    inversion_rewrite: str = _f("recombine", "Nearest-neighbour decoding: none | recombine | llm.")
+    inversion_neighbours: int = _f(8, "Pool neighbours the offline inverter starts from.")
+    vec2text_beam: int = _f(8, "Vec2Text beam width.")
+    vec2text_model: str = _f("512_tokens", "Vec2Text model type: 32_tokens | 512_tokens.")
+    # inversion optimisation
+    inversion_n_steps: int = _f(100, "Adam steps of the inversion.")
+    inversion_lr: float = _f(0.1, "Adam learning rate of the inversion.")
+    inversion_convergence_threshold: float = _f(0.01, "Stop the inversion below this cosine loss.")
+    latent_margin: float = _f(0.2, "Bounds margin around the training latents (20%).")
+    # GP retrain during inference
+    gp_retrain_epochs: int = _f(500, "GP retrain epochs per inference iteration.")
+    gp_retrain_lr: float = _f(0.001, "GP retrain learning rate.")
+    gp_retrain_patience: int = _f(10, "GP retrain patience.")
+    # task model and evaluation
+    task_backend: str = _f("vllm", "Who solves GSM8K: vllm | openai | ollama | llamacpp | hf | simulated.")
+    task_model: str = _f("Qwen/Qwen2.5-7B-Instruct", "Model that answers GSM8K questions.")
+    base_url: str = _f("http://127.0.0.1:8000/v1", "OpenAI-compatible endpoint of the LLM backends.")
+    max_concurrency: int = _f(16, "Parallel LLM requests.")
+    task_max_tokens: int = _f(512, "Max tokens of a GSM8K answer.")
+    test_size: int = _f(1319, "Test questions for the final evaluation (0 skips it).")
+    llm_budget: int = _f(0, "Max LLM calls of the whole run (0: unlimited).")
+    top_k: int = _f(25, "--load-grid: the best K instructions of the grid train the GP.")
+    seed: int = _f(42, "Random seed.")
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.bmin < 1 or self.validation_size < self.bmin:
+            problems.append(f"need 1 <= bmin ({self.bmin}) <= validation_size ({self.validation_size})")
+        if self.eta <= 1:
+            problems.append(f"eta must exceed 1, got {self.eta}")
+        if not 0 <= self.random_interleaving_prob <= 1:
+            problems.append("random_interleaving_prob must lie in [0, 1]")
+        if not 0 < self.min_fidelity_pct <= 1:
+            problems.append("min_fidelity_pct must lie in (0, 1]")
+        if self.inverter not in ("auto", "vec2text", "nearest"):
+            problems.append(f"inverter must be auto, vec2text or nearest, got {self.inverter!r}")
+        if self.inversion_rewrite not in ("none", "recombine", "llm"):
+            problems.append(f"inversion_rewrite must be none, recombine or llm, got {self.inversion_rewrite!r}")
+        if self.ape_num_instructions < 2:
+            problems.append("ape_num_instructions must be at least 2")
+        if problems:
+            raise ConfigError("LIPOConfig: " + "; ".join(problems))
+
+    def for_hyperband_gp(self) -> dict[str, float]:
+        """The quick GP retrain used inside Hyperband (seed: epochs 3000, lr 0.01, patience 50)."""
+        return {"epochs": self.hb_gp_epochs, "lr": self.hb_gp_lr, "patience": self.hb_gp_patience}
+
+    @property
+    def offline(self) -> bool:
+        return self.ape_backend == "offline" and self.task_backend == "simulated"
+
+
+_CPU = {
+    "ape_num_instructions": 300,
+    "ape_backend": "offline",
+    "ape_model": "offline-template-writer",
+    "ape_cache_path": "",
+    "encoder_model": "all-MiniLM-L6-v2",
+    "embedding_dim": 384,
+    "vae_epochs": 400,
+    "vae_annealing_epochs": 100,
+    "vae_patience": 60,
+    "vae_lr": 0.003,
+    "gp_epochs": 300,
+    "gp_patience": 30,
+    "hb_gp_epochs": 150,
+    "hb_gp_patience": 20,
+    "iterations": 6,
+    "num_restarts": 8,
+    "raw_samples": 256,
+    "acq_maxiter": 50,
+    "inversion_n_steps": 60,
+    "gp_retrain_epochs": 100,
+    "gp_retrain_lr": 0.01,
+    "task_backend": "simulated",
+    "task_model": "simulated-gsm8k-solver",
+    "test_size": 400,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "seed": {},
+    "cpu": _CPU,
+    "debug": {**_CPU, "ape_num_instructions": 10, "iterations": 1, "vae_epochs": 100, "vae_annealing_epochs": 20,
+              "validation_size": 40, "test_size": 40, "num_restarts": 2, "raw_samples": 32},
+}
+LIPOConfig.PRESETS = PRESETS
+Config = LIPOConfig  # the seed's name (lipo/config.py `Config`)
+
+
+def apply_preset(config: LIPOConfig, preset: str, explicit: set[str] | None = None) -> LIPOConfig:
+    """The preset's values for every field not in `explicit` (default: fields still at the seed default)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown LIPO preset {preset!r}; known: {sorted(PRESETS)}")
+    defaults = LIPOConfig()
+    if explicit is None:
+        explicit = {k for k in PRESETS[preset] if getattr(config, k) != getattr(defaults, k)}
+    changes = {k: v for k, v in PRESETS[preset].items() if k not in explicit}
+    return config.replace(**changes)

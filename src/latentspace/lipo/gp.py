@@ -1,0 +1,240 @@
+"""`InstructionDeepKernelGP` (GPyTorch ExactGP + BoTorch model), `GPWithEI` and a numerically stable LogEI.
+
+The GP sees VAE latents (B, 64), normalised to the unit cube by the training data's min/max (BoTorch
+`Normalize` with fixed bounds), maps them through a trainable adapter (64 -> 10) and a Matern-5/2 ARD
+kernel with the seed's Gamma priors. Targets are error rates; the model is fitted on y = -error
+(BoTorch maximises), standardised by `Standardize`. Training maximises the exact marginal likelihood with
+AdamW and early stopping; acquisition is BoTorch's qLogExpectedImprovement optimised by `optimize_acqf`
+inside bounds that extend the training latents by a 20% margin.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import gpytorch
+import torch
+from botorch.acquisition.logei import qLogExpectedImprovement
+from botorch.models.gpytorch import GPyTorchModel
+from botorch.models.transforms.input import Normalize
+from botorch.models.transforms.outcome import Standardize
+from botorch.optim import optimize_acqf
+from gpytorch.constraints import Interval
+from gpytorch.distributions import MultivariateNormal
+from gpytorch.kernels import MaternKernel, ScaleKernel
+from gpytorch.likelihoods import GaussianLikelihood
+from gpytorch.means import ZeroMean
+from gpytorch.mlls import ExactMarginalLogLikelihood
+from gpytorch.models import ExactGP
+from gpytorch.priors import GammaPrior
+from torch import nn
+
+from ..core.errors import DataError
+
+CHOLESKY_JITTER = 1e-4
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_HALF_LOG_PI_OVER_2 = 0.5 * math.log(math.pi / 2)
+
+
+def make_adapter(input_dim: int, output_dim: int = 10) -> nn.Module:
+    """The seed's adapter: Linear(d, 32) -> ReLU -> LayerNorm(32) -> Linear(32, 10)."""
+    return nn.Sequential(nn.Linear(input_dim, 32), nn.ReLU(), nn.LayerNorm(32), nn.Linear(32, output_dim))
+
+
+class InstructionDeepKernelGP(ExactGP, GPyTorchModel):
+    """Exact GP with a deep kernel: k(x, x') = s * Matern52_ARD(adapter(x), adapter(x')), zero mean.
+
+    Args:
+        train_X: (N, D) raw inputs (VAE latents); normalised by `input_transform` inside the model.
+        train_Y: (N, 1) targets to maximise; standardised by `outcome_transform`.
+        likelihood: a GaussianLikelihood.
+        adapter: module (..., D) -> (..., k); `nn.Identity()` makes this a plain Matern GP on the inputs.
+        ard_num_dims: k, the adapter output size.
+    """
+
+    _num_outputs = 1
+
+    def __init__(self, train_X: torch.Tensor, train_Y: torch.Tensor, likelihood: GaussianLikelihood,
+                 adapter: nn.Module, ard_num_dims: int, input_transform=None, outcome_transform=None):
+        if outcome_transform is not None:
+            outcome_transform.train()
+            train_Y, _ = outcome_transform(train_Y)
+        # raw inputs are stored; forward normalises them in training, eval() stores the normalised ones (BoTorch)
+        ExactGP.__init__(self, train_X, train_Y.squeeze(-1), likelihood)
+        self.adapter = adapter
+        self.mean_module = ZeroMean()
+        self.covar_module = ScaleKernel(
+            MaternKernel(nu=2.5, ard_num_dims=ard_num_dims, lengthscale_prior=GammaPrior(3.0, 6.0)),
+            outputscale_prior=GammaPrior(2.0, 0.15),
+        )
+        if input_transform is not None:
+            self.input_transform = input_transform
+        if outcome_transform is not None:
+            self.outcome_transform = outcome_transform
+        self.to(train_X)
+
+    def forward(self, x: torch.Tensor) -> MultivariateNormal:
+        """x: (..., N, D) normalised inputs -> the prior over f at them."""
+        if self.training:
+            x = self.transform_inputs(x)
+        latent = self.adapter(x)  # (..., N, k)
+        return MultivariateNormal(self.mean_module(latent), self.covar_module(latent))
+
+
+def log_h(z: torch.Tensor) -> torch.Tensor:
+    """log(phi(z) + z * Phi(z)) in three branches, finite for every finite z.
+
+    1. z > -1: direct.
+    2. -1/sqrt(eps) < z <= -1: log phi(z) + log1p(-sqrt(pi/2) |z| erfcx(|z|/sqrt 2)).
+    3. z <= -1/sqrt(eps): asymptotic -z^2/2 - log sqrt(2 pi) - 2 log|z|.
+    """
+    eps = torch.finfo(z.dtype).eps
+    bound = -1.0 / math.sqrt(eps)
+    normal = torch.distributions.Normal(torch.zeros((), dtype=z.dtype), torch.ones((), dtype=z.dtype))
+    z_up = z.clamp(min=-1.0)
+    direct = torch.log(normal.log_prob(z_up).exp() + z_up * normal.cdf(z_up))
+    z_mid = z.clamp(min=bound, max=-1.0)
+    w = torch.log(z_mid.abs()) + torch.log(torch.special.erfcx(-z_mid / math.sqrt(2.0))) + _HALF_LOG_PI_OVER_2
+    middle = -0.5 * z_mid**2 - _LOG_SQRT_2PI + torch.log(-torch.expm1(w))
+    z_low = z.clamp(max=bound)
+    asymptotic = -0.5 * z_low**2 - _LOG_SQRT_2PI - 2.0 * torch.log(z_low.abs())
+    return torch.where(z > -1.0, direct, torch.where(z > bound, middle, asymptotic))
+
+
+def log_expected_improvement(mean: torch.Tensor, std: torch.Tensor, best_f: float, minimize: bool = True,
+                             xi: float = 0.0) -> torch.Tensor:
+    """LogEI = log h(z) + log sigma with z = (best - mu - xi) / sigma (minimisation) or (mu - best - xi) / sigma."""
+    z = ((best_f - mean) if minimize else (mean - best_f)) - xi
+    z = z / std
+    return log_h(z) + torch.log(std)
+
+
+def expected_improvement(mean: torch.Tensor, std: torch.Tensor, best_f: float, minimize: bool = True) -> torch.Tensor:
+    """Plain analytic EI = sigma (phi(z) + z Phi(z)); the slow reference that underflows far from the incumbent."""
+    z = ((best_f - mean) if minimize else (mean - best_f)) / std
+    normal = torch.distributions.Normal(torch.zeros((), dtype=z.dtype), torch.ones((), dtype=z.dtype))
+    return std * (normal.log_prob(z).exp() + z * normal.cdf(z))
+
+
+def get_latent_bounds(X_train: torch.Tensor, margin: float = 0.2) -> torch.Tensor:
+    """Box (2, D) around training latents (N, D), extended by `margin` x range on each side (the seed's 20%)."""
+    z_min, z_max = X_train.min(dim=0).values, X_train.max(dim=0).values
+    z_range = (z_max - z_min).clamp(min=1e-6)
+    return torch.stack([z_min - margin * z_range, z_max + margin * z_range])
+
+
+class GPWithEI:
+    """Fits an InstructionDeepKernelGP on (latent, error) pairs, predicts errors, proposes latents by qLogEI.
+
+    Args:
+        input_dim: D of the latents (64 for the VAE; the embedding size for an HbBoPs-style GP).
+        gp_latent_dim: adapter output size k (10).
+        adapter: an adapter to share (e.g. VAEWithAdapter.adapter); default: a fresh `make_adapter`.
+    """
+
+    def __init__(self, input_dim: int, gp_latent_dim: int = 10, adapter: nn.Module | None = None, seed: int = 0):
+        self.input_dim = input_dim
+        self.gp_latent_dim = gp_latent_dim
+        torch.manual_seed(seed)
+        self.adapter = adapter if adapter is not None else make_adapter(input_dim, gp_latent_dim)
+        self.X = torch.empty(0, input_dim, dtype=torch.float64)
+        self.y = torch.empty(0, dtype=torch.float64)  # error rates
+        self.model: InstructionDeepKernelGP | None = None
+        self._warm_state: dict | None = None
+        self.last_fit: dict[str, float] = {}
+
+    @property
+    def n(self) -> int:
+        return int(self.y.numel())
+
+    @property
+    def best_error(self) -> float:
+        return float(self.y.min())
+
+    def set_data(self, X: torch.Tensor, errors: torch.Tensor) -> None:
+        """Replace the training data: X (N, D), errors (N,)."""
+        X = torch.as_tensor(X, dtype=torch.float64)
+        errors = torch.as_tensor(errors, dtype=torch.float64).reshape(-1)
+        if X.ndim != 2 or X.shape[1] != self.input_dim or X.shape[0] != errors.shape[0]:
+            raise DataError(f"GP data must be X (N, {self.input_dim}) and errors (N,), got {tuple(X.shape)} "
+                            f"and {tuple(errors.shape)}")
+        if not (torch.isfinite(X).all() and torch.isfinite(errors).all()):
+            raise DataError("GP training data hold NaN or inf")
+        self.X, self.y = X, errors
+
+    def add_observation(self, x: torch.Tensor, error: float) -> None:
+        self.set_data(torch.cat([self.X, torch.as_tensor(x, dtype=torch.float64).reshape(1, -1)]),
+                      torch.cat([self.y, torch.tensor([float(error)], dtype=torch.float64)]))
+
+    def _build(self) -> InstructionDeepKernelGP:
+        bounds = torch.stack([self.X.min(0).values, self.X.max(0).values])
+        bounds[1] = torch.maximum(bounds[1], bounds[0] + 1e-6)
+        likelihood = GaussianLikelihood(noise_constraint=Interval(0.001, 0.1))
+        model = InstructionDeepKernelGP(
+            self.X, -self.y.unsqueeze(-1), likelihood, self.adapter.double(), self.gp_latent_dim,
+            input_transform=Normalize(d=self.input_dim, bounds=bounds), outcome_transform=Standardize(m=1),
+        )
+        if self._warm_state is not None:  # incremental retrain: start from the last kernel, noise and adapter
+            model.load_state_dict(self._warm_state, strict=False)
+        return model
+
+    def fit(self, epochs: int = 10000, lr: float = 0.01, patience: int = 100) -> dict[str, float]:
+        """Maximise the exact marginal likelihood with AdamW; early stopping keeps the best state."""
+        if self.n < 2:
+            raise DataError(f"the GP needs at least 2 observations, got {self.n}")
+        model = self._build()
+        model.train()
+        mll = ExactMarginalLogLikelihood(model.likelihood, model)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+        best, best_state, since, epochs_run = math.inf, None, 0, 0
+        with gpytorch.settings.cholesky_jitter(CHOLESKY_JITTER):
+            for epoch in range(epochs):
+                epochs_run = epoch + 1
+                optimizer.zero_grad(set_to_none=True)
+                output = model(*model.train_inputs)
+                loss = -mll(output, model.train_targets)
+                loss.backward()
+                optimizer.step()
+                value = float(loss.detach())
+                if value < best - 1e-4:
+                    best, best_state, since = value, copy.deepcopy(model.state_dict()), 0
+                else:
+                    since += 1
+                    if since >= patience:
+                        break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        self.model = model
+        self._warm_state = {k: v for k, v in model.state_dict().items()
+                            if not k.startswith(("input_transform", "outcome_transform"))}
+        self.last_fit = {"gp_epochs": epochs_run, "gp_neg_mll": best}
+        return self.last_fit
+
+    @torch.no_grad()
+    def predict(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior of the error rate at X (B, D): mean (B,), std (B,), in error units."""
+        if self.model is None:
+            raise DataError("GPWithEI.predict before fit")
+        with gpytorch.settings.cholesky_jitter(CHOLESKY_JITTER):
+            post = self.model.posterior(torch.as_tensor(X, dtype=torch.float64))
+        return -post.mean.squeeze(-1), post.variance.clamp_min(1e-12).sqrt().squeeze(-1)
+
+    def log_ei(self, X: torch.Tensor, best_error: float | None = None) -> torch.Tensor:
+        """Analytic LogEI of lowering the error below `best_error` (default: the best observed) at X (B, D)."""
+        mean, std = self.predict(X)
+        return log_expected_improvement(mean, std, self.best_error if best_error is None else best_error)
+
+    def optimize(self, num_restarts: int = 64, raw_samples: int = 1024, margin: float = 0.2,
+                 maxiter: int = 200, seed: int = 0) -> tuple[torch.Tensor, float]:
+        """The latent maximising qLogEI (q=1) inside the margin-extended box: ((D,), log EI value)."""
+        if self.model is None:
+            raise DataError("GPWithEI.optimize before fit")
+        acq = qLogExpectedImprovement(model=self.model, best_f=float(-self.y.min()))
+        bounds = get_latent_bounds(self.X, margin)
+        torch.manual_seed(seed)
+        with gpytorch.settings.cholesky_jitter(CHOLESKY_JITTER):
+            candidate, value = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=num_restarts,
+                                             raw_samples=raw_samples, options={"maxiter": maxiter, "batch_limit": 5})
+        return candidate.reshape(-1).detach(), float(value)

@@ -1,0 +1,117 @@
+"""`LIPOInference`: the InvBO loop: qLogEI in the VAE latent -> decode -> invert to text -> re-invert -> evaluate.
+
+One iteration (the seed's "Optimalizační tok"):
+1. fit the GP on (latent, error) of every evaluated instruction; z_opt = argmax qLogEI in the 20%-margin box;
+2. embedding = decoder(z_opt); text = inverter(embedding);
+3. inversion loop: z_inv = argmin_z 1 - cos(decoder(z), encoder(text)) (Adam); gap = 1 - cos(decoder(z_opt),
+   decoder(z_inv)); stop when gap <= gap_threshold, else re-decode from z_inv and re-invert (max iterations);
+4. re-encode the text, predict its error with the GP, evaluate it on the validation set (LLM calls), add
+   the observation and retrain the GP (gp_retrain_* settings).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..core.progress import progress_bar
+from .config import LIPOConfig
+from .encoder import GTRInstructionEncoder
+from .gp import GPWithEI
+from .inversion import invert_latent
+from .vae import InstructionVAE
+
+log = logging.getLogger("latentspace")
+
+
+class LIPOInference:
+    """InvBO inference over a trained VAE and a GP on its latents.
+
+    Args:
+        vae: the trained (frozen) InstructionVAE.
+        gp: a GPWithEI on latent_dim inputs, holding the Hyperband observations.
+        encoder: re-encodes texts.
+        inverter: object with `invert(embeddings (B, E)) -> list[str]`.
+        evaluate: fn(text) -> validation error (the LLM evaluation), or None to trust the GP prediction.
+        config: LIPOConfig (iterations, acquisition, inversion and retrain settings).
+        known: text -> error of instructions already evaluated (skips repeated evaluations).
+    """
+
+    def __init__(self, vae: InstructionVAE, gp: GPWithEI, encoder: GTRInstructionEncoder, inverter,
+                 evaluate: Callable[[str], float] | None, config: LIPOConfig, known: dict[str, float] | None = None,
+                 calls: Callable[[], int] | None = None):
+        self.vae, self.gp, self.encoder, self.inverter = vae, gp, encoder, inverter
+        self.evaluate = evaluate
+        self.config = config
+        self.known = dict(known or {})
+        self.calls = calls or (lambda: 0)
+        self.history: list[dict] = []
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z.float())
+
+    def latent_of(self, text: str) -> torch.Tensor:
+        """Re-encode a text: encoder -> VAE posterior mean, (latent_dim,)."""
+        with torch.no_grad():
+            return self.vae.encode_mu(self.encoder.encode_batch_tensor([text]))[0]
+
+    def step(self, iteration: int) -> dict:
+        cfg = self.config
+        z_opt, log_ei = self.gp.optimize(cfg.num_restarts, cfg.raw_samples, cfg.latent_margin, cfg.acq_maxiter,
+                                         seed=cfg.seed + iteration)
+        with torch.no_grad():
+            target = self.decode(z_opt.unsqueeze(0))  # (1, E)
+        text = self.inverter.invert(target)[0]
+        gap, inversion_iters = float("nan"), 0
+        if cfg.use_inversion:
+            for attempt in range(1, cfg.max_inversion_iters + 1):
+                inversion_iters = attempt
+                text_emb = self.encoder.encode_batch_tensor([text])  # (1, E)
+                z_inv, _ = invert_latent(self.decode, z_opt.float().unsqueeze(0), text_emb, cfg.inversion_n_steps,
+                                         cfg.inversion_lr, cfg.inversion_convergence_threshold)
+                with torch.no_grad():
+                    gap = 1.0 - float(F.cosine_similarity(target, self.decode(z_inv), dim=-1))
+                if gap <= cfg.gap_threshold:
+                    break
+                with torch.no_grad():
+                    redecoded = self.decode(z_inv)
+                text = self.inverter.invert(redecoded)[0]
+        z_text = self.latent_of(text).double()
+        pred_mean, pred_std = self.gp.predict(z_text.unsqueeze(0))
+        duplicate = text in self.known
+        if duplicate:
+            error = self.known[text]
+        elif self.evaluate is not None:
+            error = float(self.evaluate(text))
+        else:
+            error = float(pred_mean)
+        if not duplicate:
+            self.known[text] = error
+            self.gp.add_observation(z_text, error)
+            self.gp.fit(cfg.gp_retrain_epochs, cfg.gp_retrain_lr, cfg.gp_retrain_patience)
+        record = {"iteration": iteration, "instruction": text, "error": error, "predicted_error": float(pred_mean),
+                  "predicted_std": float(pred_std), "log_ei": log_ei, "gap": gap, "inversion_iters": inversion_iters,
+                  "duplicate": duplicate, "evaluated": self.evaluate is not None and not duplicate,
+                  "llm_calls": self.calls(), "best_error": min(self.known.values())}
+        self.history.append(record)
+        return record
+
+    def run(self, iterations: int | None = None, quiet: bool = True,
+            on_step: Callable[[dict], None] | None = None) -> dict:
+        """Run the InvBO iterations; returns {"best_instruction", "best_error", "iterations", "history"}."""
+        iterations = self.config.iterations if iterations is None else iterations
+        if self.gp.model is None:
+            self.gp.fit(self.config.gp_epochs, self.config.gp_lr, self.config.gp_patience)
+        with progress_bar(quiet, unit="iter") as bar:
+            task = bar.add_task("InvBO", total=iterations, info="")
+            for iteration in range(iterations):
+                record = self.step(iteration)
+                if on_step is not None:
+                    on_step(record)
+                bar.update(task, advance=1, info=f"err {record['error']:.3f} best {record['best_error']:.3f}")
+        best_text = min(self.known, key=self.known.get)
+        return {"best_instruction": best_text, "best_error": self.known[best_text], "iterations": iterations,
+                "history": self.history}

@@ -1,0 +1,39 @@
+import pytest
+
+from latentspace.core.errors import ConfigError
+from latentspace.lipo.config import Config, LIPOConfig, apply_preset
+
+
+def test_defaults_are_the_seed_tables():
+    c = Config()
+    assert (c.ape_num_instructions, c.ape_batch_size, c.ape_max_tokens, c.ape_max_length) == (1000, 10, 100, 500)
+    assert (c.vae_beta, c.vae_epochs, c.vae_annealing_epochs, c.vae_patience) == (0.003, 10000, 500, 500)
+    assert c.vae_lr == 3e-4
+    assert (c.embedding_dim, c.latent_dim, c.gp_latent_dim) == (768, 64, 10)
+    assert (c.bmin, c.eta, c.random_interleaving_prob, c.min_fidelity_pct) == (10, 2.0, 0.1, 0.75)
+    assert (c.num_restarts, c.raw_samples, c.max_inversion_iters, c.gap_threshold) == (64, 1024, 3, 0.1)
+    assert (c.inversion_n_steps, c.inversion_lr, c.latent_margin) == (100, 0.1, 0.2)
+    assert c.for_hyperband_gp() == {"epochs": 3000, "lr": 0.01, "patience": 50}
+
+
+def test_json_round_trip_and_presets():
+    c = LIPOConfig.preset("cpu")
+    assert LIPOConfig.from_json(c.to_json()) == c
+    assert c.offline and not LIPOConfig().offline
+    assert LIPOConfig.preset("debug").ape_num_instructions == 10
+
+
+def test_explicit_options_win_over_the_preset():
+    c = LIPOConfig(iterations=10)  # equal to the seed default, but typed on the command line
+    assert apply_preset(c, "cpu", explicit={"iterations"}).iterations == 10
+    assert apply_preset(c, "cpu", explicit=set()).iterations == LIPOConfig.preset("cpu").iterations
+    assert apply_preset(LIPOConfig(iterations=3), "cpu").iterations == 3
+    with pytest.raises(ConfigError, match="unknown LIPO preset"):
+        apply_preset(c, "huge")
+
+
+@pytest.mark.parametrize("bad", [{"eta": 1.0}, {"bmin": 0}, {"validation_size": 5}, {"inverter": "x"},
+                                 {"min_fidelity_pct": 0.0}])
+def test_invalid_values_are_named(bad):
+    with pytest.raises(ConfigError):
+        LIPOConfig(**bad)

@@ -1,0 +1,129 @@
+import math
+
+import pytest
+import torch
+from botorch.acquisition.analytic import _log_ei_helper
+from botorch.models import SingleTaskGP
+from botorch.models.transforms.input import Normalize
+from botorch.models.transforms.outcome import Standardize
+from gpytorch.kernels import MaternKernel, ScaleKernel
+from gpytorch.likelihoods import GaussianLikelihood
+from torch import nn
+
+from latentspace.core.errors import DataError
+from latentspace.lipo.gp import (
+    GPWithEI,
+    InstructionDeepKernelGP,
+    expected_improvement,
+    get_latent_bounds,
+    log_expected_improvement,
+    log_h,
+)
+
+
+def _branin_like(x):
+    return torch.sin(3 * x[:, 0]) + 0.5 * torch.cos(5 * x[:, 1]) + x[:, 2] ** 2
+
+
+def _set_hypers(model, lengthscale, outputscale, noise):
+    model.covar_module.base_kernel.lengthscale = lengthscale
+    model.covar_module.outputscale = outputscale
+    model.likelihood.noise = noise
+
+
+def test_posterior_matches_botorch_and_closed_form():
+    torch.manual_seed(0)
+    X = torch.rand(25, 3, dtype=torch.float64) * 4 - 2
+    Y = _branin_like(X).unsqueeze(-1)
+    Xt = torch.rand(7, 3, dtype=torch.float64) * 4 - 2
+    bounds = torch.stack([X.min(0).values, X.max(0).values])
+    ours = InstructionDeepKernelGP(X, Y, GaussianLikelihood(), nn.Identity(), 3,
+                                   input_transform=Normalize(d=3, bounds=bounds), outcome_transform=Standardize(m=1))
+    ref = SingleTaskGP(X, Y, input_transform=Normalize(d=3, bounds=bounds), outcome_transform=Standardize(m=1),
+                       covar_module=ScaleKernel(MaternKernel(nu=2.5, ard_num_dims=3)))
+    ref.mean_module.constant.data.fill_(0.0)  # our GP has a zero mean
+    for model in (ours, ref):
+        _set_hypers(model, torch.tensor([[0.3, 0.5, 0.7]], dtype=torch.float64), 1.3, 0.01)
+        model.eval()
+    post_ours, post_ref = ours.posterior(Xt), ref.posterior(Xt)
+    assert torch.allclose(post_ours.mean, post_ref.mean, atol=1e-6)
+    assert torch.allclose(post_ours.variance, post_ref.variance, atol=1e-6)
+    # slow reference: the GP equations written out on standardised targets
+    y_mean, y_std = Y.mean(), Y.std()
+    y = (Y.squeeze(-1) - y_mean) / y_std
+    xn, xtn = (X - bounds[0]) / (bounds[1] - bounds[0]), (Xt - bounds[0]) / (bounds[1] - bounds[0])
+    kernel = ours.covar_module
+    with torch.no_grad():
+        K = kernel(xn).to_dense() + 0.01 * torch.eye(25, dtype=torch.float64)
+        Ks = kernel(xtn, xn).to_dense()
+        mean = Ks @ torch.linalg.solve(K, y)
+        var = kernel(xtn).to_dense().diagonal() - (Ks @ torch.linalg.solve(K, Ks.T)).diagonal()
+    assert torch.allclose(post_ours.mean.squeeze(-1), mean * y_std + y_mean, atol=1e-6)
+    assert torch.allclose(post_ours.variance.squeeze(-1), var * y_std**2, atol=1e-6)
+
+
+def test_seed_priors_and_kernel():
+    g = GPWithEI(4, gp_latent_dim=3)
+    g.set_data(torch.rand(6, 4), torch.rand(6))
+    g.fit(epochs=5, lr=0.01, patience=5)
+    kernel = g.model.covar_module
+    assert kernel.base_kernel.nu == 2.5 and kernel.base_kernel.ard_num_dims == 3
+    prior = kernel.base_kernel.lengthscale_prior
+    assert (float(prior.concentration), float(prior.rate)) == pytest.approx((3.0, 6.0))
+    assert (float(kernel.outputscale_prior.concentration), float(kernel.outputscale_prior.rate)) == pytest.approx(
+        (2.0, 0.15))
+    noise = g.model.likelihood.noise_covar.raw_noise_constraint
+    assert (float(noise.lower_bound), float(noise.upper_bound)) == pytest.approx((0.001, 0.1))
+
+
+def test_log_h_matches_botorch_and_stays_finite_where_ei_underflows():
+    z = torch.cat([torch.linspace(-50, 5, 200), torch.tensor([-1e4, -1e7])]).double()
+    ours = log_h(z)
+    assert torch.isfinite(ours).all()
+    assert torch.allclose(ours, _log_ei_helper(z), rtol=1e-6, atol=1e-8)
+    mean, std = torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.01], dtype=torch.float64)
+    plain = expected_improvement(mean, std, best_f=0.5)  # minimisation: 50 sigma worse than the incumbent
+    assert float(plain) == 0.0
+    log_ei = log_expected_improvement(mean, std, best_f=0.5)
+    assert torch.isfinite(log_ei).all() and float(log_ei) < -1000
+    # where EI is representable, exp(LogEI) is EI
+    mean = torch.linspace(0.2, 0.8, 7, dtype=torch.float64)
+    std = torch.full_like(mean, 0.1)
+    assert torch.allclose(log_expected_improvement(mean, std, 0.5).exp(), expected_improvement(mean, std, 0.5),
+                          rtol=1e-6)
+
+
+def test_bounds_have_a_twenty_percent_margin():
+    X = torch.tensor([[0.0, 1.0], [1.0, 3.0]])
+    b = get_latent_bounds(X, 0.2)
+    assert torch.allclose(b, torch.tensor([[-0.2, 0.6], [1.2, 3.4]]))
+
+
+def test_fit_predict_and_optimize():
+    torch.manual_seed(0)
+    X = torch.rand(30, 5, dtype=torch.float64)
+    err = ((X[:, :2] - 0.3) ** 2).sum(-1)
+    g = GPWithEI(5, gp_latent_dim=3)
+    g.set_data(X, err)
+    info = g.fit(epochs=80, lr=0.02, patience=20)
+    assert info["gp_epochs"] >= 1 and math.isfinite(info["gp_neg_mll"])
+    mean, std = g.predict(X)
+    assert torch.corrcoef(torch.stack([mean, err]))[0, 1] > 0.9
+    assert (std > 0).all()
+    z, value = g.optimize(num_restarts=2, raw_samples=32, maxiter=10)
+    bounds = get_latent_bounds(g.X, 0.2)
+    assert z.shape == (5,) and math.isfinite(value)
+    assert ((z >= bounds[0] - 1e-9) & (z <= bounds[1] + 1e-9)).all()
+    assert g.log_ei(X[:3]).shape == (3,)
+    g.add_observation(z, 0.01)
+    assert g.n == 31 and g.best_error == pytest.approx(0.01)
+
+
+def test_bad_data_errors():
+    g = GPWithEI(3)
+    with pytest.raises(DataError):
+        g.set_data(torch.rand(4, 2), torch.rand(4))
+    with pytest.raises(DataError, match="NaN"):
+        g.set_data(torch.rand(2, 3), torch.tensor([0.1, float("nan")]))
+    with pytest.raises(DataError, match="before fit"):
+        g.predict(torch.rand(1, 3))
