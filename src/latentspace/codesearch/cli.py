@@ -1,0 +1,237 @@
+"""`latentspace codesearch`: index a tree, search it in plain words, find similar code, evaluate retrieval."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..core.config import config_command
+from ..core.errors import DataError
+from .evaluate import EvalConfig
+from .index import IndexConfig
+
+app = typer.Typer(help="Semantic code search: BM25 + LTT/MiniLM dense vectors, fused by reciprocal rank.",
+                  no_args_is_help=True)
+console = Console()
+log = logging.getLogger("latentspace")
+
+INDEX_OPTION = typer.Option(pathlib.Path(".code_index"), "--index", "-i", help="The index folder.")
+PARTS_OPTION = typer.Option(None, "--parts", help="Comma-separated parts to fuse (bm25, ltt, minilm, ...); "
+                                                  "default all in the index.")
+
+
+def _parts(parts: str | None) -> list[str] | None:
+    return [p.strip() for p in parts.split(",") if p.strip()] if parts else None
+
+
+@config_command(
+    app, "index", IndexConfig,
+    directory=(pathlib.Path, typer.Argument(..., help="The source tree to index.")),
+    output=(pathlib.Path, typer.Option(pathlib.Path(".code_index"), "--output", "-o", help="The index folder.")),
+    rebuild=(bool, typer.Option(False, "--rebuild", help="Ignore (and replace) an existing index, even a corrupt "
+                                                         "or old-version one.")),
+    retrain=(bool, typer.Option(False, "--retrain", help="Train the LTT encoder again on an incremental update.")),
+    run_name=(Optional[str], typer.Option(None, "--name", help="Run name under runs/codesearch/.")),  # noqa: UP045
+    quiet=(bool, typer.Option(False, "--quiet", "-q", help="No progress bars.")),
+    as_json=(bool, typer.Option(False, "--json", help="Print the index statistics as JSON.")),
+)
+def index_command(config: IndexConfig, directory: pathlib.Path, output: pathlib.Path, rebuild: bool, retrain: bool,
+                  run_name: str | None, quiet: bool, as_json: bool):
+    """Index DIR (incrementally when OUTPUT already holds an index of it)."""
+    from ..core.runs import Run
+    from .index import CodeIndex, build_index, is_index
+    from .snippets import SkippedFile
+
+    _threads()
+    if not directory.exists():
+        raise DataError(f"{directory} does not exist")
+    previous = None
+    if output.exists() and not rebuild:
+        if is_index(output):
+            previous = CodeIndex.load(output)  # a corrupt/old index raises here and is left untouched
+            if previous.root.resolve() != (directory if directory.is_dir() else directory.parent).resolve():
+                log.info("the index at %s was built from %s; indexing %s from scratch", output, previous.root,
+                         directory)
+                previous = None
+        elif output.is_dir() and any(output.iterdir()):
+            raise DataError(f"{output} exists and is not a codesearch index; choose another --output")
+    skipped: list[SkippedFile] = []
+    start = time.perf_counter()
+    index = build_index(directory, config, previous=previous, retrain=retrain, quiet=quiet, skipped=skipped)
+    index.save(output)
+    seconds = time.perf_counter() - start
+    stats = {**index.stats, "seconds": round(seconds, 3), "snippets_per_s": round(len(index) / seconds, 1),
+             "output": str(output)}
+    run = Run("codesearch", run_name)
+    run.write_config(config)
+    run.log(0, **{k: v for k, v in stats.items() if isinstance(v, int | float)})
+    run.write_summary(f"codesearch index of {directory}", stats,
+                      notes="\n".join(f"- skipped `{s.path}`: {s.reason}" for s in skipped[:50]))
+    if as_json:
+        print(json.dumps({**stats, "skipped": [s.__dict__ for s in skipped]}, indent=2))
+        return
+    console.print(f"indexed {stats['n_files']} files -> {stats['n_snippets']} snippets "
+                  f"({stats['n_files_changed']} files (re)extracted, {stats['n_snippets_reused']} snippets reused) "
+                  f"in {seconds:.1f} s; parts: {', '.join(index.parts)}; saved to {output}")
+    for s in skipped[:10]:
+        console.print(f"[yellow]skipped[/yellow] {s.path}: {s.reason}")
+    if len(skipped) > 10:
+        console.print(f"... and {len(skipped) - 10} more skipped files (see {run.path / 'summary.md'})")
+
+
+def _print_hits(hits, show_code: bool) -> None:
+    if not hits:
+        console.print("no match")
+    for rank, hit in enumerate(hits, start=1):
+        s = hit.snippet
+        parts = " ".join(f"{p}#{r}" for p, r in hit.ranks.items())
+        console.print(f"[bold][{rank}][/bold] {s.path}:{s.start_line}-{s.end_line}  [cyan]{s.symbol or s.kind}[/cyan]"
+                      f"  ({s.language}, score {hit.score:.4f}; {parts})", highlight=False)
+        if show_code:
+            from rich.syntax import Syntax
+
+            lexer = {"text": "text", "tsx": "tsx", "cpp": "cpp"}.get(s.language, s.language)
+            console.print(Syntax(s.text, lexer, line_numbers=True, start_line=s.start_line))
+
+
+@app.command("search")
+def search_command(
+    query: str = typer.Argument(..., help="What you are looking for, in plain words or code."),
+    index_dir: pathlib.Path = INDEX_OPTION,
+    top_k: int = typer.Option(10, "--top-k", "-k", min=1),
+    show_code: bool = typer.Option(False, "--show-code", help="Print each snippet."),
+    parts: Optional[str] = PARTS_OPTION,  # noqa: UP045
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Search the index for QUERY."""
+    from .index import CodeIndex
+
+    _threads()
+    index = CodeIndex.load(index_dir)
+    hits = index.search(query, top_k, _parts(parts))
+    if as_json:
+        print(json.dumps([h.to_dict(show_code) for h in hits], indent=2))
+    else:
+        _print_hits(hits, show_code)
+
+
+@app.command("similar")
+def similar_command(
+    location: str = typer.Argument(..., help="FILE:LINE of the code to match (path as indexed, or a real path)."),
+    index_dir: pathlib.Path = INDEX_OPTION,
+    top_k: int = typer.Option(10, "--top-k", "-k", min=1),
+    show_code: bool = typer.Option(False, "--show-code", help="Print each snippet."),
+    parts: Optional[str] = PARTS_OPTION,  # noqa: UP045
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Find the snippets most like the one at FILE:LINE."""
+    from .index import CodeIndex
+
+    _threads()
+    file, _, line = location.rpartition(":")
+    if not file or not line.isdigit():
+        raise DataError(f"expected FILE:LINE (e.g. src/app.py:42), got {location!r}")
+    index = CodeIndex.load(index_dir)
+    source, hits = index.similar(file, int(line), top_k, _parts(parts))
+    if as_json:
+        print(json.dumps({"source": {"path": source.path, "start_line": source.start_line,
+                                     "end_line": source.end_line, "symbol": source.symbol},
+                          "hits": [h.to_dict(show_code) for h in hits]}, indent=2))
+        return
+    console.print(f"like {source.path}:{source.start_line}-{source.end_line} ({source.symbol or source.kind}):")
+    _print_hits(hits, show_code)
+
+
+@config_command(
+    app, "evaluate", EvalConfig,
+    run_name=(Optional[str], typer.Option(None, "--name", help="Run name under runs/codesearch/.")),  # noqa: UP045
+    quiet=(bool, typer.Option(False, "--quiet", "-q", help="No progress bars.")),
+    as_json=(bool, typer.Option(False, "--json", help="Print the result as JSON.")),
+)
+def evaluate_command(config: EvalConfig, run_name: str | None, quiet: bool, as_json: bool):
+    """Docstring -> function retrieval on installed packages (held out by package): MRR@10, Recall@1/10."""
+    from ..core.runs import Run
+
+    _threads()
+    run = Run("codesearch", run_name or f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
+    result = evaluate_into_run(config, run, quiet)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    from ..core.runs import markdown_table
+
+    console.print(markdown_table(["metric", "value"], [[k, round(v, 4)] for k, v in result["metrics"].items()]))
+    console.print(f"sizes: {result['sizes']}; run: {run.path}")
+
+
+def evaluate_into_run(config: EvalConfig, run, quiet: bool) -> dict:
+    """Run the evaluation and leave config.json, metrics.jsonl, plots and summary.md in `run`."""
+    from ..core.runs import markdown_table
+    from .evaluate import plot_metrics, run_evaluation
+
+    run.write_config(config)
+    result = run_evaluation(config, run=run, quiet=quiet)
+    run.log(config.encoder_steps + 1, **result["metrics"])
+    plot_metrics(result["metrics"], run.plots_dir / "retrieval.png")
+    run.plot_metrics(["loss", "in_batch_acc"], filename="ltt_training.png", title="LTT code encoder training")
+    (run.path / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    examples = markdown_table(["query", "target", *[m for m in result["examples"][0] if m not in
+                                                    ("query", "target")]],
+                              [list(e.values()) for e in result["examples"]]) if result["examples"] else ""
+    run.write_summary("codesearch evaluation: docstring -> function on held-out packages", result["metrics"],
+                      tables=[markdown_table(["size", "value"], list(result["sizes"].items())), examples],
+                      notes=f"Held-out packages: {', '.join(result['held_out_packages'])}.")
+    return result
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+
+
+def demo(out_dir: pathlib.Path, quiet: bool):
+    """Index latentspace's own source, run a few searches, and a small held-out retrieval evaluation."""
+    from ..core.runs import DemoResult, Run, markdown_table
+    from .index import build_index
+
+    _threads()
+    out_dir = pathlib.Path(out_dir)
+    run = Run("codesearch", path=out_dir)
+    source = pathlib.Path(__file__).resolve().parents[1]
+    start = time.perf_counter()
+    index = build_index(source, IndexConfig(encoders="ltt", encoder_steps=150), quiet=quiet)
+    index.save(out_dir / "code_index")
+    index_s = time.perf_counter() - start
+    queries = ["save a checkpoint atomically", "reciprocal rank fusion of ranked lists",
+               "split camelCase identifiers into words", "integrate an ODE with Euler steps"]
+    rows = []
+    for query in queries:
+        hit = index.search(query, 1)
+        rows.append([query, f"{hit[0].snippet.path}:{hit[0].snippet.start_line} {hit[0].snippet.symbol}" if hit
+                     else "-"])
+    config = EvalConfig(max_queries=300, max_pool=600, encoder_steps=200, max_train_pairs=4000)
+    result = evaluate_into_run(config, run, quiet)
+    m = result["metrics"]
+    metrics = {"index_snippets": len(index), "index_s": round(index_s, 1),
+               **{k: round(v, 4) for k, v in m.items() if k.startswith(("mrr10_", "recall1_hybrid"))
+                  and k.count("_") == 1}}
+    return DemoResult(
+        metrics,
+        plots=[p for p in (run.plots_dir / "retrieval.png", run.plots_dir / "ltt_training.png") if p.exists()],
+        summary=(f"Indexed latentspace's own source ({len(index)} snippets, LTT encoder trained on its docstrings, "
+                 f"{index_s:.0f} s) and evaluated docstring -> function retrieval on {result['sizes']['queries']} "
+                 f"queries from held-out standard-library packages (pool {result['sizes']['pool']}; LTT trained on "
+                 f"{result['sizes']['train_pairs']} pairs from other packages): MRR@10 BM25 "
+                 f"{m.get('mrr10_bm25', 0):.3f}, MiniLM {m.get('mrr10_minilm', 0):.3f}, LTT "
+                 f"{m.get('mrr10_ltt', 0):.3f}, hybrid {m.get('mrr10_hybrid', 0):.3f}."),
+        tables=[markdown_table(["query over latentspace's source", "top hit"], rows)],
+    )

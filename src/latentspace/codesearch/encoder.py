@@ -1,0 +1,237 @@
+"""Dense encoders for code search: the LTT code encoder trained on the indexed corpus, and sentence encoders.
+
+`CodeEncoder` is the LTT family's bidirectional `DeterministicEncoder` (tokens -> latent path z, (B, T, L))
+over identifier-split words, pooled by a masked mean over the latent path and projected by one head for
+code and one for queries. It is trained self-supervised on the corpus being indexed: each docstring or
+leading comment is a query for the code it documents, the other code in the batch the negatives
+(symmetric InfoNCE). `SentenceEncoder` wraps any sentence-transformers model (default: the packaged
+all-MiniLM-L6-v2, offline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.checkpoint import CheckpointMixin
+from ..core.config import Config
+from ..core.errors import CheckpointError, DataError
+from .tokens import Vocabulary
+
+log = logging.getLogger("latentspace")
+
+
+@dataclasses.dataclass
+class CodeEncoderConfig(Config):
+    """The LTT code encoder: sizes of the DeterministicEncoder, the heads and the training schedule."""
+
+    vocab_size: int = 0  # set from the vocabulary when the encoder is built
+    max_words: int = 16000
+    hash_buckets: int = 2048
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    latent_dim: int = 128
+    embed_dim: int = 128
+    max_code_tokens: int = 128
+    max_query_tokens: int = 32
+    temperature: float = 0.05
+    dropout: float = 0.1
+    steps: int = 400
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+
+    PRESETS = {
+        "tiny": {"d_model": 32, "n_layers": 1, "n_heads": 2, "latent_dim": 32, "embed_dim": 32, "steps": 60,
+                 "batch_size": 32, "max_code_tokens": 64, "max_words": 2000, "hash_buckets": 256},
+        "small": {},
+    }
+
+
+def ltt_config(config: CodeEncoderConfig):
+    """The `LTTConfig` of the DeterministicEncoder inside a CodeEncoder."""
+    from ..ltt.config import LTTConfig
+
+    return LTTConfig().replace(
+        vocab_size=config.vocab_size,
+        d_model=config.d_model,
+        n_layers=config.n_layers,
+        n_heads=config.n_heads,
+        latent_dim=config.latent_dim,
+        max_len=max(config.max_code_tokens, config.max_query_tokens),
+        dropout=config.dropout,
+    )
+
+
+class CodeEncoder(CheckpointMixin, nn.Module):
+    """Identifier words -> LTT DeterministicEncoder -> masked mean of the latent path -> code / query head."""
+
+    family = "codesearch"
+    config_class = CodeEncoderConfig
+
+    def __init__(self, config: CodeEncoderConfig, vocab: Vocabulary | None = None):
+        super().__init__()
+        from ..ltt.model import DeterministicEncoder
+
+        self.vocab = vocab if vocab is not None else Vocabulary([], config.hash_buckets)
+        if config.vocab_size != len(self.vocab):
+            config = config.replace(vocab_size=len(self.vocab))
+        self.config = config
+        self.encoder = DeterministicEncoder(ltt_config(config))
+        self.code_head = nn.Linear(config.latent_dim, config.embed_dim)
+        self.query_head = nn.Linear(config.latent_dim, config.embed_dim)
+
+    # ---- checkpoint ----
+    def checkpoint_files(self) -> dict[str, str]:
+        return {"vocab.json": self.vocab.to_json()}
+
+    @classmethod
+    def _build_from_checkpoint(cls, config, directory: Path):
+        vocab_path = directory / "vocab.json"
+        if not vocab_path.is_file():
+            raise CheckpointError(f"{directory} lacks vocab.json: not a codesearch encoder checkpoint")
+        return cls(config, Vocabulary.from_json(vocab_path.read_text()))
+
+    # ---- forward ----
+    def pool(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean of the latent path: tokens, mask (B, T) -> (B, latent_dim)."""
+        z = self.encoder(tokens, mask)  # (B, T, L)
+        weights = mask.unsqueeze(-1).to(z.dtype)  # (B, T, 1)
+        return (z * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, side: str = "code") -> torch.Tensor:
+        """Unit-norm embeddings (B, embed_dim) of code or query token batches (B, T)."""
+        pooled = self.pool(tokens, mask)
+        head = self.code_head if side == "code" else self.query_head
+        return F.normalize(head(pooled), dim=-1)
+
+    def tokenize(self, texts: Sequence[str], side: str = "code") -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded word ids and mask, both (B, T), T = the longest text (at most the side's limit)."""
+        max_len = self.config.max_code_tokens if side == "code" else self.config.max_query_tokens
+        ids = [self.vocab.encode(t, max_len) for t in texts]
+        width = max(len(i) for i in ids)
+        tokens = torch.zeros(len(ids), width, dtype=torch.long)
+        for row, seq in enumerate(ids):
+            tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return tokens, tokens != Vocabulary.PAD
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], side: str = "code", batch_size: int = 256) -> np.ndarray:
+        """Unit-norm embeddings (N, embed_dim) float32; texts are batched by length to keep padding low."""
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), self.config.embed_dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            tokens, mask = self.tokenize([texts[i] for i in rows], side)
+            out[rows] = self(tokens, mask, side).float().numpy()
+        self.train(was_training)
+        return out
+
+    def encode_code(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts, "code")
+
+    def encode_query(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts, "query")
+
+
+def contrastive_loss(query: torch.Tensor, code: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE with in-batch negatives: query, code (B, E) unit-norm; pair i matches pair i."""
+    logits = query @ code.T / temperature  # (B, B)
+    target = torch.arange(len(query), device=query.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def contrastive_loss_reference(query: torch.Tensor, code: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Slow reference of `contrastive_loss`: one softmax per row and per column."""
+    total = 0.0
+    n = len(query)
+    for i in range(n):
+        row = torch.stack([query[i] @ code[j] / temperature for j in range(n)])
+        col = torch.stack([query[j] @ code[i] / temperature for j in range(n)])
+        total = total - torch.log_softmax(row, 0)[i] - torch.log_softmax(col, 0)[i]
+    return total / (2 * n)
+
+
+def train_code_encoder(pairs: Sequence[tuple[str, str]], config: CodeEncoderConfig | None = None, run=None,
+                       quiet: bool = True, vocab_texts: Sequence[str] | None = None) -> CodeEncoder:
+    """Train a CodeEncoder on (query text, code text) pairs, e.g. (docstring, function without it).
+
+    Args:
+        pairs: the self-supervised pairs; at least 2.
+        config: sizes and schedule (default CodeEncoderConfig()).
+        run: a `core.runs.Run` for metrics.jsonl and checkpoints (optional).
+        vocab_texts: texts the vocabulary is built from (default: both sides of the pairs).
+    """
+    from ..core.training import TrainConfig, fit
+
+    config = config or CodeEncoderConfig()
+    if len(pairs) < 2:
+        raise DataError(f"the LTT encoder needs at least 2 (docstring, code) pairs to train on, got {len(pairs)}")
+    texts = vocab_texts if vocab_texts is not None else [t for pair in pairs for t in pair]
+    vocab = Vocabulary.build(texts, config.max_words, hash_buckets=config.hash_buckets)
+    torch.manual_seed(config.seed)
+    model = CodeEncoder(config, vocab)
+    queries, q_mask = model.tokenize([q for q, _ in pairs], "query")  # (N, Tq)
+    codes, c_mask = model.tokenize([c for _, c in pairs], "code")  # (N, Tc)
+    batch_size = min(config.batch_size, len(pairs))
+    generator = torch.Generator().manual_seed(config.seed)
+    epochs = math.ceil(config.steps * batch_size / len(pairs)) + 1
+    order = torch.cat([torch.randperm(len(pairs), generator=generator) for _ in range(epochs)])
+
+    def batch(step: int):
+        rows = order[step * batch_size : (step + 1) * batch_size]
+        q, qm, c, cm = queries[rows], q_mask[rows], codes[rows], c_mask[rows]
+        q_width, c_width = int(qm.sum(1).max()), int(cm.sum(1).max())  # trim padding columns
+        return q[:, :q_width], qm[:, :q_width], c[:, :c_width], cm[:, :c_width]
+
+    def loss_fn(module, data):
+        q, qm, c, cm = data
+        query = module(q, qm, "query")
+        code = module(c, cm, "code")
+        loss = contrastive_loss(query, code, config.temperature)
+        with torch.no_grad():
+            accuracy = ((query @ code.T).argmax(1) == torch.arange(len(q))).float().mean()
+        return loss, {"in_batch_acc": float(accuracy)}
+
+    train_config = TrainConfig(steps=config.steps, lr=config.lr, warmup_steps=min(50, config.steps // 10),
+                               weight_decay=0.01, log_every=10, seed=config.seed, cpu=True)
+    fit(model, loss_fn, batch, train_config, run=run, quiet=quiet, description="training LTT code encoder")
+    return model.eval()
+
+
+class SentenceEncoder:
+    """A sentence-transformers model as a code/query encoder (default: the packaged all-MiniLM-L6-v2)."""
+
+    def __init__(self, name: str = "all-MiniLM-L6-v2", max_seq_length: int = 256, batch_size: int = 64):
+        from ..core.backbones import load_sentence_encoder
+
+        self.name = name
+        self.model = load_sentence_encoder(name)
+        self.model.max_seq_length = min(max_seq_length, self.model.max_seq_length or max_seq_length)
+        self.batch_size = batch_size
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-norm embeddings (N, dim) float32."""
+        return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+
+    def encode_code(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts)
+
+    def encode_query(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(texts)

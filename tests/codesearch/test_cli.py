@@ -1,0 +1,71 @@
+"""The codesearch command line end to end on the fixture repo (BM25 only, so it is fast)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from latentspace.codesearch.cli import app
+from latentspace.codesearch.index import IndexFormatError
+from latentspace.core.errors import DataError
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def indexed(repo, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "idx"
+    result = runner.invoke(app, ["index", str(repo), "--output", str(out), "--encoders", "", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    assert stats["n_snippets"] > 10 and any(s["reason"] == "binary" for s in stats["skipped"])
+    assert (tmp_path / "runs" / "codesearch").is_dir()
+    return out
+
+
+def test_search_json_and_show_code(indexed):
+    result = runner.invoke(app, ["search", "crc32 checksum", "--index", str(indexed), "--json", "--top-k", "3",
+                                 "--show-code"])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    assert hits[0]["symbol"] == "compute_checksum" and "zlib.crc32" in hits[0]["code"] and len(hits) <= 3
+    plain = runner.invoke(app, ["search", "fibonacci", "--index", str(indexed)])
+    assert "core/math.rs" in plain.output and "fibonacci" in plain.output
+
+
+def test_similar_and_bad_location(indexed):
+    result = runner.invoke(app, ["similar", "pkg/checksums.py:7", "--index", str(indexed), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["source"]["symbol"] == "compute_checksum"
+    bad = runner.invoke(app, ["similar", "checksums.py", "--index", str(indexed)])
+    assert isinstance(bad.exception, DataError)
+
+
+def test_incremental_reindex_through_the_cli(indexed, repo):
+    (repo / "pkg" / "new.py").write_text("def shiny_new_function():\n    return 42\n")
+    result = runner.invoke(app, ["index", str(repo), "--output", str(indexed), "--encoders", "", "-q", "--json"])
+    stats = json.loads(result.output)
+    assert stats["n_files_changed"] == 1 and stats["n_snippets_reused"] > 0
+
+
+def test_corrupt_index_is_reported_and_kept(indexed, repo):
+    current = indexed / (indexed / "CURRENT").read_text().strip()
+    (current / "manifest.json").write_text("garbage")
+    before = sorted(p.name for p in indexed.rglob("*"))
+    for args in (["search", "x", "--index", str(indexed)],
+                 ["index", str(repo), "--output", str(indexed), "--encoders", "", "-q"]):
+        result = runner.invoke(app, args)
+        assert isinstance(result.exception, IndexFormatError) and "rebuild" in str(result.exception)
+    assert sorted(p.name for p in indexed.rglob("*")) == before
+    rebuilt = runner.invoke(app, ["index", str(repo), "--output", str(indexed), "--encoders", "", "-q", "--rebuild"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert runner.invoke(app, ["search", "fibonacci", "--index", str(indexed)]).exit_code == 0
+
+
+def test_refuses_to_write_into_a_folder_that_is_not_an_index(repo, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["index", str(repo), "--output", str(tmp_path / "notes"), "--encoders", ""])
+    assert isinstance(result.exception, DataError)
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
