@@ -1,0 +1,87 @@
+"""`RBSQAConfig`: the encoder, the segmenting, the gated memory, the belief tracker flags and training."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..core.config import Config
+from ..core.errors import ConfigError
+
+RE_SCORING_METHODS = ("context_weighted", "learned")
+TASKS = ("stories", "facts", "mixed")
+
+
+@dataclasses.dataclass
+class RBSQAConfig(Config):
+    """Everything an RBS-QA model and its training run are built from (the seed's `RBSTrainingConfig`)."""
+
+    # encoder: a hub id / local path, "all-MiniLM-L6-v2" (packaged, offline) or "tiny-bert" (random, tests)
+    encoder: str = "all-MiniLM-L6-v2"
+    freeze_encoder: bool = True  # frozen encoder: its segment encodings are computed once and cached
+    encoder_layers: int = 2  # keep the encoder's first N layers (0: all); the frozen lower layers are cheap on CPU
+    tiny_hidden: int = 32  # hidden size of "tiny-bert"
+    # segmenting: [CLS] question [SEP] segment [SEP], segments overlap by segment_len - segment_stride tokens
+    max_question_len: int = 16
+    segment_len: int = 32
+    segment_stride: int = 24
+    max_answer_len: int = 4
+    # gated memory carried from segment to segment and the trainable reasoning layers above the encoder
+    num_memory_slots: int = 4
+    num_heads: int = 4
+    reasoning_layers: int = 1
+    # belief-state tracker (seed names)
+    use_belief_state: bool = True
+    belief_state_threshold: float = 0.7
+    enable_re_scoring: bool = True
+    confidence_calibration: bool = True
+    re_scoring_method: str = "context_weighted"
+    max_segments: int = 32
+    enable_trend_analysis: bool = True
+    # data: generated unless real bAbI / SQuAD files are found (data_dir, $LATENTSPACE_DATA, ../shared/data)
+    task: str = "mixed"
+    data_dir: str | None = None
+    train_docs: int = 400
+    val_docs: int = 100
+    test_docs: int = 150
+    story_sentences: int = 16
+    distractors: int = 5
+    # training of the memory, reasoning layers and QA head (the encoder stays frozen by default)
+    steps: int = 500
+    batch_size: int = 16
+    lr: float = 1e-3
+    re_scorer_steps: int = 200
+    seed: int = 0
+
+    PRESETS = {
+        "tiny": dict(encoder="tiny-bert", freeze_encoder=False, tiny_hidden=32, num_heads=2, train_docs=24,
+                     val_docs=12, test_docs=12, steps=20, batch_size=4, re_scorer_steps=20, story_sentences=10,
+                     distractors=2),
+        "demo": dict(train_docs=120, val_docs=30, test_docs=40, steps=200),
+        "small": dict(train_docs=200, val_docs=60, test_docs=80, steps=300),
+        "base": {},
+    }
+
+    def __post_init__(self):
+        if self.re_scoring_method not in RE_SCORING_METHODS:
+            raise ConfigError(f"re_scoring_method {self.re_scoring_method!r}: expected one of {RE_SCORING_METHODS}")
+        if self.task not in TASKS:
+            raise ConfigError(f"task {self.task!r}: expected one of {TASKS}")
+        if not 0 < self.segment_stride <= self.segment_len:
+            raise ConfigError(f"segment_stride {self.segment_stride} must be in (0, segment_len={self.segment_len}]")
+        if not 0.0 <= self.belief_state_threshold <= 1.0:
+            raise ConfigError(f"belief_state_threshold {self.belief_state_threshold} must lie in [0, 1]")
+        if self.max_answer_len < 1 or self.max_segments < 1:
+            raise ConfigError("max_answer_len and max_segments must be >= 1")
+
+    @property
+    def seq_len(self) -> int:
+        """Length of one segment input: [CLS] question(padded) [SEP] segment [SEP]."""
+        return self.max_question_len + self.segment_len + 3
+
+    @property
+    def context_start(self) -> int:
+        """Index of the first segment token in a segment input."""
+        return self.max_question_len + 2
+
+
+RBSTrainingConfig = RBSQAConfig  # the seed's name for the same flags
