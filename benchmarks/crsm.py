@@ -1,0 +1,201 @@
+"""CRSM benchmark: path-star accuracy (greedy vs planner), planner cost, perplexity vs a same-size transformer.
+
+CPU figures are measured here in one run; GPU figures (Triton scan vs GPT-2 124M SDPA training throughput)
+come from `benchmarks/crsm_gpu.py`, run on the device machine, whose JSON is merged in when present
+(benchmarks/results/crsm_gpu.json). Usage: python benchmarks/crsm.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from latentspace.core.runs import markdown_table
+from latentspace.crsm.config import CRSMConfig, PipelineConfig
+from latentspace.crsm.model import CRSM
+from latentspace.crsm.pipeline import corpus_tokens, run_pipeline
+from latentspace.crsm.planner import generate, make_mcts
+from latentspace.crsm.tasks import PathStarTask, lm_batch, pathstar_accuracy, perplexity
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def bench_pathstar(settings, steps, samples, sims, work: Path):
+    rows = []
+    for degree, length in settings:
+        config = PipelineConfig(pathstar_degree=degree, pathstar_length=length, backbone_steps=steps,
+                                distill_steps=150, value_steps=150, value_rollouts=256, mcts_simulations=sims)
+        start = time.time()
+        model = run_pipeline(config, work / f"pathstar-{degree}-{length}", quiet=True)
+        train_s = time.time() - start
+        task = PathStarTask(degree, length)
+        greedy = pathstar_accuracy(model, task, samples)
+        start = time.time()
+        planner = pathstar_accuracy(model, task, samples, planner="sync", num_simulations=sims)
+        planner_dyn = pathstar_accuracy(model, task, samples, planner="sync", num_simulations=sims,
+                                        transition="dynamics")
+        rows.append({"degree": degree, "length": length, "greedy": greedy, "planner_backbone": planner,
+                     "planner_dynamics": planner_dyn, "chance": 1 / degree, "train_s": train_s,
+                     "eval_planner_s": time.time() - start, "backbone_steps": steps, "samples": samples,
+                     "simulations": sims})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def bench_planner_cost(model: CRSM, sims: int, tokens: int):
+    """Simulations/s with latent dynamics vs exact backbone steps; tokens/s with the async planner on vs off."""
+    prompt = model.encode("import os\nimport sys\n\n\ndef main(argv):\n    ")
+    latent, caches = model.prefill(torch.tensor([prompt]))
+    out = {}
+    for transition in ("dynamics", "backbone"):
+        mcts = make_mcts(model, transition=transition, batch=8, max_depth=64)
+        mcts.search(latent[0], caches, 16)  # warm-up
+        start, done = time.perf_counter(), 0
+        while time.perf_counter() - start < 3.0:
+            done += mcts.search(latent[0], caches, sims).simulations
+        out[f"mcts_sims_per_s_{transition}"] = done / (time.perf_counter() - start)
+    for mode in ("off", "async", "off", "async"):
+        gen = generate(model, prompt, tokens, planner=mode, stop_at_eos=False, num_simulations=sims,
+                       transition="dynamics", time_budget=0.05)
+        out.setdefault(f"gen_tokens_per_s_planner_{mode}", []).append(gen.tokens_per_s)
+        if mode == "async":
+            out["async_searches"] = gen.searches
+            out["async_deltas_applied"] = gen.deltas_applied
+    for mode in ("off", "async"):
+        out[f"gen_tokens_per_s_planner_{mode}"] = max(out[f"gen_tokens_per_s_planner_{mode}"])
+    return out
+
+
+def bench_perplexity(steps: int, work: Path):
+    """Mamba backbone vs a same-size GPT-2 (SDPA) on Python stdlib source, same tokens seen."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = PipelineConfig(task="lm", d_model=128, n_layers=4, backbone_steps=steps, seq_len=128, batch_size=16,
+                            backbone_lr=2e-3, corpus_bytes=600_000, distill_steps=100, value_steps=100,
+                            distill_sequences=64, value_rollouts=32)
+    start = time.time()
+    mamba = run_pipeline(config, work / "lm", quiet=True)
+    mamba_s = time.time() - start
+    train, val = corpus_tokens(mamba, config)
+    ppl_mamba = perplexity(lambda t: mamba(t)[0], val, config.seq_len)
+    n_mamba = sum(p.numel() for p in mamba.backbone.parameters())
+    per_layer = 12 * config.d_model**2 + 13 * config.d_model
+    layers = max(1, round((n_mamba - mamba.backbone.embedding.weight.numel()) / per_layer))
+    torch.manual_seed(config.seed)
+    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=mamba.config.vocab_size, n_positions=config.seq_len,
+                                     n_embd=config.d_model, n_layer=layers, n_head=4, attn_implementation="sdpa"))
+    n_gpt = sum(p.numel() for p in gpt.parameters())
+    opt = torch.optim.AdamW(gpt.parameters(), lr=1e-3, weight_decay=0.01)
+    start = time.time()
+    warmup = min(50, steps // 10)
+    for step in range(steps):
+        lr = 1e-3 * min(1.0, (step + 1) / max(1, warmup))
+        lr = lr * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(step / steps * 3.14159)).item()))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = lm_batch(train, config.batch_size, config.seq_len, seed=config.seed * 1_000_003 + step)
+        loss = torch.nn.functional.cross_entropy(gpt(batch[:, :-1]).logits.transpose(1, 2), batch[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+    gpt_s = time.time() - start
+    gpt.eval()
+    ppl_gpt = perplexity(lambda t: gpt(t).logits, val, config.seq_len)
+    return mamba, {"ppl_mamba": ppl_mamba, "ppl_transformer": ppl_gpt, "params_mamba": n_mamba,
+                   "params_transformer": n_gpt, "transformer_layers": layers, "train_tokens": steps * config.batch_size
+                   * config.seq_len, "train_s_mamba_pipeline": mamba_s, "train_s_transformer": gpt_s,
+                   "corpus": "Python standard library source (top-level *.py, sorted), 600 kB, byte tokens"}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--work", default="runs/crsm/benchmark")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    work = Path(args.work)
+    quick = args.quick
+    started = time.time()
+    settings = [(2, 3), (3, 3)]
+    rows = bench_pathstar(settings, 300 if quick else 900, 30 if quick else 100, 48, work)
+    lm_model, lm = bench_perplexity(100 if quick else 500, work)
+    cost_model = CRSM(CRSMConfig(d_model=256, n_layers=8, mcts_max_depth=64)).eval()
+    cost = bench_planner_cost(cost_model, 64, 64 if quick else 128)
+    gpu_path = RESULTS / "crsm_gpu.json"
+    gpu = json.loads(gpu_path.read_text()) if gpu_path.exists() else None
+    best = max(rows, key=lambda r: r["planner_backbone"] - r["greedy"])
+    metrics = {
+        "pathstar_acc_greedy": best["greedy"], "pathstar_acc_planner": best["planner_backbone"],
+        "pathstar_degree": best["degree"], "pathstar_length": best["length"],
+        "mcts_sims_per_s_dynamics": cost["mcts_sims_per_s_dynamics"],
+        "mcts_sims_per_s_backbone": cost["mcts_sims_per_s_backbone"],
+        "mcts_speedup_dynamics": cost["mcts_sims_per_s_dynamics"] / cost["mcts_sims_per_s_backbone"],
+        "gen_tokens_per_s_planner_off": cost["gen_tokens_per_s_planner_off"],
+        "gen_tokens_per_s_planner_async": cost["gen_tokens_per_s_planner_async"],
+        "async_cost_frac": 1 - cost["gen_tokens_per_s_planner_async"] / cost["gen_tokens_per_s_planner_off"],
+        "ppl_mamba": lm["ppl_mamba"], "ppl_transformer": lm["ppl_transformer"],
+        "gpu_train_tokens_per_s_mamba": None, "gpu_train_tokens_per_s_gpt2": None,
+        "gpu_peak_gib_mamba": None, "gpu_peak_gib_gpt2": None,
+    }
+    if gpu is not None:
+        tp = gpu["throughput"]
+        metrics.update({
+            "gpu_train_tokens_per_s_mamba": tp["mamba_triton"].get("tokens_per_s"),
+            "gpu_train_tokens_per_s_gpt2": tp["gpt2_sdpa"].get("tokens_per_s"),
+            "gpu_peak_gib_mamba": tp["mamba_triton"].get("peak_gib"),
+            "gpu_peak_gib_gpt2": tp["gpt2_sdpa"].get("peak_gib"),
+            "gpu_train_tokens_per_s_mamba_pscan": tp["mamba_pscan"].get("tokens_per_s"),
+            "gpu_peak_gib_mamba_pscan": tp["mamba_pscan"].get("peak_gib"),
+        })
+    result = {
+        "family": "crsm", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu["gpu"] if gpu else None},
+        "command": "python " + " ".join(sys.argv), "metrics": metrics,
+        "pathstar": rows, "planner_cost": {**cost, "model": "untrained CRSM d_model=256, 8 layers (timing only)",
+                                           "simulations_per_search": 64, "batch": 8},
+        "perplexity": lm, "gpu": gpu, "seconds": time.time() - started,
+        "notes": ("CPU figures on a 2-core machine shared with other jobs (load average > 8): absolute speeds are "
+                  "noisy. GPU figures from benchmarks/crsm_gpu.py on the device machine (one H100)."),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "crsm.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# CRSM benchmark ({result['date']})", "",
+             f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores (shared), GPU figures: "
+             f"{result['machine']['gpu']}. Command: `{result['command']}`.", "",
+             markdown_table(["metric", "value"], [[k, "n/a" if v is None else v] for k, v in metrics.items()]), "",
+             "## Path-star (fresh graphs; planner = synchronous MCTS, verifier reward at terminal nodes)", "",
+             markdown_table(["degree", "length", "greedy", "planner (backbone)", "planner (dynamics)", "chance",
+                             "steps", "samples"],
+                            [[r["degree"], r["length"], r["greedy"], r["planner_backbone"], r["planner_dynamics"],
+                              r["chance"], r["backbone_steps"], r["samples"]] for r in rows]), ""]
+    if gpu:
+        lines += ["## GPU training throughput (T=1024, bf16 autocast, fwd+bwd+AdamW)", "",
+                  markdown_table(["model", "params (M)", "batch", "tokens/s", "peak GiB"],
+                                 [[k, v.get("params_m", "-"), v.get("batch", "-"),
+                                   v.get("tokens_per_s", v.get("error", "")[:60]), v.get("peak_gib", "-")]
+                                  for k, v in gpu["throughput"].items()]), ""]
+    (RESULTS / "crsm.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
