@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
 from ..core.config import Config
 from ..core.errors import ConfigError
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass
@@ -35,7 +33,8 @@ class LBSConfig(Config):
     alpha_val: float = 1.0
     alpha_text: float = 0.1
     alpha_kl: float = 0.1
-    alpha_pred: float = 1.0  # value loss of the prior one step ahead: trains the forecast path directly
+    alpha_pred: float = 1.0  # value loss of open-loop prior rollouts: trains the forecast path directly
+    overshoot: int = 6  # ... of 1..overshoot steps from every filtered state
     dtype: str = "float32"
     use_text: bool = True  # False: text embeddings zeroed (the no-text ablation)
     max_text_chars: int = 384  # text is cut to this many characters before encoding
@@ -62,8 +61,10 @@ class LBSConfig(Config):
                 raise ConfigError(f"LBSConfig.{name} must be >= 1, got {getattr(self, name)}")
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.dtype]
+    def torch_dtype(self):
+        import torch  # lazily: the CLI imports this module at startup
+
+        return getattr(torch, self.dtype)
 
     @property
     def is_tiny(self) -> bool:
@@ -80,5 +81,6 @@ class WindowConfig(Config):
     context: int = 24  # forecast: steps filtered before the origin
     horizon: int = 6  # H steps forecast
     samples: int = 64  # N prior trajectories per origin
+    instance_norm: bool = True  # values are taken relative to the last context step (the forecast origin's level)
     train_frac: float = 0.7
     val_frac: float = 0.1

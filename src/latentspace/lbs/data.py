@@ -220,3 +220,15 @@ def windows(n_steps: int, window: int, batch: int, step: int, seed: int = 0, end
         raise DataError(f"training part has {end} steps, fewer than one window of {window}")
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
     return torch.randint(0, high + 1, (batch,), generator=gen)
+
+
+def load_series(spec: str, data_dir: str | Path | None = None, max_steps: int | None = 1200) -> TextSeries:
+    """A series by name: "generated", "time-mmd:<Domain>" (or just the domain name), or a CSV path."""
+    if spec == "generated":
+        return generated_series()
+    if spec.startswith("time-mmd:") or spec in TIME_MMD_DOMAINS:
+        return load_time_mmd(spec.split(":", 1)[-1], data_dir, max_steps=max_steps)
+    if spec.endswith(".csv") or Path(spec).exists():
+        return load_csv(spec)
+    raise DataError(f"unknown series {spec!r}: expected 'generated', 'time-mmd:<Domain>' "
+                    f"({', '.join(TIME_MMD_DOMAINS)}) or a CSV file with date,value,text columns")

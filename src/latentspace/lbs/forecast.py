@@ -57,8 +57,10 @@ def rollout(model: BaseLBS, x: torch.Tensor, h: torch.Tensor, horizon: int, samp
     return vals, torch.stack(means, 1).view(samples, b, horizon, d)
 
 
-def context_tensors(model: BaseLBS, series: TextSeries, scaler: Standardizer, origins: Sequence[int], context: int):
-    """Standardised context values (B, L) and semantic observations (B, L, D) ending just before each origin."""
+def context_tensors(model: BaseLBS, series: TextSeries, scaler: Standardizer, origins: Sequence[int], context: int,
+                    instance_norm: bool = False):
+    """Standardised context values (B, L), semantic observations (B, L, D) ending just before each origin, and
+    the level (B, 1) subtracted from the values (the last context value with `instance_norm`, else 0)."""
     if min(origins) < context:
         raise DataError(f"forecast origin {min(origins)} leaves fewer than {context} context steps")
     idx = torch.tensor([list(range(o - context, o)) for o in origins])  # (B, L)
@@ -67,18 +69,25 @@ def context_tensors(model: BaseLBS, series: TextSeries, scaler: Standardizer, or
     mask = torch.tensor([bool(t) for t in series.texts], dtype=torch.float32)
     with torch.no_grad():
         s = model.project_sum(hidden[idx], mask[idx])  # (B, L, D)
-    return z[idx].to(model.device), s
+    y = z[idx]
+    ref = y[:, -1:] if instance_norm else torch.zeros(len(origins), 1)
+    return (y - ref).to(model.device), s, ref
 
 
 @torch.no_grad()
 def forecast(model: BaseLBS, series: TextSeries, scaler: Standardizer, origins: Sequence[int], context: int,
              horizon: int, samples: int = 64, levels: tuple[float, ...] = (0.1, 0.5, 0.9), seed: int = 0,
-             with_text: bool = False) -> Forecast:
-    """Forecasts (standardised units) of `horizon` steps from each origin (the first unseen step)."""
-    y, s = context_tensors(model, series, scaler, origins, context)
+             with_text: bool = False, instance_norm: bool = False) -> Forecast:
+    """Forecasts (standardised units) of `horizon` steps from each origin (the first unseen step).
+
+    `instance_norm` must match the training windows' (WindowConfig.instance_norm): the model then works on
+    values relative to the last context value, added back here.
+    """
+    y, s, ref = context_tensors(model, series, scaler, origins, context, instance_norm)
     x, h = filter_context(model, y, s)
     gen = torch.Generator().manual_seed(seed)
     vals, means = rollout(model, x, h, horizon, samples, gen)
+    vals = vals + ref.to(vals.device)[None]  # (N, B, H) + (1, B, 1)
     q = torch.quantile(vals.float().cpu(), torch.tensor(levels), dim=0)  # (Q, B, H)
     texts = None
     if with_text:

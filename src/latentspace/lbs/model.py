@@ -333,19 +333,21 @@ class BaseLBS(CheckpointMixin, nn.Module):
         b, t_len = y.shape
         s = self.project_sum(hidden, text_mask.to(self.device))  # (B, T, D)
         x, h = self.initial_state(b)
-        xs, priors, posts = [], [], []
+        xs, hs, priors, posts = [], [], [], []
         for t in range(t_len):
             if t and bptt and t % bptt == 0:
                 x, h = x.detach(), h.detach()
             x, prior, post, h = self.filter_step(x, h, y[:, t], s[:, t])
             xs.append(x)
+            hs.append(h)
             priors.append(prior)
             posts.append(post)
         x_all = torch.stack(xs, 1)  # (B, T, D)
+        hs = [h.transpose(0, 1) for h in hs]  # (B, layers, D) each
         prior_mu, prior_logvar = (torch.stack([p[i] for p in priors], 1) for i in range(2))  # (B, T, D)
         post_mu, post_logvar = (torch.stack([p[i] for p in posts], 1) for i in range(2))
         l_val = self.value_loss(x_all, y)
-        l_pred = self.value_loss(prior_mu[:, 1:], y[:, 1:])  # one step ahead from the prior: the forecast path
+        l_pred = self.overshoot_loss(x_all, torch.stack(hs, 1), y)
         l_kl = self.kl_loss(prior_mu, prior_logvar, post_mu, post_logvar, step, total_steps)
         loss = self.cfg.alpha_val * l_val + self.cfg.alpha_pred * l_pred + self.cfg.alpha_kl * l_kl
         metrics = {"val": float(l_val.detach()), "pred": float(l_pred.detach()), "kl": float(l_kl.detach())}
@@ -359,6 +361,27 @@ class BaseLBS(CheckpointMixin, nn.Module):
                 loss = loss + self.cfg.alpha_text * l_text
                 metrics["text"] = float(l_text.detach())
         return loss, metrics
+
+
+    def overshoot_loss(self, x_all: torch.Tensor, h_all: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Value loss of open-loop prior rollouts (prior means) from every filtered state, 1..overshoot steps.
+
+        This trains exactly the path a forecast takes (filter, then prior only), so information a text
+        carries about steps ahead (a regime announced before it shows) is rewarded.
+
+        Args:
+            x_all: posterior samples (B, T, D); h_all: GRU memories (B, T, layers, D); y: values (B, T).
+        """
+        b, t_len, d = x_all.shape
+        x = x_all.reshape(b * t_len, d)  # (B*T, D): every step is a forecast origin
+        h = h_all.reshape(b * t_len, *h_all.shape[2:]).transpose(0, 1).contiguous()  # (layers, B*T, D)
+        losses = []
+        for k in range(1, min(self.cfg.overshoot, t_len - 1) + 1):
+            _, h = self.gru(x.unsqueeze(1), h)
+            x = self.prior(h[-1]).mu  # (B*T, D)
+            pred = self.mlp_val(x).view(b, t_len)[:, : t_len - k]  # origin t predicts y[t + k]
+            losses.append(F.mse_loss(pred, y[:, k:]))
+        return torch.stack(losses).mean()
 
 
 LBS = BaseLBS  # the seed's class name

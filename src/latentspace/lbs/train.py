@@ -32,8 +32,12 @@ class WindowData:
         starts = windows(len(self.series), self.window, self.wcfg.batch, step, self.seed, self.end)  # (B,)
         idx = starts[:, None] + torch.arange(self.window)[None]  # (B, T)
         rows = idx.tolist()
+        y = self.z[idx]  # (B, T)
+        if self.wcfg.instance_norm:  # relative to the step where a forecast origin would sit, as in `forecast`
+            ref = min(self.wcfg.context, self.window) - 1
+            y = y - y[:, ref : ref + 1]
         return {
-            "y": self.z[idx], "hidden": self.hidden[idx], "mask": self.mask[idx],
+            "y": y, "hidden": self.hidden[idx], "mask": self.mask[idx],
             "texts": [[self.series.texts[i] for i in r] for r in rows],
             "dates": [[self.series.dates[i] for i in r] for r in rows],
             "step": step,

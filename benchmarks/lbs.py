@@ -1,0 +1,222 @@
+"""LBS benchmark: forecast MSE per Time-MMD domain (LBS text / no text / naive / seasonal naive / ARIMA),
+steering toward a goal, and training speed of the batched LBS against the seed's per-step loop.
+
+    python benchmarks/lbs.py            # all domains present, ~15 min on a shared 2-core CPU
+    python benchmarks/lbs.py --quick    # three domains, fewer steps
+    python benchmarks/lbs.py --gpu-speed --out speed.json   # only the speed figure, ~1B backbone on CUDA
+
+Writes benchmarks/results/lbs.json and lbs.md (not with --gpu-speed, which writes --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentspace.core.backbones import byte_tokenizer, tiny_causal_lm
+from latentspace.core.data import find_dataset
+from latentspace.core.training import TrainConfig
+from latentspace.lbs.config import LBSConfig, WindowConfig
+from latentspace.lbs.data import REGIMES, TIME_MMD_DOMAINS, Standardizer, generated_series, load_time_mmd
+from latentspace.lbs.evaluate import evaluate_series, plot_forecast, text_steer_report
+from latentspace.lbs.model import BaseLBS
+from latentspace.lbs.train import WindowData, seed_loop
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu}
+
+
+def speed(model: BaseLBS, series, wcfg: WindowConfig, fast_steps: int, seed_steps: int) -> dict:
+    """Observations (series time steps) trained per second: batched LBS (cache fill included) vs the seed loop."""
+    scaler = Standardizer(series.values)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    seed_loop(model, series, scaler, 2)  # warm-up
+    seed_obs_s = seed_loop(model, series, scaler, seed_steps)
+    model.cache = type(model.cache)(namespace=model.cache.namespace)  # cold cache: encoding is timed too
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda" else torch.autocast(
+        "cpu", enabled=False)
+    sync()
+    t0 = time.perf_counter()
+    data = WindowData(model, series, scaler, wcfg, len(series))
+    t_encode = time.perf_counter() - t0
+    for step in range(fast_steps):
+        batch = data(step)
+        with autocast:
+            loss, _ = model.window_loss(batch["y"], batch["hidden"], batch["mask"], batch["texts"], batch["dates"],
+                                        step=step, total_steps=fast_steps, bptt=wcfg.bptt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sync()
+    elapsed = time.perf_counter() - t0
+    obs = fast_steps * wcfg.batch * data.window
+    fast_obs_s = obs / elapsed
+    return {"seed_loop_obs_per_s": seed_obs_s, "batched_obs_per_s": fast_obs_s,
+            "batched_steps_per_s": fast_steps / elapsed, "obs_per_step": wcfg.batch * data.window,
+            "encode_s": t_encode, "speedup": fast_obs_s / seed_obs_s,
+            "backbone_params": sum(p.numel() for p in model.model.parameters())}
+
+
+def gpu_speed(out: Path) -> None:
+    """The speed figure on CUDA with a ~1B Llama built from a config (bf16, random weights)."""
+    cfg = LBSConfig(dtype="bfloat16", text_loss_samples=8)
+    sums = [f"<SUM{i}>" for i in range(cfg.sum_tokens)]
+    tok = byte_tokenizer(extra_special_tokens=sums)
+    with torch.device("cuda"):
+        lm, tok = tiny_causal_lm("llama", hidden_size=2048, layers=24, heads=16, tokenizer=tok)
+    lm = lm.to(torch.bfloat16)
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    tok.padding_side = "right"
+    model = BaseLBS(cfg, model=lm, tokenizer=tok).to("cuda")
+    series = generated_series()
+    result = {"device": torch.cuda.get_device_name(0), "backbone": "Llama 2048x24 (from config, bf16)",
+              **speed(model, series, WindowConfig(batch=32, window=32), fast_steps=30, seed_steps=30),
+              "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--domains", default=",".join(TIME_MMD_DOMAINS))
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--max-steps", type=int, default=600, help="most recent steps kept per domain")
+    parser.add_argument("--gpu-speed", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("lbs_gpu_speed.json"))
+    args = parser.parse_args()
+    if args.gpu_speed:
+        gpu_speed(args.out)
+        return
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    domains = args.domains.split(",")
+    steps = args.steps
+    if args.quick:
+        domains, steps = domains[:3], min(steps, 60)
+    cfg = LBSConfig(text_loss_samples=8)
+    wcfg = WindowConfig()
+    tcfg = TrainConfig(steps=steps, lr=3e-3, log_every=10_000)
+    t_start = time.time()
+    per_domain: dict[str, dict] = {}
+    data_present = find_dataset("time-mmd") is not None
+    plot_done = False
+    for domain in domains if data_present else []:
+        series = load_time_mmd(domain, max_steps=args.max_steps)
+        res = evaluate_series(series, cfg, wcfg, tcfg)
+        per_domain[domain] = res.metrics
+        print(domain, {k: round(v, 3) if isinstance(v, float) else v for k, v in res.metrics.items()}, flush=True)
+        if domain == "Economy" or (not plot_done and domain == domains[-1]):
+            plot_forecast(res, series, ROOT / "docs" / "img" / "lbs_forecast_timemmd.png", wcfg)
+            plot_done = True
+    gen = generated_series()
+    gen_res = evaluate_series(gen, cfg, wcfg, tcfg)
+    train_end = gen.split()[0]
+    gen_res.metrics.update(text_steer_report(gen_res.model, gen, Standardizer(gen.values[:train_end]),
+                                             gen_res.origins, wcfg, REGIMES["surge"][0], REGIMES["slump"][0]))
+    plot_forecast(gen_res, gen, ROOT / "docs" / "img" / "lbs_forecast_generated.png", wcfg)
+    print("generated", gen_res.metrics, flush=True)
+    torch.manual_seed(0)
+    cpu_speed = speed(BaseLBS(cfg), gen, wcfg, fast_steps=20, seed_steps=40)
+    print("speed", cpu_speed, flush=True)
+
+    names = list(per_domain)
+    text = np.array([per_domain[d]["mse_lbs_text"] for d in names]) if names else np.array([np.nan])
+    notext = np.array([per_domain[d]["mse_lbs_notext"] for d in names]) if names else np.array([np.nan])
+    stat = np.array([per_domain[d]["mse_arima"] for d in names]) if names else np.array([np.nan])
+    steer = [per_domain[d]["steer_toward_goal_frac"] for d in names] + [gen_res.metrics["steer_toward_goal_frac"]]
+    gpu_file = ROOT / "benchmarks" / "results" / "lbs_gpu_speed.json"
+    gpu = json.loads(gpu_file.read_text()) if gpu_file.exists() else None
+    metrics = {
+        "domains_text_beats_notext": int(np.sum(text < notext)) if names else 0,
+        "domains_text_beats_stat": int(np.sum(text < stat)) if names else 0,
+        "domains_total": len(names),
+        "mse_text_mean": float(np.mean(text)),
+        "mse_notext_mean": float(np.mean(notext)),
+        "mse_stat_mean": float(np.mean(stat)),
+        "steer_toward_goal_frac": float(np.mean(steer)),
+        "train_speedup_vs_seed_loop": cpu_speed["speedup"],
+        "train_speedup_vs_seed_loop_gpu": gpu["speedup"] if gpu else None,
+        "generated_mse_text": gen_res.metrics["mse_lbs_text"],
+        "generated_mse_notext": gen_res.metrics["mse_lbs_notext"],
+        "generated_mse_stat": gen_res.metrics["mse_arima"],
+        "steer_text_direction_frac_generated": gen_res.metrics["steer_text_direction_frac"],
+    }
+    result = {
+        "family": "lbs",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/lbs.py", *sys.argv[1:]]),
+        "metrics": metrics,
+        "notes": ("CPU shared with other jobs (up to 7 helpers on 2 cores): timings are noisy. MSE in standardised "
+                  "units (train-part mean/std), rolling origins over the test part (last 20%), horizon "
+                  f"{wcfg.horizon}, context {wcfg.context}, {steps} training steps, backbone {cfg.backbone} "
+                  "(random frozen sensor). Statistical baseline: statsmodels ARIMA, order by AIC on the train part. "
+                  "Speed: observations (series steps) trained per second, batched (cache fill included) vs the "
+                  "seed's per-step batch-1 loop, same backbone and data."),
+        "per_domain": per_domain,
+        "generated": gen_res.metrics,
+        "speed_cpu": cpu_speed,
+        "speed_gpu": gpu,
+        "wall_s": time.time() - t_start,
+        "config": {"lbs": cfg.to_dict(), "window": wcfg.to_dict(), "train": tcfg.to_dict()},
+        "packages": {"statsmodels": __import__("statsmodels").__version__, "torch": torch.__version__},
+    }
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lbs.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "lbs.md").write_text(markdown(result))
+    print(json.dumps(metrics, indent=2))
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"# lbs benchmark ({result['date']})", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}; command: `{result['command']}`", "",
+             "| metric | value |", "| --- | --- |"]
+    for key, value in result["metrics"].items():
+        lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
+    lines += ["", "Forecast MSE per domain (standardised units; lower is better):", "",
+              "| domain | steps | text cover | LBS text | LBS no text | naive | seas. naive | ARIMA | steer toward |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = dict(result["per_domain"])
+    rows["generated (embedded)"] = result["generated"]
+    for name, d in rows.items():
+        lines.append(f"| {name} | {int(d['steps'])} | {d['text_coverage']:.2f} | {d['mse_lbs_text']:.3f} | "
+                     f"{d['mse_lbs_notext']:.3f} | {d['mse_naive']:.3f} | {d['mse_seasonal_naive']:.3f} | "
+                     f"{d['mse_arima']:.3f} | {d['steer_toward_goal_frac']:.2f} |")
+    for label, sp in (("CPU", result["speed_cpu"]), ("GPU", result["speed_gpu"])):
+        if sp:
+            lines += ["", f"Speed ({label}{', ' + sp.get('device', '') if 'device' in sp else ''}): batched "
+                      f"{sp['batched_obs_per_s']:.0f} obs/s vs seed loop {sp['seed_loop_obs_per_s']:.1f} obs/s "
+                      f"= {sp['speedup']:.0f}x (backbone {sp['backbone_params'] / 1e6:.1f}M params)"]
+    lines += ["", result["notes"], ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Evaluate LBS on one series, side by side with its baselines and its no-text ablation, plus steering.
+
+`evaluate_series` trains LBS with text and LBS without text (text embeddings zeroed) on the training
+part, forecasts every test origin, and scores naive, seasonal naive and ARIMA on the same origins
+(standardised units). `steer_report` measures how far GoalLBS moves forecasts toward a goal value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.runs import Run
+from ..core.training import TrainConfig
+from .config import LBSConfig, WindowConfig
+from .data import Standardizer, TextSeries
+from .forecast import (
+    arima_forecast,
+    context_tensors,
+    errors,
+    filter_context,
+    forecast,
+    forecast_origins,
+    naive_forecast,
+    rollout,
+    seasonal_naive_forecast,
+)
+from .goal import GoalLBS
+from .train import train_lbs
+
+
+@dataclasses.dataclass
+class SeriesResult:
+    name: str
+    metrics: dict[str, float]
+    origins: list[int]
+    forecasts: dict[str, np.ndarray]  # method -> (B, H) standardised
+    quantiles: np.ndarray  # (3, B, H) of LBS with text
+    model: GoalLBS
+
+
+def evaluate_series(series: TextSeries, cfg: LBSConfig, wcfg: WindowConfig, tcfg: TrainConfig,
+                    max_origins: int = 60, run: Run | None = None, quiet: bool = True,
+                    steer: bool = True) -> SeriesResult:
+    """Train LBS with and without text on series[:train_end], forecast the test part, compare baselines."""
+    train_end, val_end = series.split(wcfg.train_frac, wcfg.val_frac)
+    scaler = Standardizer(series.values[:train_end])
+    z = scaler(series.values)
+    start = max(val_end, wcfg.context, series.period)
+    origins = forecast_origins(len(series), start, wcfg.horizon, max_origins)
+    metrics: dict[str, float] = {"steps": float(len(series)), "origins": float(len(origins)),
+                                 "text_coverage": series.text_coverage()}
+    forecasts: dict[str, np.ndarray] = {}
+    models = {}
+    for name, use_text in (("text", True), ("notext", False)):
+        torch.manual_seed(tcfg.seed)
+        model = GoalLBS(cfg.replace(use_text=use_text))
+        t0 = time.perf_counter()
+        sub_run = Run(run.family, path=run.path / name) if run is not None else None
+        train_lbs(model, series, scaler, wcfg, tcfg, run=sub_run, quiet=quiet, end=train_end)
+        metrics[f"train_s_{name}"] = time.perf_counter() - t0
+        model.eval()
+        fc = forecast(model, series, scaler, origins, wcfg.context, wcfg.horizon, wcfg.samples, seed=tcfg.seed,
+                      instance_norm=wcfg.instance_norm)
+        forecasts[f"lbs_{name}"] = fc.mean.numpy()
+        if use_text:
+            quantiles = fc.quantiles.numpy()
+        models[name] = model
+    forecasts["naive"] = naive_forecast(z, origins, wcfg.horizon)
+    forecasts["seasonal_naive"] = seasonal_naive_forecast(z, origins, wcfg.horizon, series.period)
+    forecasts["arima"], order = arima_forecast(z, train_end, origins, wcfg.horizon)
+    for method, pred in forecasts.items():
+        for key, value in errors(pred, z, origins, wcfg.horizon).items():
+            metrics[f"{key}_{method}"] = value
+    truth = np.stack([z[o : o + wcfg.horizon] for o in origins])
+    inside = (quantiles[0] <= truth) & (truth <= quantiles[2])
+    metrics["coverage_80_text"] = float(inside.mean())
+    metrics["stat_order"] = order
+    if steer:
+        metrics.update(steer_report(models["text"], series, scaler, origins, wcfg))
+    return SeriesResult(series.name, metrics, origins, forecasts, quantiles, models["text"])
+
+
+@torch.no_grad()
+def _filtered(model: GoalLBS, series, scaler, origins, context, instance_norm):
+    y, s, _ = context_tensors(model, series, scaler, origins, context, instance_norm)
+    return filter_context(model, y, s)
+
+
+def steer_report(model: GoalLBS, series: TextSeries, scaler: Standardizer, origins: list[int], wcfg: WindowConfig,
+                 offset: float = 1.0, strength: float = 0.5, seed: int = 0) -> dict[str, float]:
+    """Share of forecasts that move toward a goal value, and by how much.
+
+    For each origin the goal is the unsteered mean forecast +/- `offset` (alternating sign, standardised
+    units); the goal latent comes from `goal_from_value` (optimised through mlp_val, starting at the
+    filtered state), and the prior is steered with `strength`.
+
+    Returns:
+        steer_toward_goal_frac: share of (origin, horizon step) forecasts closer to their goal than unsteered;
+        steer_gap_closed_mean: mean fraction of the distance to the goal that steering removed.
+    """
+    model.clear_goal()
+    x, h = _filtered(model, series, scaler, origins, wcfg.context, wcfg.instance_norm)
+    base, _ = rollout(model, x, h, wcfg.horizon, wcfg.samples, torch.Generator().manual_seed(seed))
+    base_mean = base.mean(0)  # (B, H)
+    sign = torch.tensor([1.0 if i % 2 == 0 else -1.0 for i in range(len(origins))])
+    target = base_mean.mean(1) + offset * sign  # (B,)
+    with torch.enable_grad():
+        goal = model.goal_from_value(target, start=x)  # (B, D)
+    model.set_goal(goal, strength)
+    steered, _ = rollout(model, x, h, wcfg.horizon, wcfg.samples, torch.Generator().manual_seed(seed))
+    model.clear_goal()
+    before = (base_mean - target[:, None]).abs()
+    after = (steered.mean(0) - target[:, None]).abs()
+    return {"steer_toward_goal_frac": float((after < before).float().mean()),
+            "steer_gap_closed_mean": float(((before - after) / before.clamp(min=1e-6)).mean())}
+
+
+def text_steer_report(model: GoalLBS, series: TextSeries, scaler: Standardizer, origins: list[int],
+                      wcfg: WindowConfig, up_text: str, down_text: str, strength: float = 0.5) -> dict[str, float]:
+    """Steer with a goal text: share of origins whose forecast is higher under `up_text` than `down_text`."""
+    x, h = _filtered(model, series, scaler, origins, wcfg.context, wcfg.instance_norm)
+    means = []
+    for text in (up_text, down_text):
+        model.set_goal(model.goal_from_text(text, h), strength)
+        vals, _ = rollout(model, x, h, wcfg.horizon, wcfg.samples, torch.Generator().manual_seed(0))
+        means.append(vals.mean(0).mean(1))
+    model.clear_goal()
+    return {"steer_text_direction_frac": float((means[0] > means[1]).float().mean()),
+            "steer_text_gap": float((means[0] - means[1]).mean())}
+
+
+def plot_forecast(result: SeriesResult, series: TextSeries, path: Path, wcfg: WindowConfig, n_show: int = 3) -> Path:
+    """History, truth and the LBS (text) forecast fan for a few origins, with the baselines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scaler = Standardizer(series.values[: series.split(wcfg.train_frac, wcfg.val_frac)[0]])
+    z = scaler(series.values)
+    picks = np.linspace(0, len(result.origins) - 1, n_show).round().astype(int)
+    fig, axes = plt.subplots(1, n_show, figsize=(4.6 * n_show, 3.3), squeeze=False)
+    for ax, i in zip(axes[0], picks, strict=True):
+        o = result.origins[i]
+        hist = np.arange(max(0, o - 2 * wcfg.context), o + wcfg.horizon)
+        ax.plot(hist, z[hist], color="black", lw=1.2, label="truth")
+        steps = np.arange(o, o + wcfg.horizon)
+        ax.fill_between(steps, result.quantiles[0, i], result.quantiles[2, i], alpha=0.25, color="C0",
+                        label="LBS text 10-90%")
+        for key, color in (("lbs_text", "C0"), ("lbs_notext", "C1"), ("arima", "C2"), ("naive", "C7")):
+            ax.plot(steps, result.forecasts[key][i], color=color, lw=1.4, label=key)
+        ax.axvline(o - 0.5, color="grey", ls=":")
+        ax.set_title(f"{series.name}: origin {series.dates[o]}")
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("standardised value")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
