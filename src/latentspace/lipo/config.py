@@ -157,8 +157,9 @@ _CPU = {
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
     "cpu": _CPU,
-    "debug": {**_CPU, "ape_num_instructions": 10, "iterations": 1, "vae_epochs": 100, "vae_annealing_epochs": 20,
-              "validation_size": 40, "test_size": 40, "num_restarts": 2, "raw_samples": 32},
+    "debug": {**_CPU, "ape_num_instructions": 10, "iterations": 1, "vae_epochs": 30, "vae_annealing_epochs": 10,
+              "validation_size": 40, "test_size": 40, "num_restarts": 2, "raw_samples": 32, "acq_maxiter": 10,
+              "hb_gp_epochs": 30, "gp_epochs": 30, "gp_retrain_epochs": 10, "inversion_n_steps": 20},
 }
 LIPOConfig.PRESETS = PRESETS
 Config = LIPOConfig  # the seed's name (lipo/config.py `Config`)
