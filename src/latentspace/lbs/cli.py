@@ -230,7 +230,7 @@ def demo(out_dir: pathlib.Path, quiet: bool):
     run = Run("lbs", path=out_dir)
     series = generated_series()
     cfg = LBSConfig(text_loss_samples=8)
-    wcfg = WindowConfig()
+    wcfg = WindowConfig(instance_norm=False)  # stationary regimes: absolute levels carry the regime
     tcfg = TrainConfig(steps=120, lr=3e-3, log_every=10)
     run.write_config({"lbs": cfg.to_dict(), "window": wcfg.to_dict(), "train": tcfg.to_dict(), "data": "generated"})
     res = evaluate_series(series, cfg, wcfg, tcfg, run=run, quiet=quiet, max_origins=60)
