@@ -94,3 +94,11 @@ def test_templates_json_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError):
         LogTemplates.load(tmp_path / "bad.json")
+
+
+def test_log_words_fast_path_agrees_with_reference(loghub):
+    from latentspace.logs.parse import log_words_reference
+
+    for system in ("BGL", "OpenStack", "Windows", "Android"):
+        for line in (loghub / system / f"{system}_2k.log").read_text(errors="replace").splitlines()[:300]:
+            assert log_words(line) == log_words_reference(line)

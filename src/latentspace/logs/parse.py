@@ -9,6 +9,7 @@ drain3's jsonpickle persistence).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -173,6 +174,7 @@ _MASKS = (
 )
 _TOKEN_RE = re.compile(r"<[a-z]+>|[a-z0-9_]+")
 _DIGIT_RE = re.compile(r"\d")
+_NUM_WORD_RE = re.compile(r"[a-z0-9_]*\d[a-z0-9_]*")
 NUM = "<num>"
 MASK_TOKENS = (*(name for name, _ in _MASKS), NUM)
 
@@ -186,19 +188,20 @@ def mask_variables(text: str) -> str:
 
 
 def log_words(text: str) -> list[str]:
-    """The masked words of a line: punctuation dropped, a run of one repeated word kept once.
+    """The masked words of a line: punctuation dropped, words holding a digit -> <num>, a run of one repeated
+    word kept once ("Error 12 34 done" -> ["error", "<num>", "done"]); `log_words_reference` spells it out."""
+    text = _NUM_WORD_RE.sub(" <num> ", text.lower())
+    return [word for word, _ in itertools.groupby(_TOKEN_RE.findall(text))]
 
-    "2005-06-03 R02-M1-N0 RAS KERNEL INFO" -> ["<num>", "r", "<num>", "m", ..., "ras", "kernel", "info"] before
-    the run collapse; tokens holding a digit become <num> (e.g. "r02" -> <num>).
-    """
-    words = []
-    last = None
+
+def log_words_reference(text: str) -> list[str]:
+    """Token by token version of `log_words` (the reference its tests compare with)."""
+    words: list[str] = []
     for word in _TOKEN_RE.findall(text.lower()):
         if _DIGIT_RE.search(word):
             word = NUM
-        if word != last:
+        if not words or words[-1] != word:
             words.append(word)
-            last = word
     return words
 
 
@@ -242,8 +245,8 @@ class LogTokenizer:
 
     def encode(self, text: str) -> tuple[int, ...]:
         """One line -> ids ([CLS] first, at most max_len, unpadded)."""
-        words = self.words(text)[: self.max_len - 1]
-        return (self.CLS, *(self.word_id(w) for w in words))
+        known = self._word_ids
+        return (self.CLS, *[known.get(w) or self.word_id(w) for w in self.words(text)[: self.max_len - 1]])
 
     def pad(self, sequences: list[tuple[int, ...]]):
         """Pad id tuples into tokens (B, T) LongTensor and mask (B, T) BoolTensor (True = real token)."""

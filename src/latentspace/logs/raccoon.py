@@ -227,7 +227,7 @@ class RaccoonLearner:
             return 0.0
         pad = self.model.tokenizer.PAD
         new_mask = tokens != pad
-        quality, new_logits = self.quality_of(tokens, new_mask, labels)
+        quality, _ = self.quality_of(tokens, new_mask, labels)
         n_replay = 0
         if self.replay_ratio > 0 and len(self.memory):
             n_replay = max(1, round(tokens.shape[0] * self.replay_ratio / (1.0 - self.replay_ratio)))
@@ -253,6 +253,10 @@ class RaccoonLearner:
         self.model.eval()
         self.model.invalidate_cache()
         if self.replay_ratio > 0:
+            # store the logits of the updated model: replaying the pre-update ones would pull it back to
+            # its old (wrong) answers on exactly the lines it has just been taught
+            with torch.no_grad():
+                new_logits = self.model.logits(tokens, new_mask)  # (B, C)
             self.memory.add(tokens, labels, quality, new_logits)
         self.updates += 1
         return float(loss.detach())
