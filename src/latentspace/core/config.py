@@ -98,12 +98,12 @@ def _option_type(hint):
     return None
 
 
-def config_command(app: typer.Typer, name: str, config_cls: type[Config], help: str | None = None, **params):
+def config_command(app: typer.Typer, command_name: str, config_cls: type[Config], help: str | None = None, **params):
     """Register `fn(config, **extra)` as a command whose options are the config's fields plus `params`.
 
     Args:
         app: the typer app to add the command to.
-        name: the command name.
+        command_name: the command name (so `name` stays free for an option such as the run name).
         config_cls: the dataclass whose simple fields become `--field-name` options (nested configs and
             lists are set with `--config file.json`).
         params: extra options of the command: name -> (annotation, typer.Option/Argument default).
@@ -157,7 +157,7 @@ def config_command(app: typer.Typer, name: str, config_cls: type[Config], help: 
         command.__signature__ = inspect.Signature(parameters)
         command.__annotations__ = annotations
         del command.__wrapped__
-        app.command(name, help=help or fn.__doc__)(command)
+        app.command(command_name, help=help or fn.__doc__)(command)
         return fn
 
     return decorator
