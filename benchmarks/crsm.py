@@ -38,11 +38,11 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def bench_pathstar(settings, steps, samples, sims, work: Path):
+def bench_pathstar(settings, steps, samples, sims, work: Path, on_row=None, **size):
     rows = []
     for degree, length in settings:
         config = PipelineConfig(pathstar_degree=degree, pathstar_length=length, backbone_steps=steps,
-                                distill_steps=150, value_steps=150, value_rollouts=256, mcts_simulations=sims)
+                                distill_steps=150, value_steps=150, value_rollouts=256, mcts_simulations=sims, **size)
         start = time.time()
         model = run_pipeline(config, work / f"pathstar-{degree}-{length}", quiet=True)
         train_s = time.time() - start
@@ -55,8 +55,11 @@ def bench_pathstar(settings, steps, samples, sims, work: Path):
         rows.append({"degree": degree, "length": length, "greedy": greedy, "planner_backbone": planner,
                      "planner_dynamics": planner_dyn, "chance": 1 / degree, "train_s": train_s,
                      "eval_planner_s": time.time() - start, "backbone_steps": steps, "samples": samples,
-                     "simulations": sims})
+                     "simulations": sims, "model": {k: getattr(config, k) for k in ("d_model", "n_layers", "d_state")},
+                     "batch_size": config.batch_size})
         print(rows[-1], flush=True)
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -84,13 +87,15 @@ def bench_planner_cost(model: CRSM, sims: int, tokens: int):
     return out
 
 
-def bench_perplexity(steps: int, work: Path):
+def bench_perplexity(steps: int, work: Path, d_model: int = 96, n_layers: int = 3, seq_len: int = 64,
+                     corpus_bytes: int = 300_000):
     """Mamba backbone vs a same-size GPT-2 (SDPA) on Python stdlib source, same tokens seen."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = PipelineConfig(task="lm", d_model=128, n_layers=4, backbone_steps=steps, seq_len=128, batch_size=16,
-                            backbone_lr=2e-3, corpus_bytes=600_000, distill_steps=100, value_steps=100,
-                            distill_sequences=64, value_rollouts=32)
+    config = PipelineConfig(task="lm", d_model=d_model, n_layers=n_layers, backbone_steps=steps, seq_len=seq_len,
+                            batch_size=16,
+                            backbone_lr=2e-3, corpus_bytes=corpus_bytes, distill_steps=60, value_steps=60,
+                            distill_sequences=32, value_rollouts=16)
     start = time.time()
     mamba = run_pipeline(config, work / "lm", quiet=True)
     mamba_s = time.time() - start
@@ -100,8 +105,10 @@ def bench_perplexity(steps: int, work: Path):
     per_layer = 12 * config.d_model**2 + 13 * config.d_model
     layers = max(1, round((n_mamba - mamba.backbone.embedding.weight.numel()) / per_layer))
     torch.manual_seed(config.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     gpt = GPT2LMHeadModel(GPT2Config(vocab_size=mamba.config.vocab_size, n_positions=config.seq_len,
-                                     n_embd=config.d_model, n_layer=layers, n_head=4, attn_implementation="sdpa"))
+                                     n_embd=config.d_model, n_layer=layers, n_head=4,
+                                     attn_implementation="sdpa")).to(device)
     n_gpt = sum(p.numel() for p in gpt.parameters())
     opt = torch.optim.AdamW(gpt.parameters(), lr=1e-3, weight_decay=0.01)
     start = time.time()
@@ -112,32 +119,69 @@ def bench_perplexity(steps: int, work: Path):
         for group in opt.param_groups:
             group["lr"] = lr
         batch = lm_batch(train, config.batch_size, config.seq_len, seed=config.seed * 1_000_003 + step)
-        loss = torch.nn.functional.cross_entropy(gpt(batch[:, :-1]).logits.transpose(1, 2), batch[:, 1:])
+        batch = batch.to(device)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            logits = gpt(batch[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), batch[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
         opt.step()
         opt.zero_grad()
     gpt_s = time.time() - start
-    gpt.eval()
+    gpt.eval().cpu()
     ppl_gpt = perplexity(lambda t: gpt(t).logits, val, config.seq_len)
     return mamba, {"ppl_mamba": ppl_mamba, "ppl_transformer": ppl_gpt, "params_mamba": n_mamba,
                    "params_transformer": n_gpt, "transformer_layers": layers, "train_tokens": steps * config.batch_size
                    * config.seq_len, "train_s_mamba_pipeline": mamba_s, "train_s_transformer": gpt_s,
-                   "corpus": "Python standard library source (top-level *.py, sorted), 600 kB, byte tokens"}
+                   "corpus": f"Python standard library source (top-level *.py, sorted), {corpus_bytes} bytes, "
+                             "byte tokens, "
+                             "10% held out"}
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--work", default="runs/crsm/benchmark")
+    parser.add_argument("--pathstar-only", default=None, help="Run only path-star; write its JSON here.")
+    parser.add_argument("--steps", type=int, default=None, help="Backbone steps for path-star.")
+    parser.add_argument("--lm-only", default=None, help="Run only the perplexity comparison; write its JSON here.")
+    parser.add_argument("--settings", default="2x4,3x4", help="Path-star (degree x length) settings.")
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     work = Path(args.work)
     quick = args.quick
     started = time.time()
-    settings = [(2, 3), (3, 3)]
-    rows = bench_pathstar(settings, 300 if quick else 900, 30 if quick else 100, 48, work)
-    lm_model, lm = bench_perplexity(100 if quick else 500, work)
+    settings = [tuple(int(v) for v in item.split("x")) for item in args.settings.split(",")]
+    if args.pathstar_only:
+        torch.set_num_threads(8)
+        started = time.time()
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
+
+        def save(rows):
+            Path(args.pathstar_only).write_text(json.dumps({"rows": rows, "device": device,
+                                                            "command": "python " + " ".join(sys.argv),
+                                                            "seconds": time.time() - started}, indent=2))
+
+        bench_pathstar(settings, args.steps or 3000, 100, 48, work, on_row=save, d_model=128, n_layers=4,
+                       batch_size=64, backbone_lr=2e-3)
+        return
+    if args.lm_only:
+        torch.set_num_threads(8)
+        _, lm = bench_perplexity(args.steps or 1500, work, d_model=192, n_layers=4, seq_len=256,
+                                 corpus_bytes=2_000_000)
+        lm["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
+        lm["command"] = "python " + " ".join(sys.argv)
+        Path(args.lm_only).write_text(json.dumps(lm, indent=2))
+        return
+    stored = RESULTS / "crsm_pathstar.json"
+    if stored.exists():
+        pathstar = json.loads(stored.read_text())
+        rows = pathstar["rows"]
+    else:
+        pathstar = None
+        rows = bench_pathstar(settings, 300 if quick else 900, 30 if quick else 100, 48, work)
+    stored_lm = RESULTS / "crsm_lm.json"
+    lm = json.loads(stored_lm.read_text()) if stored_lm.exists() else bench_perplexity(60 if quick else 250, work)[1]
     cost_model = CRSM(CRSMConfig(d_model=256, n_layers=8, mcts_max_depth=64)).eval()
     cost = bench_planner_cost(cost_model, 64, 64 if quick else 128)
     gpu_path = RESULTS / "crsm_gpu.json"
@@ -170,7 +214,12 @@ def main():
         "family": "crsm", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu["gpu"] if gpu else None},
         "command": "python " + " ".join(sys.argv), "metrics": metrics,
-        "pathstar": rows, "planner_cost": {**cost, "model": "untrained CRSM d_model=256, 8 layers (timing only)",
+        "pathstar": rows,
+        "pathstar_source": ({"device": pathstar["device"], "command": pathstar["command"],
+                             "note": "stage-1 training of the path-star backbones ran on this device (7000 steps "
+                                     "each); distillation, value head and all accuracy evaluations ran on its CPU"}
+                            if pathstar else "this run, CPU"),
+        "planner_cost": {**cost, "model": "untrained CRSM d_model=256, 8 layers (timing only)",
                                            "simulations_per_search": 64, "batch": 8},
         "perplexity": lm, "gpu": gpu, "seconds": time.time() - started,
         "notes": ("CPU figures on a 2-core machine shared with other jobs (load average > 8): absolute speeds are "
@@ -183,6 +232,7 @@ def main():
              f"{result['machine']['gpu']}. Command: `{result['command']}`.", "",
              markdown_table(["metric", "value"], [[k, "n/a" if v is None else v] for k, v in metrics.items()]), "",
              "## Path-star (fresh graphs; planner = synchronous MCTS, verifier reward at terminal nodes)", "",
+             f"Source: {result['pathstar_source']}", "",
              markdown_table(["degree", "length", "greedy", "planner (backbone)", "planner (dynamics)", "chance",
                              "steps", "samples"],
                             [[r["degree"], r["length"], r["greedy"], r["planner_backbone"], r["planner_dynamics"],

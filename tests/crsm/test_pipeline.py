@@ -6,8 +6,8 @@ from latentspace.crsm.model import CRSM
 from latentspace.crsm.planner import generate
 from latentspace.crsm.tasks import PathStarTask
 
-TINY = PipelineConfig(d_model=32, n_layers=2, d_state=8, backbone_steps=30, distill_steps=10, value_steps=10,
-                      batch_size=16, distill_sequences=16, value_rollouts=16, pathstar_length=3, mcts_simulations=8)
+TINY = PipelineConfig(d_model=32, n_layers=2, d_state=8, backbone_steps=12, distill_steps=4, value_steps=4,
+                      batch_size=8, distill_sequences=8, value_rollouts=8, pathstar_length=3, mcts_simulations=8)
 
 
 def test_pipeline_stages_resume_and_share_one_checkpoint_format(tmp_path):
@@ -41,14 +41,14 @@ def test_pipeline_stages_resume_and_share_one_checkpoint_format(tmp_path):
 
 def test_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path):
     root = tmp_path / "run"
-    config = TINY.replace(backbone_steps=20)
+    config = TINY.replace(backbone_steps=8)
     from latentspace.core.training import fit as real_fit
 
     calls = {}
 
     def interrupting_fit(*args, **kwargs):
         def stop(step, metrics):
-            if step == 10 and not calls:
+            if step == 4 and not calls:
                 calls["stopped"] = True
                 raise KeyboardInterrupt
         kwargs["callbacks"] = [stop]
@@ -66,11 +66,11 @@ def test_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path):
     finally:
         pipeline.fit = real_fit
     steps = [r["step"] for r in pipeline.Run("crsm", path=root / "1-backbone").read_metrics()]
-    assert steps[-1] == 20 and steps == sorted(steps)
+    assert steps[-1] == 8 and steps == sorted(steps)
 
 
 def test_tiny_backbone_learns_beyond_chance(tmp_path):
-    config = TINY.replace(backbone_steps=60, backbone_lr=3e-3)
+    config = TINY.replace(backbone_steps=40, backbone_lr=5e-3, batch_size=16)
     model = pipeline.train_backbone(config, tmp_path / "r", quiet=True)
     tokens, mask = PathStarTask(2, 3).batch(model, 32, seed=999)
     with torch.no_grad():

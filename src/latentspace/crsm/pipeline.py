@@ -66,7 +66,14 @@ def _load_stage(root: Path, stage: str) -> CRSM:
     return CRSM.load(path)
 
 
+def _on(model, tensors):
+    """Move a batch to the model's device (fit places the model on the accelerator when there is one)."""
+    device = next(model.parameters()).device
+    return [t.to(device) for t in tensors]
+
+
 def _save_stage(model: CRSM, root: Path, stage: str, metrics: dict) -> Path:
+    model.cpu()  # later stages and generation work on CPU; only stage 1 trains on an accelerator when present
     return model.save(stage_model_dir(root, stage), metadata={"stage": stage, "metrics": metrics})
 
 
@@ -85,6 +92,9 @@ def new_model(config: PipelineConfig) -> CRSM:
 def backbone_loss(model, batch):
     """Next-token cross-entropy; batch = (tokens (B, T), mask (B, T-1) or None)."""
     tokens, mask = batch
+    device = next(model.parameters()).device
+    tokens = tokens.to(device)
+    mask = None if mask is None else mask.to(device)
     logits, _ = model(tokens[:, :-1])  # (B, T-1, V)
     nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")
     if mask is None:
@@ -117,7 +127,8 @@ def train_backbone(config: PipelineConfig, root: Path, resume: bool = True, quie
     metrics = {"loss": result.metrics.get("loss")}
     if config.task == "lm":
         _, val = corpus_tokens(model, config)
-        metrics["ppl"] = perplexity(lambda t: model(t)[0], val, config.seq_len)
+        device = next(model.parameters()).device
+        metrics["ppl"] = perplexity(lambda t: model(t.to(device))[0], val, config.seq_len)
     _save_stage(model, root, STAGES[0], metrics)
     run.plot_metrics(["loss"], "loss.png", title="stage 1: backbone")
     return model
@@ -160,12 +171,13 @@ def distill(config: PipelineConfig, root: Path, resume: bool = True, quiet: bool
         return states[idx], actions[idx], nexts[idx]
 
     def loss_fn(m, b):
-        return dynamics_loss(m.dynamics, *b)
+        return dynamics_loss(m.dynamics, *_on(m, b))
 
     def eval_fn(m):
-        pred = m.dynamics.next_state(states[:n_val], actions[:n_val])
-        base = ((nexts[:n_val] - states[:n_val]) ** 2).mean()
-        err = ((nexts[:n_val] - pred) ** 2).mean()
+        s, a, nx = _on(m, (states[:n_val], actions[:n_val], nexts[:n_val]))
+        pred = m.dynamics.next_state(s, a)
+        base = ((nx - s) ** 2).mean()
+        err = ((nx - pred) ** 2).mean()
         return {"mse": float(err), "mse_identity": float(base), "r2": float(1 - err / base)}
 
     result = fit(model, loss_fn, data, _train_config(config, config.distill_steps, 2e-3), run=run, resume=resume,
@@ -254,12 +266,15 @@ def train_value(config: PipelineConfig, root: Path, resume: bool = True, quiet: 
         return states[idx], targets[idx]
 
     def loss_fn(m, b):
-        return torch.nn.functional.binary_cross_entropy_with_logits(m.value_head(b[0]), b[1])
+        x, y = _on(m, b)
+        return torch.nn.functional.binary_cross_entropy_with_logits(m.value_head(x), y)
 
     def eval_fn(m):
-        p = m.value_head.value(states[:n_val])
-        bce = torch.nn.functional.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), targets[:n_val])
-        return {"bce": float(bce), "mae": float((p - targets[:n_val]).abs().mean()),
+        x, y = _on(m, (states[:n_val], targets[:n_val]))
+        logits = m.value_head(x).float()
+        p = torch.sigmoid(logits)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+        return {"bce": float(bce), "mae": float((p - y).abs().mean()),
                 "target_mean": float(targets.mean())}
 
     result = fit(model, loss_fn, data, _train_config(config, config.value_steps, 3e-3), run=run, resume=resume,

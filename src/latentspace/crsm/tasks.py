@@ -121,7 +121,8 @@ def perplexity(logits_fn, tokens: torch.Tensor, seq_len: int, max_windows: int =
     for i in range(0, n, batch_size):
         w = windows[i : i + batch_size]
         logits = logits_fn(w[:, :-1]).float()
-        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
+        targets = w[:, 1:].reshape(-1).to(logits.device)
+        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets,
                                                    reduction="sum").item()
         count += w[:, 1:].numel()
     return float(torch.exp(torch.tensor(total / count)))
