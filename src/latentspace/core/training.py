@@ -116,6 +116,17 @@ def save_model(model: torch.nn.Module, directory: Path, metadata: dict[str, Any]
         save_checkpoint(directory, model.state_dict(), {}, family="module", metadata=metadata)
 
 
+def _to_device(obj: Any, device: torch.device) -> Any:
+    """Move the tensors of a (nested) batch to the training device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
 def _batches(data: Callable[[int], Any] | Iterable, start: int):
     """Yield batches from step `start`: `data(step)` if callable, else cycle an iterable skipping `start`."""
     if callable(data):
@@ -223,7 +234,7 @@ def fit(
                 lr = lr_at(step, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                batch = next(batches)
+                batch = _to_device(next(batches), accelerator.device)
                 with accelerator.autocast():
                     out = loss_fn(model, batch)
                 loss, extra = out if isinstance(out, tuple) else (out, {})
