@@ -36,7 +36,8 @@ class LTTConfig(Config):
     w_latent: float = 0.05
     w_ode: float = 1.0
     ep_slices: int = 32
-    latent_noise: float = 0.05  # std of Gaussian noise added to the path the decoder sees in training
+    latent_noise: float = 0.5  # std of Gaussian noise on the latents the decoder sees in training
+    rollout_frac: float = 0.5  # fraction of each batch decoded from the prior's rollout of the encoder's z0
     # char task (tasks.py)
     seq_len: int = 64  # characters after the `?X>` prompt
     block_len: int = 8

@@ -1,0 +1,188 @@
+"""`latentspace ltt train | sample | plan | evaluate` and the family's `demo`."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from pathlib import Path
+
+import typer
+
+from ..core.config import config_command
+from .config import LTTConfig
+
+app = typer.Typer(help="Latent Trajectory Transformer: char task, ODE/SDE/flow priors, latent planning.",
+                  no_args_is_help=True)
+
+DEFAULT_RUN = "default"
+DEFAULT_STEPS = 1500
+
+
+def _checkpoint_dir(checkpoint: Path | None, runs_dir: Path) -> Path:
+    """The model folder of a checkpoint argument: a model folder, a run folder, or the default run."""
+    path = checkpoint or runs_dir / "ltt" / DEFAULT_RUN
+    for candidate in (path, path / "checkpoints" / "last" / "model", path / "last" / "model"):
+        if (candidate / "model.safetensors").is_file():
+            return candidate
+    return path
+
+
+def _load(checkpoint: Path | None, runs_dir: Path):
+    from .model import LatentTrajectoryTransformer
+
+    return LatentTrajectoryTransformer.load(_checkpoint_dir(checkpoint, runs_dir))
+
+
+def _emit(data: dict, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2))
+    elif not quiet:
+        from rich.console import Console
+
+        console = Console()
+        for key, value in data.items():
+            console.print(f"[bold]{key}[/bold]: {value}")
+
+
+def train_run(config: LTTConfig, steps: int, lr: float, batch_size: int, name: str, runs_dir: Path,
+              resume: bool = False, quiet: bool = False, seed: int = 0) -> dict:
+    """Train on the char task into runs/ltt/<name>/; returns headline metrics and the run."""
+    import torch
+
+    from ..core.runs import Run
+    from ..core.training import TrainConfig
+    from .train import evaluate_validity, sample_table, train
+
+    torch.manual_seed(seed)
+    run = Run("ltt", name, root=runs_dir)
+    train_config = TrainConfig(steps=steps, lr=lr, warmup_steps=min(100, steps // 10), log_every=10,
+                               eval_every=max(1, steps // 5), seed=seed, grad_clip=1.0)
+    model, result = train(config, train_config, batch_size=batch_size, run=run, resume=resume, quiet=quiet)
+    valid = evaluate_validity(model, 256, seed=seed + 1)
+    run.log(result.step, valid_frac_ode=valid)
+    run.plot_metrics(["loss", "recon", "ep", "ode"], filename="loss.png", title="LTT training", logy=True)
+    run.plot_metrics(["eval_valid_frac"], filename="valid.png", title="valid samples from the ODE prior")
+    table = sample_table(model, 4, seed=seed)
+    metrics = {"steps": result.step, "valid_frac_ode": valid, "recon": result.metrics.get("recon", float("nan")),
+               "ep": result.metrics.get("ep", float("nan")), "ode": result.metrics.get("ode", float("nan"))}
+    run.write_summary("LTT training on the char task", metrics, tables=[table])
+    return {"metrics": metrics, "run": run, "table": table, "model": model}
+
+
+@config_command(app, "train", LTTConfig, help="Train the LTT on the char task (`?X>` + 64 chars, one 8-letter block).",
+                steps=(int, typer.Option(DEFAULT_STEPS, help="Optimizer steps.")),
+                lr=(float, typer.Option(1e-3, help="Peak learning rate.")),
+                batch_size=(int, typer.Option(64, help="Sequences per step.")),
+                name=(str, typer.Option(DEFAULT_RUN, help="Run name: runs/ltt/<name>/.")),
+                runs_dir=(Path, typer.Option(Path("runs"), help="Root of the run folders.")),
+                resume=(bool, typer.Option(False, help="Continue from the run's last checkpoint.")),
+                seed=(int, typer.Option(0, help="Random seed.")),
+                quiet=(bool, typer.Option(False, "--quiet", help="No progress bar.")),
+                as_json=(bool, typer.Option(False, "--json", help="Print the metrics as JSON.")))
+def train_command(config: LTTConfig, steps, lr, batch_size, name, runs_dir, resume, seed, quiet, as_json):
+    out = train_run(config, steps, lr, batch_size, name, runs_dir, resume, quiet, seed)
+    _emit({**out["metrics"], "run": str(out["run"].path)}, as_json, quiet)
+
+
+@app.command("sample")
+def sample_command(
+    checkpoint: Path = typer.Option(None, help="Model folder or run folder (default runs/ltt/default)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Root of the run folders."),
+    n: int = typer.Option(8, help="Samples to draw."),
+    shared_z: bool = typer.Option(False, "--shared-z", help="One z0 for all samples."),
+    solver: str = typer.Option(None, help="ODE/SDE solver (default: the checkpoint's)."),
+    temperature: float = typer.Option(None, help="Decoder temperature (0: greedy)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    quiet: bool = typer.Option(False, "--quiet"),
+    as_json: bool = typer.Option(False, "--json", help="Print samples as JSON."),
+):
+    """Sample sequences from the prior: z0 -> integrate -> decode; marks each as valid or not."""
+    import torch
+
+    from . import tasks
+
+    model = _load(checkpoint, runs_dir)
+    tokens, _ = model.sample(n, shared_z=shared_z, generator=torch.Generator().manual_seed(seed),
+                             temperature=temperature, method=solver)
+    valid = tasks.valid_mask(tokens, model.config.seq_len, model.config.block_len)
+    rows = [{"text": tasks.decode(t), "valid": bool(v)} for t, v in zip(tokens, valid, strict=True)]
+    if as_json:
+        print(json.dumps({"samples": rows, "valid_frac": float(valid.float().mean())}, indent=2))
+    elif not quiet:
+        for row in rows:
+            print(("ok  " if row["valid"] else "BAD ") + row["text"])
+        print(f"valid: {float(valid.float().mean()):.3f}")
+
+
+@app.command("plan")
+def plan_command(
+    checkpoint: Path = typer.Option(None, help="Model folder or run folder (default runs/ltt/default)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Root of the run folders."),
+    goal: str = typer.Option(None, help="Goal sequence whose final latent is the target (default: a random task)."),
+    method: str = typer.Option("cem", help="cem | random (random shooting)."),
+    candidates: int = typer.Option(256, help="Candidates per iteration (one batch)."),
+    iterations: int = typer.Option(5, help="Iterations (CEM refits; random draws candidates x iterations)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    quiet: bool = typer.Option(False, "--quiet"),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+):
+    """Search z0 so that the prior's trajectory ends at a goal latent; print the decoded best plan."""
+    import torch
+
+    from . import tasks
+    from .plan import plan
+
+    model = _load(checkpoint, runs_dir)
+    generator = torch.Generator().manual_seed(seed)
+    c = model.config
+    goal_tokens = (tasks.encode(goal) if goal else
+                   tasks.generate(1, c.seq_len, c.block_len, c.noise_p, generator=generator)[0])
+    with torch.no_grad():
+        goal_latent = model.encoder(goal_tokens[None])[0, -1]  # (D,)
+    result = plan(model, goal_latent, method=method, n_candidates=candidates, iterations=iterations,
+                  generator=generator)
+    _emit({"goal": tasks.decode(goal_tokens), "plan": tasks.decode(result.tokens), "distance": result.distance,
+           "random_mean_distance": result.random_mean_distance, "history": result.history,
+           "evaluated": result.evaluated}, as_json, quiet)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    checkpoint: Path = typer.Option(None, help="Model folder or run folder (default runs/ltt/default)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Root of the run folders."),
+    n: int = typer.Option(512, help="Samples per prior."),
+    prior_steps: int = typer.Option(300, help="Steps to fit the SDE and flow priors on the frozen encoder."),
+    name: str = typer.Option("evaluate", help="Run name: runs/ltt/<name>/."),
+    quiet: bool = typer.Option(False, "--quiet"),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+):
+    """Validity of prior samples for ODE, SDE and flow priors vs encoder z0 (upper bound) and an untrained prior."""
+    from ..core.runs import Run
+    from .train import validity_report
+
+    model = _load(checkpoint, runs_dir)
+    run = Run("ltt", name, root=runs_dir)
+    metrics = validity_report(model, n=n, prior_steps=prior_steps)
+    run.write_config({"checkpoint": str(_checkpoint_dir(checkpoint, runs_dir)), "n": n, "prior_steps": prior_steps})
+    run.log(0, **metrics)
+    run.write_summary("LTT evaluation: validity of prior samples", metrics)
+    _emit({**metrics, "run": str(run.path)}, as_json, quiet)
+
+
+def demo(out_dir: pathlib.Path, quiet: bool):
+    """The family's small default job: train the char task briefly, sample, and compare priors."""
+    from ..core.runs import DemoResult
+    from .train import validity_report
+
+    out = train_run(LTTConfig(), steps=400, lr=2e-3, batch_size=64, name="demo", runs_dir=Path(out_dir), quiet=quiet)
+    report = validity_report(out["model"], n=128, prior_steps=100)
+    run = out["run"]
+    metrics = {**out["metrics"], **report}
+    plots = sorted(run.plots_dir.glob("*.png"))
+    summary = (f"LTT on the char task after {out['metrics']['steps']} CPU steps: "
+               f"{report['valid_frac_ode']:.1%} of ODE-prior samples are valid "
+               f"(flow {report['valid_frac_flow']:.1%}, SDE {report['valid_frac_sde']:.1%}, "
+               f"encoder z0 {report['valid_frac_encoder_z0']:.1%}, "
+               f"untrained prior {report['valid_frac_untrained']:.1%}). "
+               "The benchmark trains longer (docs/ltt.md).")
+    return DemoResult(metrics, plots=plots, summary=summary, tables=[out["table"]])

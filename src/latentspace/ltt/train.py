@@ -1,0 +1,150 @@
+"""Training and evaluation of the LTT on the char task: `train`, `fit_prior`, `evaluate_validity`, `sample_table`.
+
+`train` runs the joint loss (encoder + decoder + the config's prior) through `core.training.fit` with data
+addressed by step (so `--resume` is exact). `fit_prior` fits another prior (SDE, flow, ...) to the frozen
+encoder's paths, so every prior is compared on the same encoder and decoder.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+
+from ..core.runs import Run, markdown_table
+from ..core.training import TrainConfig, TrainResult, fit
+from . import tasks
+from .config import LTTConfig
+from .model import LatentTrajectoryTransformer
+from .priors import Prior, build_prior
+
+
+def task_batches(config: LTTConfig, batch_size: int, seed: int):
+    """data(step) -> a batch of char-task tokens (batch_size, 3 + seq_len), a pure function of (seed, step)."""
+
+    def data(step: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return tasks.generate(batch_size, config.seq_len, config.block_len, config.noise_p, generator=generator)
+
+    return data
+
+
+def evaluate_validity(model: LatentTrajectoryTransformer, n: int = 256, prior: Prior | None = None,
+                      z0: torch.Tensor | None = None, seed: int = 0, method: str | None = None,
+                      batch_size: int = 256) -> float:
+    """Fraction of n samples from the prior (or from explicit z0 (n, D)) that pass the validity checker."""
+    generator = torch.Generator().manual_seed(seed)
+    valid = 0
+    was_training = model.training
+    model.eval()
+    for start in range(0, n, batch_size):
+        count = min(batch_size, n - start)
+        chunk = None if z0 is None else z0[start:start + count]
+        tokens, _ = model.sample(count, generator=generator, prior=prior, z0=chunk, method=method)
+        valid += int(tasks.valid_mask(tokens.cpu(), model.config.seq_len, model.config.block_len).sum())
+    model.train(was_training)
+    return valid / n
+
+
+def encoder_z0(model: LatentTrajectoryTransformer, n: int, seed: int = 0) -> torch.Tensor:
+    """Initial latents of n fresh task sequences from the encoder (the upper bound's z0): (n, D)."""
+    c = model.config
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    tokens = tasks.generate(n, c.seq_len, c.block_len, c.noise_p, generator=generator)
+    with torch.no_grad():
+        return model.encoder(tokens)[:, 0]
+
+
+def train(config: LTTConfig, train_config: TrainConfig, batch_size: int = 64, run: Run | None = None,
+          resume: bool = False, quiet: bool = False, eval_samples: int = 128) -> tuple[LatentTrajectoryTransformer,
+                                                                                       TrainResult]:
+    """Train the LTT jointly (encoder, decoder, prior) on the char task; eval = validity of prior samples."""
+    torch.manual_seed(train_config.seed)
+    model = LatentTrajectoryTransformer(config)
+    if run is not None:
+        run.write_config({"model": config.to_dict(), "train": train_config.to_dict(), "batch_size": batch_size})
+
+    def loss_fn(m, batch):
+        return m.loss(batch)
+
+    def eval_fn(m):
+        return {"valid_frac": evaluate_validity(m, eval_samples, seed=train_config.seed)}
+
+    result = fit(model, loss_fn, task_batches(config, batch_size, train_config.seed), train_config, run=run,
+                 eval_fn=eval_fn, resume=resume, quiet=quiet, description="ltt train")
+    model.eval()
+    return model, result
+
+
+def fit_prior(model: LatentTrajectoryTransformer, kind: str, steps: int = 500, batch_size: int = 64,
+              lr: float = 1e-3, seed: int = 0, quiet: bool = True) -> Prior:
+    """Fit a fresh prior of `kind` to the frozen encoder's paths on fresh task batches; returns it (eval mode)."""
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    prior = build_prior(model.config, kind).to(device)
+    if kind == model.config.prior:  # start from the jointly trained prior's drift
+        prior.load_state_dict(model.prior.state_dict())
+    data = task_batches(model.config, batch_size, seed + 7)
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    model.eval()
+    for step in range(steps):
+        with torch.no_grad():
+            z = model.encoder(data(step).to(device))  # (B, T, D)
+        loss, _ = prior.matching_loss(z)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    return prior.eval()
+
+
+def sampling_speed(model: LatentTrajectoryTransformer, prior: Prior | None = None, method: str | None = None,
+                   n: int = 256, repeats: int = 1) -> float:
+    """Sequences per second of prior sampling (z0, integration and autoregressive decoding)."""
+    generator = torch.Generator().manual_seed(0)
+    model.eval()
+    model.sample(8, generator=generator, prior=prior, method=method)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model.sample(n, generator=generator, prior=prior, method=method)
+    return n * repeats / (time.perf_counter() - start)
+
+
+def sample_table(model: LatentTrajectoryTransformer, n: int = 4, seed: int = 0) -> str:
+    """Markdown table of "shared Z" and "random Z" samples with their validity (ltt.md quickstart)."""
+    generator = torch.Generator().manual_seed(seed)
+    c = model.config
+    rows = []
+    for label, shared in (("shared Z", True), ("random Z", False)):
+        tokens, _ = model.sample(n, shared_z=shared, generator=generator)
+        ok = tasks.valid_mask(tokens, c.seq_len, c.block_len)
+        rows += [[label, f"`{tasks.decode(t)}`", "yes" if v else "no"] for t, v in zip(tokens, ok, strict=True)]
+    return markdown_table(["sampling", "sample", "valid"], rows)
+
+
+def untrained_prior(model: LatentTrajectoryTransformer, seed: int = 0) -> Prior:
+    """A freshly initialised ODE prior (the floor of the validity comparison)."""
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    return build_prior(copy.deepcopy(model.config), "ode").to(device).eval()
+
+
+def validity_report(model: LatentTrajectoryTransformer, n: int = 512, prior_steps: int = 300,
+                    seed: int = 0) -> dict[str, float]:
+    """Validity of n samples for each prior on the same encoder and decoder, plus upper bound and floor.
+
+    valid_frac_ode / _sde / _flow: z0 and path from that prior (SDE and flow fitted on the frozen encoder);
+    valid_frac_encoder_z0: z0 from the encoder of real sequences, path from the ODE drift (upper bound);
+    valid_frac_untrained: z0 ~ N(0, I) and an untrained drift (floor).
+    """
+    ode = model.prior if model.config.prior == "ode" else fit_prior(model, "ode", prior_steps, seed=seed)
+    out = {"valid_frac_ode": evaluate_validity(model, n, prior=ode, seed=seed)}
+    for kind in ("sde", "flow"):
+        prior = fit_prior(model, kind, prior_steps, seed=seed)
+        out[f"valid_frac_{kind}"] = evaluate_validity(model, n, prior=prior, seed=seed)
+    out["valid_frac_encoder_z0"] = evaluate_validity(model, n, prior=ode, z0=encoder_z0(model, n, seed), seed=seed)
+    out["valid_frac_untrained"] = evaluate_validity(model, n, prior=untrained_prior(model, seed), seed=seed)
+    return out
