@@ -389,4 +389,5 @@ def fit_temperature(tracker: BeliefStateTracker, z: torch.Tensor, correct: torch
         tracker.log_temperature.copy_(log_t.detach())
         tracker.confidence_bias.copy_(bias.detach())
         after = float(nll())
-    return {"temperature": float(log_t.detach().exp()), "bias": float(bias.detach()), "nll_before": before, "nll_after": after}
+    return {"temperature": float(log_t.detach().exp()), "bias": float(bias.detach()), "nll_before": before,
+            "nll_after": after}

@@ -16,7 +16,7 @@ app = typer.Typer(help="Segment-recurrent memory QA with a revising, calibrated,
                   no_args_is_help=True)
 
 _COMMON = {
-    "name": (str, typer.Option(None, "--name", help="Run name (default: a timestamp).")),
+    "run_name": (str, typer.Option(None, "--name", help="Run name (default: a timestamp).")),
     "runs_dir": (pathlib.Path, typer.Option(pathlib.Path("runs"), "--runs-dir", help="Where runs/<family>/ lives.")),
     "quiet": (bool, typer.Option(False, "--quiet", "-q", help="No progress bars.")),
     "as_json": (bool, typer.Option(False, "--json", help="Print the result as JSON.")),
@@ -44,13 +44,13 @@ def _model_for(checkpoint: pathlib.Path | None, config: RBSQAConfig, run, quiet:
 @config_command(app, "train", RBSQAConfig, help="Train the memory QA model, fit calibration, save a checkpoint.",
                 resume=(bool, typer.Option(False, "--resume", help="Continue from the run's last checkpoint.")),
                 **_COMMON)
-def train(config: RBSQAConfig, name, runs_dir, quiet, as_json, resume):
+def train(config: RBSQAConfig, run_name, runs_dir, quiet, as_json, resume):
     """Train on generated stories + long documents (or real bAbI / SQuAD files when present)."""
     from ..core.runs import Run
     from .train import evaluate_documents, train_model
 
     _setup()
-    run = Run("rbsqa", name, root=runs_dir)
+    run = Run("rbsqa", run_name, root=runs_dir)
     run.write_config(config)
     trained = train_model(config, run, quiet, resume=resume)
     trained.model.save(run.path / "model")
@@ -71,7 +71,7 @@ def train(config: RBSQAConfig, name, runs_dir, quiet, as_json, resume):
                                                        help="Model folder (default: newest runs/rbsqa/*/model).")),
                 halt=(bool, typer.Option(True, "--halt/--no-halt", help="Stop reading once confident.")),
                 **_COMMON)
-def answer(config: RBSQAConfig, doc, question, checkpoint, halt, name, runs_dir, quiet, as_json):
+def answer(config: RBSQAConfig, doc, question, checkpoint, halt, run_name, runs_dir, quiet, as_json):
     """Read --doc segment by segment and print which span was believed after each segment."""
     from rich.console import Console
     from rich.table import Table
@@ -85,7 +85,7 @@ def answer(config: RBSQAConfig, doc, question, checkpoint, halt, name, runs_dir,
     text = _read_text(doc)
     if not question.strip():
         raise DataError("--question is empty")
-    run = Run("rbsqa", name or f"answer-{time.strftime('%Y%m%d-%H%M%S')}", root=runs_dir)
+    run = Run("rbsqa", run_name or f"answer-{time.strftime('%Y%m%d-%H%M%S')}", root=runs_dir)
     model = _model_for(checkpoint, config, run, quiet)
     if model.tracker is None:
         raise DataError("this checkpoint was trained with use_belief_state=False; answer needs the tracker")
@@ -114,12 +114,12 @@ def answer(config: RBSQAConfig, doc, question, checkpoint, halt, name, runs_dir,
                 checkpoint=(pathlib.Path, typer.Option(None, "--checkpoint",
                                                        help="Model folder (default: newest runs/rbsqa/*/model).")),
                 **_COMMON)
-def evaluate(config: RBSQAConfig, checkpoint, name, runs_dir, quiet, as_json):
+def evaluate(config: RBSQAConfig, checkpoint, run_name, runs_dir, quiet, as_json):
     """Evaluate on the test split and plot a belief trajectory and a reliability diagram."""
     from ..core.runs import Run
 
     _setup()
-    run = Run("rbsqa", name or f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}", root=runs_dir)
+    run = Run("rbsqa", run_name or f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}", root=runs_dir)
     run.write_config(config)
     model = _model_for(checkpoint, config, run, quiet)
     metrics, plots = _evaluate_into(model, config, run, quiet)

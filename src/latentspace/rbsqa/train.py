@@ -256,7 +256,8 @@ def evaluate_documents(model: RBSQAModel, docs: list[EncodedDocument], features:
             zs.append(step.candidate_score)
             correct.append(exact_match(step.candidate_text, doc.states[step.segment] or "\x00"))
         rows.append({"doc_id": doc.doc.doc_id, "kind": doc.doc.kind, "question": doc.doc.question, "answer": truth,
-                     "f1_tracker": f1_score(full.answer_text, truth), "em_tracker": exact_match(full.answer_text, truth),
+                     "f1_tracker": f1_score(full.answer_text, truth),
+                     "em_tracker": exact_match(full.answer_text, truth),
                      "f1_baseline": f1_score(base_text, truth), "em_baseline": exact_match(base_text, truth),
                      "f1_halting": f1_score(halted.answer_text, truth), "segments": doc.num_segments,
                      "segments_read_halting": halted.segments_read, "revision_points": len(doc.revision_points),

@@ -1,0 +1,126 @@
+"""RBS-QA benchmark: F1 with / without the belief tracker, revision detection, ECE, halting, tracker overhead.
+
+Writes benchmarks/results/rbsqa.json and .md and the plots docs/img/rbsqa_*.png. Every baseline (the
+no-tracker answer, the uncalibrated confidences, reading every segment) is measured in the same run.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/rbsqa.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from latentspace.core.runs import Run, markdown_table
+from latentspace.rbsqa.config import RBSQAConfig
+from latentspace.rbsqa.halting import read_document
+from latentspace.rbsqa.plots import plot_reliability, plot_trajectory
+from latentspace.rbsqa.train import candidate_scores, encode_split, evaluate_documents, segment_features, train_model
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRED = ["f1_with_tracker", "f1_without_tracker", "revision_detection_rate", "ece_calibrated", "ece_uncalibrated",
+            "segments_read_frac_halting", "f1_halting", "tracker_overhead_frac", "rescore_ms_per_segment",
+            "tracker_bytes_per_doc"]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def timing(model, docs, n: int) -> dict:
+    """End-to-end reading (encoder included, nothing cached): tracker share of time, re-scoring latency."""
+    model_s = tracker_s = 0.0
+    rescore_s, rescore_calls = 0.0, 0
+    for doc in docs[:n]:
+        traj = read_document(model, doc, None, halt=False)
+        model_s += traj.model_seconds
+        tracker_s += traj.tracker_seconds
+        history = model.tracker.belief.span_history
+        memory = torch.randn(1, model.config.num_memory_slots, model.dim)
+        for _ in range(20):  # re-score the whole span history, the worst case of one segment
+            t0 = time.perf_counter()
+            model.tracker.re_score_past_spans(history, memory)
+            rescore_s += time.perf_counter() - t0
+            rescore_calls += 1
+    return {"tracker_overhead_frac": tracker_s / model_s, "rescore_ms_per_segment": 1000 * rescore_s / rescore_calls,
+            "model_ms_per_segment": 1000 * model_s / sum(d.num_segments for d in docs[:n]),
+            "tracker_ms_per_segment": 1000 * tracker_s / sum(d.num_segments for d in docs[:n])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Smaller data and fewer steps.")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--timing-docs", type=int, default=12)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = RBSQAConfig.preset("demo") if args.quick else RBSQAConfig.preset("small")
+    start = time.time()
+    run = Run("rbsqa", "benchmark", root=ROOT / "runs")
+    trained = train_model(config, run, quiet=False)
+    model = trained.model
+    test_docs = encode_split(model, config, "test")
+    features = segment_features(model, test_docs)
+    metrics, rows = evaluate_documents(model, test_docs, features)
+    metrics.update(timing(model, test_docs, args.timing_docs))
+    for key, value in trained.calibration.items():
+        metrics[f"calibration_{key}"] = value
+    # plots for the docs: the story with most answer changes, and the reliability diagram
+    img = ROOT / "docs" / "img"
+    stories = [i for i, d in enumerate(test_docs) if d.revision_points]
+    example = max(stories, key=lambda i: len(test_docs[i].revision_points))
+    traj = read_document(model, test_docs[example], features[example] if features else None)
+    plot_trajectory(traj, test_docs[example], img / "rbsqa_belief_trajectory.png", config.belief_state_threshold)
+    long_docs = [i for i, d in enumerate(test_docs) if d.doc.kind == "long"]
+    if long_docs:
+        i = long_docs[0]
+        halted = read_document(model, test_docs[i], features[i] if features else None, halt=True)
+        plot_trajectory(halted, test_docs[i], img / "rbsqa_halting_trajectory.png", config.belief_state_threshold)
+    z, correct = candidate_scores(model, test_docs, features)
+    plot_reliability(z, correct, model.tracker.calibrate, img / "rbsqa_reliability.png")
+    shutil.copy(run.plot_metrics(["loss"], "loss.png"), img / "rbsqa_loss.png")
+    seconds = time.time() - start
+    result = {
+        "family": "rbsqa",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": None,
+                    "note": "shared CPU: up to 6 other jobs ran at the same time (load average > 10 on 2 cores)"},
+        "command": " ".join(["HF_HUB_OFFLINE=1", ".venv/bin/python", "benchmarks/rbsqa.py", *sys.argv[1:]]),
+        "metrics": {k: metrics[k] for k in REQUIRED},
+        "details": {k: v for k, v in metrics.items() if k not in REQUIRED},
+        "config": config.to_dict(),
+        "seconds": seconds,
+        "example_trajectory": traj.to_dict(),
+        "goals": {"revision_detection_rate": ">= 0.95 (seed > 0.8)", "ece_calibrated": "<= 0.05 (seed < 0.1)",
+                  "segments_read_frac_halting": "<= 0.7 at <= 1 point F1 loss", "tracker_overhead_frac": "< 0.02",
+                  "rescore_ms_per_segment": "< 2", "tracker_bytes_per_doc": "< 1e6"},
+    }
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rbsqa.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown_table(["metric", "value", "goal"], [[k, metrics[k], result["goals"].get(k, "")] for k in REQUIRED])
+    details = markdown_table(["detail", "value"], [[k, v] for k, v in result["details"].items()])
+    md = ["# rbsqa benchmark", "", f"{result['date']}, {result['machine']['cpu']}, {result['machine']['cores']} cores, "
+          f"no GPU; {result['machine']['note']}.", "", f"Command: `{result['command']}` ({seconds:.0f} s).", "",
+          table, "", details, ""]
+    (out / "rbsqa.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
