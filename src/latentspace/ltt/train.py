@@ -34,7 +34,7 @@ def evaluate_validity(model: LatentTrajectoryTransformer, n: int = 256, prior: P
                       z0: torch.Tensor | None = None, seed: int = 0, method: str | None = None,
                       batch_size: int = 256) -> float:
     """Fraction of n samples from the prior (or from explicit z0 (n, D)) that pass the validity checker."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     valid = 0
     was_training = model.training
     model.eval()
