@@ -53,7 +53,7 @@ def encoder_z0(model: LatentTrajectoryTransformer, n: int, seed: int = 0) -> tor
     generator = torch.Generator().manual_seed(10_000 + seed)
     tokens = tasks.generate(n, c.seq_len, c.block_len, c.noise_p, generator=generator)
     with torch.no_grad():
-        return model.encoder(tokens)[:, 0]
+        return model.encoder(tokens.to(next(model.parameters()).device))[:, 0]
 
 
 def train(config: LTTConfig, train_config: TrainConfig, batch_size: int = 64, run: Run | None = None,
