@@ -99,7 +99,7 @@ def main() -> None:
         "family": "rbsqa",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": None,
-                    "note": "shared CPU: up to 6 other jobs ran at the same time (load average > 10 on 2 cores)"},
+                    "note": "shared CPU: other helpers' jobs could run at the same time (light load during this run)"},
         "command": " ".join(["HF_HUB_OFFLINE=1", ".venv/bin/python", "benchmarks/rbsqa.py", *sys.argv[1:]]),
         "metrics": {k: metrics[k] for k in REQUIRED},
         "details": {k: v for k, v in metrics.items() if k not in REQUIRED},
