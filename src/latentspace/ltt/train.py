@@ -115,11 +115,12 @@ def sampling_speed(model: LatentTrajectoryTransformer, prior: Prior | None = Non
 
 def sample_table(model: LatentTrajectoryTransformer, n: int = 4, seed: int = 0) -> str:
     """Markdown table of "shared Z" and "random Z" samples with their validity (ltt.md quickstart)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     c = model.config
     rows = []
     for label, shared in (("shared Z", True), ("random Z", False)):
         tokens, _ = model.sample(n, shared_z=shared, generator=generator)
+        tokens = tokens.cpu()
         ok = tasks.valid_mask(tokens, c.seq_len, c.block_len)
         rows += [[label, f"`{tasks.decode(t)}`", "yes" if v else "no"] for t, v in zip(tokens, ok, strict=True)]
     return markdown_table(["sampling", "sample", "valid"], rows)
