@@ -75,7 +75,7 @@ def _synthetic_pairs(n=240, seed=0):
 
 def test_tiny_encoder_learns_beyond_chance():
     pairs = _synthetic_pairs()
-    model = train_code_encoder(pairs, TINY.replace(steps=80, lr=3e-3))
+    model = train_code_encoder(pairs, TINY.replace(steps=40, lr=5e-3))
     test = _synthetic_pairs(60, seed=1)
     query = model.encode_query([q for q, _ in test])
     code = model.encode_code([c for _, c in test])

@@ -195,7 +195,7 @@ def evaluate_into_run(config: EvalConfig, run, quiet: bool) -> dict:
 def _threads() -> None:
     import torch
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))  # the machine's 2 cores; oversubscribing is slower
 
 
 def demo(out_dir: pathlib.Path, quiet: bool):

@@ -36,17 +36,17 @@ class CodeEncoderConfig(Config):
     vocab_size: int = 0  # set from the vocabulary when the encoder is built
     max_words: int = 16000
     hash_buckets: int = 2048
-    d_model: int = 128
+    d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
-    latent_dim: int = 128
+    latent_dim: int = 64
     embed_dim: int = 128
-    max_code_tokens: int = 128
+    max_code_tokens: int = 64
     max_query_tokens: int = 32
     temperature: float = 0.05
     dropout: float = 0.1
-    steps: int = 400
-    batch_size: int = 128
+    steps: int = 300
+    batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
 
@@ -54,6 +54,7 @@ class CodeEncoderConfig(Config):
         "tiny": {"d_model": 32, "n_layers": 1, "n_heads": 2, "latent_dim": 32, "embed_dim": 32, "steps": 60,
                  "batch_size": 32, "max_code_tokens": 64, "max_words": 2000, "hash_buckets": 256},
         "small": {},
+        "base": {"d_model": 128, "latent_dim": 128, "max_code_tokens": 128, "batch_size": 128},
     }
 
 

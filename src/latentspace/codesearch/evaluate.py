@@ -45,7 +45,7 @@ class EvalConfig(Config):
     max_train_pairs: int = 30000
     methods: str = "bm25,minilm,ltt"
     encoder_preset: str = "small"
-    encoder_steps: int = 400
+    encoder_steps: int = 300
     min_query_words: int = 4
     seed: int = 0
 
@@ -147,12 +147,13 @@ def retrieval_metrics(rankings: Sequence[Sequence[int]], targets: Sequence[int])
             "recall10": float(np.mean(hit10))}
 
 
-def run_evaluation(config: EvalConfig, run=None, quiet: bool = True, depth: int = 100) -> dict:
+def run_evaluation(config: EvalConfig, run=None, quiet: bool = True, depth: int = 100,
+                   encoders_out: dict | None = None) -> dict:
     """Build the data set, train the LTT encoder on training packages, rank the held-out pool by every method.
 
     Returns:
         {"metrics": {"mrr10_bm25", ..., "mrr10_hybrid", "recall1_hybrid", ...}, "sizes": {...},
-         "seconds": {...}, "held_out_packages": [...]}
+         "seconds": {...}, "held_out_packages": [...]}; `encoders_out` (if given) receives the encoders.
     """
     timings = {}
     t = time.perf_counter()
@@ -183,6 +184,8 @@ def run_evaluation(config: EvalConfig, run=None, quiet: bool = True, depth: int 
             from .encoder import SentenceEncoder
 
             encoder = SentenceEncoder("all-MiniLM-L6-v2" if name == "minilm" else name)
+        if encoders_out is not None:
+            encoders_out[name] = encoder
         dense = DensePart(encoder.encode_code(codes))
         query_vectors = encoder.encode_query(query_texts)
         rankings[name] = [dense.rank(v, depth) for v in query_vectors]

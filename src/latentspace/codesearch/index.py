@@ -55,7 +55,7 @@ class IndexConfig(Config):
     max_file_bytes: int = 1_000_000
     max_snippet_lines: int = 200
     encoder_preset: str = "small"  # CodeEncoderConfig preset of the LTT encoder
-    encoder_steps: int = 400  # training steps of the LTT encoder on the indexed corpus
+    encoder_steps: int = 300  # training steps of the LTT encoder on the indexed corpus
     min_train_pairs: int = 16  # fewer docstring pairs: add (symbol name, code) pairs
 
     def encoder_names(self) -> list[str]:
