@@ -1,3 +1,5 @@
+import math
+
 import torch
 
 from latentspace.crsm.mcts import MCTS
@@ -59,3 +61,130 @@ def test_time_budget_bounds_the_search():
     latent, _ = _root()
     result = mcts.search(latent, num_simulations=10**9, time_budget=0.05)
     assert result.seconds < 1.0 and result.simulations > 0
+
+
+class RefNode:
+    def __init__(self, token, prior, parent=None):
+        self.token, self.prior, self.parent = token, prior, parent
+        self.depth = 0 if parent is None else parent.depth + 1
+        self.visits, self.value_sum, self.virtual = 0, 0.0, 0
+        self.children, self.latent, self.caches, self.terminal, self.value = [], None, None, False, 0.0
+
+    def q(self, default):
+        n = self.visits + self.virtual
+        return (self.value_sum - self.virtual) / n if n else default
+
+    def line(self):
+        node, out = self, []
+        while node.parent is not None:
+            out.append(node.token)
+            node = node.parent
+        return out[::-1]
+
+
+def reference_search(model, latent, caches, sims, top_k, c_puct, batch, max_depth, transition, reward_fn=None):
+    """The search's documented rounds on a tree of node objects (slow, obviously correct)."""
+
+    def expand(nodes, latents, values):
+        probs = torch.softmax(model.logits(latents).float(), -1)
+        top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), -1)
+        top_p = top_p / top_p.sum(-1, keepdim=True)
+        out = values.float().tolist()
+        for j, node in enumerate(nodes):
+            node.latent = latents[j]
+            if node.token == model.eos_id or node.depth >= max_depth:
+                node.terminal = True
+                if reward_fn is not None and reward_fn(node.line()) is not None:
+                    out[j] = float(reward_fn(node.line()))
+            else:
+                node.children = [RefNode(t, p, node) for p, t in zip(top_p[j].tolist(), top_i[j].tolist(), strict=True)]
+            node.value = out[j]
+        return out
+
+    def select():
+        node, path = root, [root]
+        while node.children:
+            n = node.visits + node.virtual
+            default, explore = node.q(0.0), c_puct * math.sqrt(n + 1)
+            node = max(node.children, key=lambda ch: ch.q(default) + explore * ch.prior / (1 + ch.visits + ch.virtual))
+            path.append(node)
+        for n in path:
+            n.virtual += 1
+        return path
+
+    def backup(path, value):
+        for n in path:
+            n.virtual, n.visits, n.value_sum = n.virtual - 1, n.visits + 1, n.value_sum + value
+
+    root = RefNode(-1, 1.0)
+    root.caches = caches
+    value = expand([root], latent.reshape(1, -1), model.value(latent.reshape(1, -1)))[0]
+    root.visits, root.value_sum = 1, value
+    done = 0
+    while done < sims:
+        want = min(batch, sims - done)
+        fresh, paths, collided, terminal = [], [], [], 0
+        for _ in range(2 * want):
+            if terminal + len(fresh) == want:
+                break
+            path = select()
+            if path[-1].terminal:
+                backup(path, path[-1].value)
+                terminal += 1
+            elif path[-1] in fresh:
+                collided.append(path)
+            else:
+                fresh.append(path[-1])
+                paths.append(path)
+        if fresh:
+            tokens = torch.tensor([leaf.token for leaf in fresh])
+            if transition == "dynamics":
+                latents = model.dynamics_step(torch.stack([leaf.parent.latent for leaf in fresh]), tokens)
+            else:
+                stacked = [tuple(torch.cat([leaf.parent.caches[i][k] for leaf in fresh]) for k in range(2))
+                           for i in range(len(caches))]
+                latents, new = model.step(tokens, stacked)
+                for j, leaf in enumerate(fresh):
+                    leaf.caches = [(c[j : j + 1], h[j : j + 1]) for c, h in new]
+            for path, value in zip(paths, expand(fresh, latents, model.value(latents)), strict=True):
+                backup(path, value)
+        for path in collided:
+            for n in path:
+                n.virtual -= 1
+        done += terminal + len(fresh)
+    futures = []
+    for child in root.children:
+        node = child
+        while node.children and any(c.visits for c in node.children):
+            node = max(node.children, key=lambda c: c.visits)
+        futures.append(node.latent if node.latent is not None else root.latent)
+    return root, torch.stack(futures)
+
+
+def _tiny_crsm():
+    from latentspace.crsm.config import CRSMConfig
+    from latentspace.crsm.model import CRSM
+
+    torch.manual_seed(0)
+    model = CRSM(CRSMConfig.preset("tiny")).eval()
+    with torch.no_grad():  # peaked priors, so descents collide and lines go deep
+        model.backbone.lm_head.weight.mul_(40.0)
+    latent, caches = model.prefill(torch.tensor([model.encode("def f(x):")]))
+    return model, latent[0], caches
+
+
+def test_array_tree_search_matches_the_object_reference():
+    cases = [(ToyModel(), *_root(), 3, 4, 4, None), (*_tiny_crsm(), 4, 8, 7, None),
+             (ToyModel(), *_root(), 3, 4, 2, lambda tokens: float(tokens == [2, 2]))]
+    for model, latent, caches, top_k, batch, max_depth, reward in cases:
+        for transition in ("dynamics", "backbone"):
+            settings = dict(top_k=top_k, c_puct=1.3, batch=batch, max_depth=max_depth, transition=transition)
+            with torch.no_grad():
+                result = MCTS(model, reward_fn=reward, **settings).search(latent, caches, num_simulations=150)
+                root, futures = reference_search(model, latent, caches, 150, reward_fn=reward, **settings)
+            assert result.actions == [c.token for c in root.children]
+            assert result.visits == [c.visits for c in root.children]
+            assert result.q_values == [c.q(0.0) for c in root.children]
+            assert result.simulations == 150 and sum(result.visits) == 150
+            torch.testing.assert_close(result.future_latents, futures, rtol=0, atol=0)
+
