@@ -12,7 +12,9 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -63,27 +65,79 @@ def bench_pathstar(settings, steps, samples, sims, work: Path, on_row=None, **si
     return rows
 
 
-def bench_planner_cost(model: CRSM, sims: int, tokens: int):
-    """Simulations/s with latent dynamics vs exact backbone steps; tokens/s with the async planner on vs off."""
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def bench_search_speed(model: CRSM, batch: int, sims: int, repeats: int, seconds: float):
+    """Simulations/s of both transitions on the same tree code, interleaved: `repeats` alternating windows each."""
     prompt = model.encode("import os\nimport sys\n\n\ndef main(argv):\n    ")
     latent, caches = model.prefill(torch.tensor([prompt]))
+    searches = {t: make_mcts(model, transition=t, batch=batch, max_depth=64) for t in ("dynamics", "backbone")}
+    rates = {t: [] for t in searches}
+    batches = {t: [] for t in searches}
+    for mcts in searches.values():
+        mcts.search(latent[0], caches, batch)  # warm-up
+    for _ in range(repeats):
+        for transition, mcts in searches.items():
+            start, done, rounds, evaluated = time.perf_counter(), 0, 0, 0
+            while time.perf_counter() - start < seconds:
+                result = mcts.search(latent[0], caches, sims)
+                done += result.simulations
+                rounds, evaluated = rounds + result.rounds, evaluated + result.evaluated
+            rates[transition].append(done / (time.perf_counter() - start))
+            batches[transition].append(evaluated / max(rounds, 1))
+    out = {f"sims_per_s_{t}": _spread(r) for t, r in rates.items()}
+    out["speedup_median"] = out["sims_per_s_dynamics"]["median"] / out["sims_per_s_backbone"]["median"]
+    out["mean_leaves_per_round"] = {t: statistics.mean(b) for t, b in batches.items()}
+    out.update(batch=batch, simulations_per_search=sims, d_model=model.config.d_model, n_layers=model.config.n_layers,
+               params_backbone=sum(p.numel() for p in model.backbone.parameters()),
+               params_dynamics=sum(p.numel() for p in model.dynamics.parameters()))
+    print(f"search d={model.config.d_model} L={model.config.n_layers} batch={batch}: "
+          f"{out['sims_per_s_dynamics']['median']:.0f} vs {out['sims_per_s_backbone']['median']:.1f} sims/s "
+          f"({out['speedup_median']:.1f}x)", flush=True)
+    return out
+
+
+def bench_async_cost(model: CRSM, tokens: int, repeats: int, budgets=(16, 64)):
+    """Generation tokens/s with the async planner off vs on, interleaved repeats, per search budget (simulations).
+
+    A control runs generation beside a thread of pure Python (it holds the GIL, computes nothing shared), to
+    separate the cost of sharing the interpreter from the cost of the search itself.
+    """
+    prompt = model.encode("import os\nimport sys\n\n\ndef main(argv):\n    ")
+    generate(model, prompt, 8, planner="async", stop_at_eos=False, num_simulations=8, transition="dynamics")
     out = {}
-    for transition in ("dynamics", "backbone"):
-        mcts = make_mcts(model, transition=transition, batch=8, max_depth=64)
-        mcts.search(latent[0], caches, 16)  # warm-up
-        start, done = time.perf_counter(), 0
-        while time.perf_counter() - start < 3.0:
-            done += mcts.search(latent[0], caches, sims).simulations
-        out[f"mcts_sims_per_s_{transition}"] = done / (time.perf_counter() - start)
-    for mode in ("off", "async", "off", "async"):
-        gen = generate(model, prompt, tokens, planner=mode, stop_at_eos=False, num_simulations=sims,
-                       transition="dynamics", time_budget=0.05)
-        out.setdefault(f"gen_tokens_per_s_planner_{mode}", []).append(gen.tokens_per_s)
-        if mode == "async":
-            out["async_searches"] = gen.searches
-            out["async_deltas_applied"] = gen.deltas_applied
-    for mode in ("off", "async"):
-        out[f"gen_tokens_per_s_planner_{mode}"] = max(out[f"gen_tokens_per_s_planner_{mode}"])
+    for sims in budgets:
+        runs = {"off": [], "async": []}
+        searches, applied = [], []
+        for _ in range(repeats):
+            for mode in ("off", "async"):
+                gen = generate(model, prompt, tokens, planner=mode, stop_at_eos=False, num_simulations=sims,
+                               transition="dynamics", time_budget=0.05)
+                runs[mode].append(gen.tokens_per_s)
+                if mode == "async":
+                    searches.append(gen.searches)
+                    applied.append(gen.deltas_applied)
+        off, on = statistics.median(runs["off"]), statistics.median(runs["async"])
+        cost = [1 - a / o for o, a in zip(runs["off"], runs["async"], strict=True)]  # per interleaved pair
+        out[f"sims_{sims}"] = {"tokens_per_s_off": _spread(runs["off"]), "tokens_per_s_async": _spread(runs["async"]),
+                               "cost_frac_of_medians": 1 - on / off, "cost_frac_pairs": _spread(cost),
+                               "searches_per_generation": statistics.mean(searches),
+                               "deltas_applied_per_generation": statistics.mean(applied)}
+        print(f"async sims={sims}: off {off:.1f} tok/s, async {on:.1f} tok/s, cost {1 - on / off:.2f}", flush=True)
+    stop = threading.Event()
+
+    def pure_python():
+        while not stop.is_set():
+            sum(i * i for i in range(1000))
+
+    thread = threading.Thread(target=pure_python, daemon=True)
+    thread.start()
+    control = [generate(model, prompt, tokens, planner="off", stop_at_eos=False).tokens_per_s for _ in range(repeats)]
+    stop.set()
+    thread.join()
+    out["control_off_beside_pure_python_thread"] = _spread(control)
     return out
 
 
@@ -182,20 +236,36 @@ def main():
         rows = bench_pathstar(settings, 300 if quick else 900, 30 if quick else 100, 48, work)
     stored_lm = RESULTS / "crsm_lm.json"
     lm = json.loads(stored_lm.read_text()) if stored_lm.exists() else bench_perplexity(60 if quick else 250, work)[1]
+    # planner cost: one intra-op thread for the whole process. The machine has 2 shared cores; during async
+    # generation the generating thread and the planner thread each take one, so more intra-op threads would
+    # oversubscribe them (OpenMP workers spin), and at batch <= 32 the ops are too small to split anyway.
+    torch.set_num_threads(1)
+    repeats = 3 if quick else 5
+    torch.manual_seed(0)
     cost_model = CRSM(CRSMConfig(d_model=256, n_layers=8, mcts_max_depth=64)).eval()
-    cost = bench_planner_cost(cost_model, 64, 64 if quick else 128)
+    load_before = os.getloadavg()
+    search = [bench_search_speed(cost_model, 8, 64, repeats, 1.0),
+              bench_search_speed(cost_model, 32, 256, repeats, 1.0)]
+    torch.manual_seed(0)
+    search.append(bench_search_speed(CRSM(CRSMConfig(d_model=512, n_layers=16, mcts_max_depth=64)).eval(), 8, 64,
+                                     repeats, 1.0))
+    async_cost = bench_async_cost(cost_model, 64 if quick else 128, repeats)
+    load_after = os.getloadavg()
     gpu_path = RESULTS / "crsm_gpu.json"
     gpu = json.loads(gpu_path.read_text()) if gpu_path.exists() else None
     best = max(rows, key=lambda r: r["planner_backbone"] - r["greedy"])
     metrics = {
         "pathstar_acc_greedy": best["greedy"], "pathstar_acc_planner": best["planner_backbone"],
         "pathstar_degree": best["degree"], "pathstar_length": best["length"],
-        "mcts_sims_per_s_dynamics": cost["mcts_sims_per_s_dynamics"],
-        "mcts_sims_per_s_backbone": cost["mcts_sims_per_s_backbone"],
-        "mcts_speedup_dynamics": cost["mcts_sims_per_s_dynamics"] / cost["mcts_sims_per_s_backbone"],
-        "gen_tokens_per_s_planner_off": cost["gen_tokens_per_s_planner_off"],
-        "gen_tokens_per_s_planner_async": cost["gen_tokens_per_s_planner_async"],
-        "async_cost_frac": 1 - cost["gen_tokens_per_s_planner_async"] / cost["gen_tokens_per_s_planner_off"],
+        "mcts_sims_per_s_dynamics": search[0]["sims_per_s_dynamics"]["median"],
+        "mcts_sims_per_s_backbone": search[0]["sims_per_s_backbone"]["median"],
+        "mcts_speedup_dynamics": search[0]["speedup_median"],
+        "mcts_speedup_dynamics_batch32": search[1]["speedup_median"],
+        "mcts_speedup_dynamics_d512_l16": search[2]["speedup_median"],
+        "gen_tokens_per_s_planner_off": async_cost["sims_16"]["tokens_per_s_off"]["median"],
+        "gen_tokens_per_s_planner_async": async_cost["sims_16"]["tokens_per_s_async"]["median"],
+        "async_cost_frac": async_cost["sims_16"]["cost_frac_of_medians"],
+        "async_cost_frac_64_sims": async_cost["sims_64"]["cost_frac_of_medians"],
         "ppl_mamba": lm["ppl_mamba"], "ppl_transformer": lm["ppl_transformer"],
         "gpu_train_tokens_per_s_mamba": None, "gpu_train_tokens_per_s_gpt2": None,
         "gpu_peak_gib_mamba": None, "gpu_peak_gib_gpt2": None,
@@ -219,11 +289,15 @@ def main():
                              "note": "stage-1 training of the path-star backbones ran on this device (7000 steps "
                                      "each); distillation, value head and all accuracy evaluations ran on its CPU"}
                             if pathstar else "this run, CPU"),
-        "planner_cost": {**cost, "model": "untrained CRSM d_model=256, 8 layers (timing only)",
-                                           "simulations_per_search": 64, "batch": 8},
+        "planner_cost": {"search": search, "async": async_cost, "torch_threads": 1,
+                         "model": "untrained CRSMs (timing only): d_model=256, 8 layers; d_model=512, 16 layers",
+                         "method": f"{repeats} interleaved 1 s windows per transition (search) and {repeats} "
+                                   "interleaved off/async generations per budget; medians, min and max"},
         "perplexity": lm, "gpu": gpu, "seconds": time.time() - started,
-        "notes": ("CPU figures on a 2-core machine shared with other jobs (load average > 8): absolute speeds are "
-                  "noisy. GPU figures from benchmarks/crsm_gpu.py on the device machine (one H100)."),
+        "notes": (f"CPU figures on a 2-core machine shared with other jobs (1/5/15-min load average "
+                  f"{load_before} before the planner-cost part, {load_after} after): absolute speeds are noisy, "
+                  "hence interleaved repeats and medians. GPU figures from benchmarks/crsm_gpu.py on the device "
+                  "machine (one H100)."),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "crsm.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -237,6 +311,31 @@ def main():
                              "steps", "samples"],
                             [[r["degree"], r["length"], r["greedy"], r["planner_backbone"], r["planner_dynamics"],
                               r["chance"], r["backbone_steps"], r["samples"]] for r in rows]), ""]
+    fmt = "{:.1f}".format
+    lines += ["## Planner cost (CPU, 1 torch thread; median [min, max] of interleaved repeats)", "",
+              result["notes"], "",
+              markdown_table(["backbone", "batch", "sims/search", "dynamics sims/s", "backbone sims/s", "ratio",
+                              "leaves/round (dyn, backbone)"],
+                             [[f"d={r['d_model']}, {r['n_layers']} layers ({r['params_backbone'] / 1e6:.1f}M)",
+                               r["batch"], r["simulations_per_search"],
+                               *[f"{fmt(r[k]['median'])} [{fmt(r[k]['min'])}, {fmt(r[k]['max'])}]"
+                                 for k in ("sims_per_s_dynamics", "sims_per_s_backbone")],
+                               fmt(r["speedup_median"]),
+                               ", ".join(fmt(v) for v in r["mean_leaves_per_round"].values())] for r in search]), "",
+              markdown_table(["sims per search", "off tok/s", "async tok/s", "cost (medians)", "cost per pair",
+                              "searches / deltas per generation"],
+                             [[k.removeprefix("sims_"),
+                               *[f"{fmt(v[m]['median'])} [{fmt(v[m]['min'])}, {fmt(v[m]['max'])}]"
+                                 for m in ("tokens_per_s_off", "tokens_per_s_async")],
+                               f"{v['cost_frac_of_medians']:.2f}",
+                               f"{v['cost_frac_pairs']['median']:.2f} [{v['cost_frac_pairs']['min']:.2f}, "
+                               f"{v['cost_frac_pairs']['max']:.2f}]",
+                               f"{v['searches_per_generation']:.0f} / {v['deltas_applied_per_generation']:.0f}"]
+                              for k, v in async_cost.items() if k.startswith("sims_")]), "",
+              "Control: planner off, beside a thread running pure Python (holds the GIL, shares no tensors): "
+              f"{fmt(async_cost['control_off_beside_pure_python_thread']['median'])} tok/s "
+              f"[{fmt(async_cost['control_off_beside_pure_python_thread']['min'])}, "
+              f"{fmt(async_cost['control_off_beside_pure_python_thread']['max'])}].", ""]
     if gpu:
         lines += ["## GPU training throughput (T=1024, bf16 autocast, fwd+bwd+AdamW)", "",
                   markdown_table(["model", "params (M)", "batch", "tokens/s", "peak GiB"],
