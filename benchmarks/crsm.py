@@ -102,8 +102,9 @@ def bench_search_speed(model: CRSM, batch: int, sims: int, repeats: int, seconds
 def bench_async_cost(model: CRSM, tokens: int, repeats: int, budgets=(16, 64)):
     """Generation tokens/s with the async planner off vs on, interleaved repeats, per search budget (simulations).
 
-    A control runs generation beside a thread of pure Python (it holds the GIL, computes nothing shared), to
-    separate the cost of sharing the interpreter from the cost of the search itself.
+    Controls run generation (planner off) beside a thread of pure Python (it holds the GIL, shares no tensors)
+    and beside a thread of matrix products (mostly without the GIL): the cost of sharing the interpreter vs the
+    cost of sharing the CPU.
     """
     prompt = model.encode("import os\nimport sys\n\n\ndef main(argv):\n    ")
     generate(model, prompt, 8, planner="async", stop_at_eos=False, num_simulations=8, transition="dynamics")
@@ -126,18 +127,24 @@ def bench_async_cost(model: CRSM, tokens: int, repeats: int, budgets=(16, 64)):
                                "searches_per_generation": statistics.mean(searches),
                                "deltas_applied_per_generation": statistics.mean(applied)}
         print(f"async sims={sims}: off {off:.1f} tok/s, async {on:.1f} tok/s, cost {1 - on / off:.2f}", flush=True)
-    stop = threading.Event()
-
-    def pure_python():
+    def pure_python(stop):
         while not stop.is_set():
             sum(i * i for i in range(1000))
 
-    thread = threading.Thread(target=pure_python, daemon=True)
-    thread.start()
-    control = [generate(model, prompt, tokens, planner="off", stop_at_eos=False).tokens_per_s for _ in range(repeats)]
-    stop.set()
-    thread.join()
-    out["control_off_beside_pure_python_thread"] = _spread(control)
+    def matmul(stop):  # releases the GIL for most of its time: the CPU cost of a second busy thread alone
+        a = torch.randn(512, 512)
+        while not stop.is_set():
+            a @ a
+
+    for name, work in (("pure_python", pure_python), ("matmul", matmul)):
+        stop = threading.Event()
+        thread = threading.Thread(target=work, args=(stop,), daemon=True)
+        thread.start()
+        control = [generate(model, prompt, tokens, planner="off", stop_at_eos=False).tokens_per_s
+                   for _ in range(repeats)]
+        stop.set()
+        thread.join()
+        out[f"control_off_beside_{name}_thread"] = _spread(control)
     return out
 
 
@@ -312,6 +319,7 @@ def main():
                             [[r["degree"], r["length"], r["greedy"], r["planner_backbone"], r["planner_dynamics"],
                               r["chance"], r["backbone_steps"], r["samples"]] for r in rows]), ""]
     fmt = "{:.1f}".format
+    c1, c2 = async_cost["control_off_beside_pure_python_thread"], async_cost["control_off_beside_matmul_thread"]
     lines += ["## Planner cost (CPU, 1 torch thread; median [min, max] of interleaved repeats)", "",
               result["notes"], "",
               markdown_table(["backbone", "batch", "sims/search", "dynamics sims/s", "backbone sims/s", "ratio",
@@ -332,10 +340,10 @@ def main():
                                f"{v['cost_frac_pairs']['max']:.2f}]",
                                f"{v['searches_per_generation']:.0f} / {v['deltas_applied_per_generation']:.0f}"]
                               for k, v in async_cost.items() if k.startswith("sims_")]), "",
-              "Control: planner off, beside a thread running pure Python (holds the GIL, shares no tensors): "
-              f"{fmt(async_cost['control_off_beside_pure_python_thread']['median'])} tok/s "
-              f"[{fmt(async_cost['control_off_beside_pure_python_thread']['min'])}, "
-              f"{fmt(async_cost['control_off_beside_pure_python_thread']['max'])}].", ""]
+              "Controls, planner off: beside a thread of pure Python (holds the GIL, shares no tensors) "
+              f"{fmt(c1['median'])} tok/s [{fmt(c1['min'])}, {fmt(c1['max'])}]; beside a thread of 512x512 matrix "
+              f"products (mostly without the GIL) {fmt(c2['median'])} tok/s [{fmt(c2['min'])}, {fmt(c2['max'])}].",
+              ""]
     if gpu:
         lines += ["## GPU training throughput (T=1024, bf16 autocast, fwd+bwd+AdamW)", "",
                   markdown_table(["model", "params (M)", "batch", "tokens/s", "peak GiB"],
