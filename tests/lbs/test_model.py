@@ -141,3 +141,29 @@ def test_checkpoint_round_trip(model, tmp_path, tiny_cfg):
     loaded = BaseLBS.load(tmp_path / "ck")
     torch.testing.assert_close(loaded.mlp_val.weight, model.mlp_val.weight)
     torch.testing.assert_close(loaded.encode_text("abc", cache=False), model.encode_text("abc", cache=False))
+
+
+def test_highway_off_is_zero_and_fit_recovers_ar(tiny_cfg):
+    off = BaseLBS(tiny_cfg)
+    assert off.highway is None and torch.all(off.highway_forecast(torch.randn(3, 10), 4) == 0)
+    m = BaseLBS(tiny_cfg.replace(highway=2, overshoot=2))
+    assert torch.all(m.highway_forecast(torch.randn(3, 10), 4) == 0)  # zero at init: pure state-space forecast
+    gen = torch.Generator().manual_seed(0)
+    z = torch.zeros(3000)
+    for t in range(1, len(z)):  # AR(1), phi 0.8: z[t+1] - z[t] = -0.2 z[t] + noise, z[t+2] - z[t] = -0.36 z[t]
+        z[t] = 0.8 * z[t - 1] + 0.5 * torch.randn(1, generator=gen)
+    m.fit_highway(z, ridge=1e-4)
+    torch.testing.assert_close(m.highway.weight[:, -1], torch.tensor([-0.2, -0.36]), atol=0.04, rtol=0)
+    assert m.highway.weight[:, 0].abs().max() < 0.1  # the older lag carries nothing for an AR(1)
+    out = m.highway_forecast(torch.tensor([[0.0, 1.0]]), 3)  # (1, 3): steps beyond overshoot reuse the last
+    assert out.shape == (1, 3) and out[0, 2] == out[0, 1] and out[0, 0] < 0
+
+
+def test_window_loss_trains_the_highway(tiny_cfg):
+    m = BaseLBS(tiny_cfg.replace(highway=3, overshoot=2))
+    b, t, k, hid = 2, 8, tiny_cfg.sum_tokens, m.model.config.hidden_size
+    y = torch.randn(b, t)
+    loss, _ = m.window_loss(y, torch.randn(b, t, k, hid), torch.zeros(b, t), [[""] * t] * b, [["2020-01-01"] * t] * b,
+                            level=torch.ones(b, 1))
+    loss.backward()
+    assert m.highway.weight.grad.abs().sum() > 0 and m.highway.bias.grad.abs().sum() > 0

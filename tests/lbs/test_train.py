@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from latentspace.core.training import TrainConfig
@@ -28,3 +29,19 @@ def test_seed_loop_runs():
     s = generated_series(steps=40)
     model = BaseLBS(LBSConfig.preset("tiny"))
     assert seed_loop(model, s, Standardizer(s.values), steps=3) > 0
+
+
+def test_validation_selection_keeps_the_best_weights():
+    torch.manual_seed(0)
+    s = generated_series(steps=160, seed=3)
+    tr, va = s.split(0.6, 0.2)
+    sc = Standardizer(s.values[:tr])
+    model = BaseLBS(LBSConfig.preset("tiny").replace(text_loss_samples=0, highway=4, overshoot=3))
+    wcfg = WindowConfig(window=16, batch=4, bptt=8, context=12, horizon=3, train_frac=0.6, val_frac=0.2, val_every=2)
+    result = train_lbs(model, s, sc, wcfg, TrainConfig(steps=8, lr=3e-2, log_every=1000), quiet=True)
+    origins = forecast_origins(va, tr, 3, max_origins=60)
+    z = sc(s.values)
+    mse = errors(forecast(model, s, sc, origins, 12, 3, samples=16, instance_norm=True).mean.numpy(), z, origins, 3)
+    # the loaded weights are the best of the 4 evaluations (steps 2, 4, 6, 8), not simply the last
+    assert result.metrics["val_mse_best"] <= result.metrics["eval_val_mse"] + 1e-9
+    assert mse["mse"] == pytest.approx(result.metrics["val_mse_best"], rel=1e-4)

@@ -172,15 +172,16 @@ def steer_command(
     y, s, ref = context_tensors(model, series, scaler, [len(series)], context,
                                 bool(meta.get("window", {}).get("instance_norm", False)))
     x, h = filter_context(model, y, s)
+    offset = ref + model.highway_forecast(y + ref, horizon)  # (1, H): level and the highway's linear part
     base, _ = rollout(model, x, h, horizon, samples, torch.Generator().manual_seed(0))
-    base = base + ref[None]
+    base = base + offset[None]
     if target is not None:
-        goal = model.goal_from_value(float(scaler(target)) - float(ref), start=x)
+        goal = model.goal_from_value(float(scaler(target)) - float(offset.mean()), start=x)
     else:
         goal = model.goal_from_text(goal_text, h)
     model.set_goal(goal[0], strength)
     steered, _ = rollout(model, x, h, horizon, samples, torch.Generator().manual_seed(0))
-    steered = steered + ref[None]
+    steered = steered + offset[None]
     model.clear_goal()
     before = [float(scaler.inverse(float(v))) for v in base.mean(0)[0]]
     after = [float(scaler.inverse(float(v))) for v in steered.mean(0)[0]]
@@ -229,11 +230,13 @@ def demo(out_dir: pathlib.Path, quiet: bool):
     out_dir = Path(out_dir)
     run = Run("lbs", path=out_dir)
     series = generated_series()
-    cfg = LBSConfig(text_loss_samples=8)
+    # sized for a demo that runs beside five others (~1 min on 2 CPU cores): two models of 60 steps each,
+    # text_loss on 4 (series, step) pairs per batch, 40 forecast origins
+    cfg = LBSConfig(text_loss_samples=4)
     wcfg = WindowConfig(instance_norm=False)  # stationary regimes: absolute levels carry the regime
-    tcfg = TrainConfig(steps=120, lr=3e-3, log_every=10)
+    tcfg = TrainConfig(steps=60, lr=5e-3, log_every=10)
     run.write_config({"lbs": cfg.to_dict(), "window": wcfg.to_dict(), "train": tcfg.to_dict(), "data": "generated"})
-    res = evaluate_series(series, cfg, wcfg, tcfg, run=run, quiet=quiet, max_origins=60)
+    res = evaluate_series(series, cfg, wcfg, tcfg, run=run, quiet=quiet, max_origins=40)
     train_end = series.split()[0]
     res.metrics.update(text_steer_report(res.model, series, Standardizer(series.values[:train_end]), res.origins,
                                          wcfg, REGIMES["surge"][0], REGIMES["slump"][0]))

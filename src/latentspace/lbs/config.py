@@ -35,6 +35,7 @@ class LBSConfig(Config):
     alpha_kl: float = 0.1
     alpha_pred: float = 1.0  # value loss of open-loop prior rollouts: trains the forecast path directly
     overshoot: int = 6  # ... of 1..overshoot steps from every filtered state
+    highway: int = 0  # order q of the linear autoregressive skip added to forecasts (LSTNet's highway); 0 = off
     dtype: str = "float32"
     use_text: bool = True  # False: text embeddings zeroed (the no-text ablation)
     max_text_chars: int = 384  # text is cut to this many characters before encoding
@@ -56,9 +57,11 @@ class LBSConfig(Config):
             raise ConfigError(f"LBSConfig.dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.padding_side not in ("left", "right"):
             raise ConfigError(f"LBSConfig.padding_side must be left or right, got {self.padding_side!r}")
-        for name in ("latent_dim", "prefix_tokens", "sum_tokens", "gru_layers"):
+        for name in ("latent_dim", "prefix_tokens", "sum_tokens", "gru_layers", "overshoot"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"LBSConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.highway < 0:
+            raise ConfigError(f"LBSConfig.highway must be >= 0 (0 = off), got {self.highway}")
 
     @property
     def torch_dtype(self):
@@ -84,3 +87,4 @@ class WindowConfig(Config):
     instance_norm: bool = True  # values are taken relative to the last context step (the forecast origin's level)
     train_frac: float = 0.7
     val_frac: float = 0.1
+    val_every: int = 0  # > 0: forecast MSE on the validation part every this many steps; the best weights are kept

@@ -90,6 +90,13 @@ class BaseLBS(CheckpointMixin, nn.Module):
         self.proj_sum = nn.Linear(hidden, d)
         # SEMANTIC GENERATION HEAD: d -> prefix_tokens * LM hidden (the soft prompt)
         self.proj_state = nn.Linear(d, self.cfg.prefix_tokens * hidden)
+        # LINEAR HIGHWAY (LSTNet): the last q standardised values -> a correction for each of `overshoot`
+        # steps ahead. Zero at init, so training starts from the pure state-space forecast; it gives the
+        # model the linear (ARIMA-like) structure a few hundred steps cannot teach the GRU reliably.
+        self.highway = nn.Linear(self.cfg.highway, self.cfg.overshoot) if self.cfg.highway else None
+        if self.highway is not None:
+            nn.init.zeros_(self.highway.weight)
+            nn.init.zeros_(self.highway.bias)
         ids = tokenizer.convert_tokens_to_ids(sum_tokens)
         self.register_buffer("sum_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
         self.cache = EmbeddingCache(namespace=f"{self.cfg.backbone}|{self.cfg.seed}|{self.cfg.sum_tokens}|"
@@ -232,6 +239,48 @@ class BaseLBS(CheckpointMixin, nn.Module):
         x_t = post.rsample() if sample else post.mu
         return x_t, (prior.mu, prior.logvar), (post.mu, post.logvar), h_t
 
+    def highway_forecast(self, y_abs: torch.Tensor, horizon: int) -> torch.Tensor:
+        """The linear highway's additive correction from the last q values of y_abs (B, L): (B, horizon).
+
+        y_abs are standardised values on the absolute scale (not instance-normalised), so the highway can
+        learn mean reversion as well as momentum. Steps beyond `overshoot` reuse the last step's weights;
+        without a highway (q = 0) the correction is 0.
+        """
+        b, length = y_abs.shape
+        if self.highway is None:
+            return torch.zeros(b, horizon, device=y_abs.device)
+        q = self.cfg.highway
+        if length < q:  # pad on the left with the first value
+            y_abs = torch.cat([y_abs[:, :1].expand(b, q - length), y_abs], dim=1)
+        out = self.highway(y_abs[:, -q:].to(self.highway.weight.dtype))  # (B, overshoot)
+        idx = torch.arange(horizon, device=out.device).clamp(max=self.cfg.overshoot - 1)
+        return out[:, idx]  # (B, H)
+
+    @torch.no_grad()
+    def fit_highway(self, z: torch.Tensor, ridge: float = 1e-2) -> None:
+        """Initialise the highway by ridge least squares on a training series z (T,) (standardised).
+
+        Step k's weights predict the change z[t + k] - z[t] from the last q values z[t - q + 1 .. t], so the
+        forecast starts as a direct linear autoregression on top of the state-space model's persistence;
+        training then adjusts both together.
+        """
+        if self.highway is None:
+            return
+        q, k_max = self.cfg.highway, self.cfg.overshoot
+        z = torch.as_tensor(z, dtype=torch.float64).flatten()
+        n = len(z) - q - k_max + 1
+        if n < 2 * (q + 1):
+            return  # too short for a stable fit: stay at zero
+        lags = z.unfold(0, q, 1)[:n]  # (n, q): windows ending at t = q - 1 .. q - 2 + n
+        ends = torch.arange(q - 1, q - 1 + n)
+        targets = torch.stack([z[ends + k] - z[ends] for k in range(1, k_max + 1)], 1)  # (n, K)
+        feats = torch.cat([lags, torch.ones(n, 1, dtype=z.dtype)], 1)  # (n, q + 1)
+        gram = feats.T @ feats + ridge * n * torch.eye(q + 1, dtype=z.dtype)
+        gram[-1, -1] -= ridge * n  # the bias is not shrunk
+        coef = torch.linalg.solve(gram, feats.T @ targets)  # (q + 1, K)
+        self.highway.weight.copy_(coef[:-1].T.to(self.highway.weight.dtype))
+        self.highway.bias.copy_(coef[-1].to(self.highway.bias.dtype))
+
     # ---- losses ---------------------------------------------------------------------------------------------
 
     def value_loss(self, x_t: torch.Tensor, y_t: torch.Tensor) -> torch.Tensor:
@@ -318,13 +367,16 @@ class BaseLBS(CheckpointMixin, nn.Module):
 
     def window_loss(self, y: torch.Tensor, hidden: torch.Tensor, text_mask: torch.Tensor,
                     texts: Sequence[Sequence[str]], dates: Sequence[Sequence[str]], step: int | None = None,
-                    total_steps: int | None = None, bptt: int = 16, generator: torch.Generator | None = None):
+                    total_steps: int | None = None, bptt: int = 16, generator: torch.Generator | None = None,
+                    level: torch.Tensor | None = None):
         """Loss of B windows of T steps.
 
         Args:
             y: standardised values (B, T); hidden: cached SUM states (B, T, K, H); text_mask: (B, T) 1 where
                 the step has text; texts, dates: B lists of T strings (for text_loss).
             bptt: the latent and GRU state are detached every `bptt` steps (truncated BPTT).
+            level: (B, 1) the level subtracted from y by instance normalisation (default 0); the highway
+                sees y + level, the absolute standardised values.
 
         Returns:
             loss, metrics {val, pred, text, kl}
@@ -347,7 +399,8 @@ class BaseLBS(CheckpointMixin, nn.Module):
         prior_mu, prior_logvar = (torch.stack([p[i] for p in priors], 1) for i in range(2))  # (B, T, D)
         post_mu, post_logvar = (torch.stack([p[i] for p in posts], 1) for i in range(2))
         l_val = self.value_loss(x_all, y)
-        l_pred = self.overshoot_loss(x_all, torch.stack(hs, 1), y)
+        y_abs = y if level is None else y + level.to(y.device)
+        l_pred = self.overshoot_loss(x_all, torch.stack(hs, 1), y, y_abs)
         l_kl = self.kl_loss(prior_mu, prior_logvar, post_mu, post_logvar, step, total_steps)
         loss = self.cfg.alpha_val * l_val + self.cfg.alpha_pred * l_pred + self.cfg.alpha_kl * l_kl
         metrics = {"val": float(l_val.detach()), "pred": float(l_pred.detach()), "kl": float(l_kl.detach())}
@@ -363,23 +416,35 @@ class BaseLBS(CheckpointMixin, nn.Module):
         return loss, metrics
 
 
-    def overshoot_loss(self, x_all: torch.Tensor, h_all: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def overshoot_loss(self, x_all: torch.Tensor, h_all: torch.Tensor, y: torch.Tensor,
+                       y_abs: torch.Tensor | None = None) -> torch.Tensor:
         """Value loss of open-loop prior rollouts (prior means) from every filtered state, 1..overshoot steps.
 
-        This trains exactly the path a forecast takes (filter, then prior only), so information a text
-        carries about steps ahead (a regime announced before it shows) is rewarded.
+        This trains exactly the path a forecast takes (filter, then prior only, plus the highway's
+        correction), so information a text carries about steps ahead (a regime announced before it
+        shows) is rewarded.
 
         Args:
-            x_all: posterior samples (B, T, D); h_all: GRU memories (B, T, layers, D); y: values (B, T).
+            x_all: posterior samples (B, T, D); h_all: GRU memories (B, T, layers, D); y: values (B, T);
+            y_abs: the same values on the absolute standardised scale, for the highway (default y).
         """
         b, t_len, d = x_all.shape
         x = x_all.reshape(b * t_len, d)  # (B*T, D): every step is a forecast origin
         h = h_all.reshape(b * t_len, *h_all.shape[2:]).transpose(0, 1).contiguous()  # (layers, B*T, D)
+        highway = None
+        if self.highway is not None:
+            q = self.cfg.highway
+            y_abs = y if y_abs is None else y_abs
+            padded = torch.cat([y_abs[:, :1].expand(b, q - 1), y_abs], dim=1)  # (B, q - 1 + T)
+            lags = padded.unfold(1, q, 1)  # (B, T, q): the last q values at each origin
+            highway = self.highway(lags)  # (B, T, overshoot)
         losses = []
         for k in range(1, min(self.cfg.overshoot, t_len - 1) + 1):
             _, h = self.gru(x.unsqueeze(1), h)
             x = self.prior(h[-1]).mu  # (B*T, D)
             pred = self.mlp_val(x).view(b, t_len)[:, : t_len - k]  # origin t predicts y[t + k]
+            if highway is not None:
+                pred = pred + highway[:, : t_len - k, k - 1]
             losses.append(F.mse_loss(pred, y[:, k:]))
         return torch.stack(losses).mean()
 

@@ -33,29 +33,76 @@ class WindowData:
         idx = starts[:, None] + torch.arange(self.window)[None]  # (B, T)
         rows = idx.tolist()
         y = self.z[idx]  # (B, T)
+        level = torch.zeros(len(rows), 1)
         if self.wcfg.instance_norm:  # relative to the step where a forecast origin would sit, as in `forecast`
             ref = min(self.wcfg.context, self.window) - 1
-            y = y - y[:, ref : ref + 1]
+            level = y[:, ref : ref + 1]
+            y = y - level
         return {
-            "y": y, "hidden": self.hidden[idx], "mask": self.mask[idx],
+            "y": y, "level": level, "hidden": self.hidden[idx], "mask": self.mask[idx],
             "texts": [[self.series.texts[i] for i in r] for r in rows],
             "dates": [[self.series.dates[i] for i in r] for r in rows],
             "step": step,
         }
 
 
+class ValidationSelector:
+    """Early stopping on the chronological validation split: forecast MSE at every origin of
+    series[train_end:val_end]; `__call__` is `fit`'s eval_fn and remembers the best weights."""
+
+    def __init__(self, series: TextSeries, scaler: Standardizer, wcfg: WindowConfig, train_end: int, val_end: int,
+                 samples: int = 16):
+        from .forecast import forecast_origins
+
+        self.series, self.scaler, self.wcfg, self.samples = series, scaler, wcfg, samples
+        start = max(train_end, wcfg.context)
+        self.origins = forecast_origins(val_end, start, wcfg.horizon, max_origins=60)
+        idx = torch.tensor(self.origins)[:, None] + torch.arange(wcfg.horizon)[None]  # (B, H)
+        self.truth = torch.as_tensor(scaler(series.values), dtype=torch.float32)[idx]
+        self.best_mse, self.best_state, self.calls = float("inf"), None, 0
+
+    def __call__(self, model: BaseLBS) -> dict[str, float]:
+        from .forecast import forecast
+
+        fc = forecast(model, self.series, self.scaler, self.origins, self.wcfg.context, self.wcfg.horizon,
+                      self.samples, instance_norm=self.wcfg.instance_norm)
+        mse = float((fc.mean - self.truth).pow(2).mean())
+        self.calls += 1
+        if mse < self.best_mse:
+            self.best_mse = mse
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return {"val_mse": mse, "val_mse_best": self.best_mse}
+
+
 def train_lbs(model: BaseLBS, series: TextSeries, scaler: Standardizer, wcfg: WindowConfig, tcfg: TrainConfig,
               run: Run | None = None, resume: bool = False, quiet: bool = True, end: int | None = None) -> TrainResult:
-    """Train the heads of `model` on windows of series[:end] (default: the training split)."""
-    end = end if end is not None else series.split(wcfg.train_frac, wcfg.val_frac)[0]
+    """Train the heads of `model` on windows of series[:end] (default: the training split).
+
+    With `wcfg.val_every` > 0 the forecast MSE on the validation part (series[end:val_end], never trained
+    on) is measured every `val_every` steps and at the end, and the best weights are loaded back.
+    """
+    train_end, val_end = series.split(wcfg.train_frac, wcfg.val_frac)
+    end = end if end is not None else train_end
     data = WindowData(model, series, scaler, wcfg, end, tcfg.seed)
     gen = torch.Generator().manual_seed(tcfg.seed)
 
     def loss_fn(m, batch):
         return m.window_loss(batch["y"], batch["hidden"], batch["mask"], batch["texts"], batch["dates"],
-                             step=batch["step"], total_steps=tcfg.steps, bptt=wcfg.bptt, generator=gen)
+                             step=batch["step"], total_steps=tcfg.steps, bptt=wcfg.bptt, generator=gen,
+                             level=batch["level"])
 
-    return fit(model, loss_fn, data, tcfg, run=run, resume=resume, quiet=quiet, description="lbs train")
+    if not resume:
+        model.fit_highway(data.z[:end])
+    selector = None
+    if wcfg.val_every > 0 and val_end - end >= wcfg.horizon and end >= wcfg.context:
+        selector = ValidationSelector(series, scaler, wcfg, end, val_end)
+        tcfg = tcfg.replace(eval_every=wcfg.val_every)
+    result = fit(model, loss_fn, data, tcfg, run=run, resume=resume, quiet=quiet, description="lbs train",
+                 eval_fn=selector)
+    if selector is not None and selector.best_state is not None:
+        model.load_state_dict(selector.best_state)
+        result.metrics["val_mse_best"] = selector.best_mse
+    return result
 
 
 def seed_loop(model: BaseLBS, series: TextSeries, scaler: Standardizer, steps: int, lr: float = 3e-4,
