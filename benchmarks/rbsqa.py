@@ -24,7 +24,14 @@ from latentspace.core.runs import Run, markdown_table
 from latentspace.rbsqa.config import RBSQAConfig
 from latentspace.rbsqa.halting import read_document
 from latentspace.rbsqa.plots import plot_reliability, plot_trajectory
-from latentspace.rbsqa.train import candidate_scores, encode_split, evaluate_documents, segment_features, train_model
+from latentspace.rbsqa.train import (
+    candidate_scores,
+    encode_split,
+    evaluate_documents,
+    revision_detection,
+    segment_features,
+    train_model,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ["f1_with_tracker", "f1_without_tracker", "revision_detection_rate", "ece_calibrated", "ece_uncalibrated",
@@ -62,6 +69,24 @@ def timing(model, docs, n: int) -> dict:
             "tracker_ms_per_segment": 1000 * tracker_s / sum(d.num_segments for d in docs[:n])}
 
 
+def rescoring_ablation(model, docs, features) -> dict:
+    """Revision detection of the same trained model with the other re-scoring choices (stories of the test split)."""
+    tracker = model.tracker
+    method, rescore = tracker.re_scoring_method, tracker.enable_re_scoring
+    out = {}
+    try:
+        for name, settings in (("context_weighted", dict(re_scoring_method="context_weighted")),
+                               ("no_rescoring", dict(enable_re_scoring=False))):
+            for key, value in settings.items():
+                setattr(tracker, key, value)
+            for key, value in revision_detection(model, docs, features).items():
+                out[f"{key}_{name}"] = value
+            tracker.re_scoring_method, tracker.enable_re_scoring = method, rescore
+    finally:
+        tracker.re_scoring_method, tracker.enable_re_scoring = method, rescore
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Smaller data and fewer steps.")
@@ -69,7 +94,7 @@ def main() -> None:
     parser.add_argument("--timing-docs", type=int, default=12)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = RBSQAConfig.preset("demo") if args.quick else RBSQAConfig.preset("small")
+    config = RBSQAConfig.preset("small") if args.quick else RBSQAConfig()
     start = time.time()
     run = Run("rbsqa", "benchmark", root=ROOT / "runs")
     trained = train_model(config, run, quiet=False)
@@ -78,6 +103,7 @@ def main() -> None:
     features = segment_features(model, test_docs)
     metrics, rows = evaluate_documents(model, test_docs, features)
     metrics.update(timing(model, test_docs, args.timing_docs))
+    metrics.update(rescoring_ablation(model, test_docs, features))
     for key, value in trained.calibration.items():
         metrics[f"calibration_{key}"] = value
     # plots for the docs: the story with most answer changes, and the reliability diagram

@@ -64,6 +64,12 @@ def test_fast_span_search_matches_reference():
         for a, b in zip(fast, slow, strict=True):
             assert torch.allclose(a.float(), b.float())
         assert bool(((fast[1] - fast[0]) < max_len).all() and (fast[1] >= fast[0]).all() and (fast[0] >= 1).all())
+        # the tracker's per-segment search (Python floats) picks the same spans
+        tracker = BeliefStateTracker(context_dim=8, max_answer_len=max_len)
+        for row in range(start.shape[0]):
+            cand = tracker.extract_best_span((start[row], end[row]), 0, global_offset=0)
+            assert cand.span == (int(slow[0][row]) - 1, int(slow[1][row]) - 1)
+            assert cand.score == pytest.approx(float(slow[2][row] - start[row, 0] - end[row, 0]), abs=1e-5)
 
 
 def test_confidence_calibration():
@@ -148,3 +154,34 @@ def test_span_history_is_truncated_and_state_round_trips():
     again = BeliefState.from_dict(b.to_dict())
     assert again.to_dict() == b.to_dict()
     assert 0 < b.nbytes() < 10_000
+
+
+def test_learned_re_scoring_uses_the_beliefs_span_embedding():
+    """Only the belief's candidate gets a span embedding (the mean token state over the span); a new span
+    revises a confident old one once the re-scorer says the old one no longer holds."""
+    torch.manual_seed(0)
+    tracker = BeliefStateTracker(context_dim=8, re_scoring_method="learned")
+    states = torch.randn(8, 8)
+    tracker.update_belief(logits(8, {(2, 3): 4.0}), 0, context(0), global_offset=0, token_states=states)
+    held = tracker.belief.span_history[-1]
+    assert torch.allclose(held.span_embedding, states[2:4].mean(0))
+    tracker.update_belief(logits(8, {(5, 5): -2.0}), 1, context(0), global_offset=6, token_states=states)
+    assert tracker.belief.best_span == (1, 2) and tracker.belief.span_history[-1].span_embedding is None
+    # the held span is re-scored from the confidence it was found with, not the already re-scored belief
+    weight = tracker.re_score_network(torch.cat([held.span_embedding, context(0).mean(0)])).item()
+    assert tracker.belief.confidence == pytest.approx(held.confidence * weight, rel=1e-5)
+    last = tracker.re_score_network[2]
+    last.weight.data.zero_()
+    last.bias.data.fill_(-20.0)  # the re-scorer now says: the old span no longer holds
+    tracker.update_belief(logits(8, {(4, 4): 1.0}), 2, context(1), global_offset=12, token_states=states)
+    assert tracker.belief.best_span == (15, 15) and tracker.belief.revision_count == 1
+
+
+def test_history_truncation_keeps_the_held_candidate():
+    tracker = BeliefStateTracker(context_dim=8, max_segments=3)
+    tracker.update_belief(logits(6, {(2, 2): 8.0}), 0, context(0), global_offset=0)
+    for s in range(1, 6):  # weak segments: the first span stays the belief
+        tracker.update_belief(logits(6, {(3, 3): -4.0}), s, context(0), global_offset=10 * s)
+    history = tracker.belief.span_history
+    assert tracker.belief.best_span == (1, 1) and len(history) == 3
+    assert history[0].segment_id == 0 and [c.segment_id for c in history[1:]] == [4, 5]

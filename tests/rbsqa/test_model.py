@@ -114,3 +114,35 @@ def test_frozen_pretrained_encoder_is_left_out_of_checkpoints(tmp_path):
     assert state and not any(k.startswith("encoder.") for k in state)
     loaded = RBSQAModel.load(tmp_path / "m")
     assert torch.equal(loaded.qa_head.weight, model.qa_head.weight)
+
+
+def test_re_score_loss_matches_per_pair_reference(tiny):
+    """The batched re-scorer loss equals a loop over documents and segment pairs (s < s', gold span at s)."""
+    config, model, docs = tiny
+    assert model.tracker.re_score_network is not None  # the default re-scoring method is "learned"
+    batch = collate(docs, None)
+    out = model._forward_batch(batch)
+    loss = model.re_score_loss(batch, out)
+    terms = []
+    for b, doc in enumerate(docs):
+        for s in range(doc.num_segments):
+            a, e = int(doc.gold_start[s]), int(doc.gold_end[s])
+            if a == 0:
+                continue
+            span = out["states"][b, s, a : e + 1].mean(0)
+            for later in range(s + 1, doc.num_segments):
+                context = out["memory"][b, later].mean(0)
+                prob = model.tracker.re_score_network(torch.cat([span, context])).squeeze()
+                target = torch.tensor(float(doc.states[later] == doc.states[s]))
+                terms.append(torch.nn.functional.binary_cross_entropy(prob, target))
+    assert terms and {0.0, 1.0} <= {float(doc.states[i] == doc.states[0]) for doc in docs
+                                    for i in range(doc.num_segments)}
+    assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
+    # its gradient reaches the memory write, so the memory learns what re-scoring needs
+    model.zero_grad()
+    loss.backward()
+    assert model.memory.write_attn.in_proj_weight.grad.abs().sum() > 0
+    model.zero_grad()
+    total, parts = model.training_loss(batch)
+    assert set(parts) == {"qa_loss", "re_score_loss"}
+    assert total.item() == pytest.approx(parts["qa_loss"] + parts["re_score_loss"], rel=1e-5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import operator
 import zlib
 from typing import Any
 
@@ -96,6 +97,12 @@ def empty_belief() -> BeliefState:
                        revision_count=0, total_segments=0)
 
 
+def span_mask(length: int, max_answer_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Which (start, end) pairs of the L - 1 non-null positions form a span: (L-1, L-1) bool."""
+    i = torch.arange(length - 1, device=device)
+    return (i[None, :] >= i[:, None]) & (i[None, :] - i[:, None] < max_answer_len)
+
+
 def best_span_scores(start_logits: torch.Tensor, end_logits: torch.Tensor,
                      max_answer_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Best non-null span per row, batched. Index 0 is the null position and never part of a span.
@@ -107,9 +114,8 @@ def best_span_scores(start_logits: torch.Tensor, end_logits: torch.Tensor,
         start (B,), end (B,), score (B,) with score = start_logit + end_logit, end - start < max_answer_len.
     """
     B, L = start_logits.shape
+    allowed = span_mask(L, max_answer_len, start_logits.device)  # (L-1, L-1)
     scores = start_logits[:, 1:, None] + end_logits[:, None, 1:]  # (B, L-1, L-1)
-    i = torch.arange(L - 1, device=scores.device)
-    allowed = (i[None, :] >= i[:, None]) & (i[None, :] - i[:, None] < max_answer_len)  # (L-1, L-1)
     scores = scores.masked_fill(~allowed, float("-inf")).reshape(B, -1)
     best, flat = scores.max(dim=-1)
     return flat // (L - 1) + 1, flat % (L - 1) + 1, best
@@ -151,7 +157,8 @@ class BeliefStateTracker(nn.Module):
         max_segments: span history kept (older candidates are dropped).
         confidence_threshold: `should_halt` when the belief's confidence reaches it.
         re_scoring_method: "context_weighted" (agreement of the memory context then and now) or "learned"
-            (a small network on [span embedding, memory context], trained by `fit_re_scorer`).
+            (a small network on [span embedding, memory context], trained with the model:
+            `RBSQAModel.re_score_loss`).
         enable_trend_analysis: `should_halt` also asks the confidence not to be falling.
         context_dim: width D of the memory context and span embeddings.
         max_answer_len: longest span in tokens.
@@ -200,6 +207,12 @@ class BeliefStateTracker(nn.Module):
             return torch.sigmoid(z)
         return torch.sigmoid(self.confidence_scaler * z / self.temperature + self.confidence_bias)
 
+    def _calibrate_scalar(self, z: float) -> float:
+        """`calibrate` of one Python float, without building tensors (the per-segment path)."""
+        if self.confidence_calibration:
+            z = self.confidence_scaler.item() * z / math.exp(self.log_temperature.item()) + self.confidence_bias.item()
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
     def compute_confidence(self, start_logits: torch.Tensor, end_logits: torch.Tensor,
                            start_idx: int, end_idx: int) -> float:
         """Compute calibrated confidence for a span: the span's score against the null (index 0) score."""
@@ -214,6 +227,10 @@ class BeliefStateTracker(nn.Module):
                           token_states: torch.Tensor | None = None) -> SpanCandidate:
         """Extract best span from current segment logits.
 
+        One segment holds a few dozen logits, so the search runs on Python floats after a single copy out
+        of torch: per-op overhead of tiny tensors, not arithmetic, is what the tracker would otherwise cost.
+        It returns what `best_span_scores` (the batched search) returns.
+
         Args:
             logits: (start, end), each (L,): index 0 is the null ([CLS]) score, index i >= 1 the segment's
                 i-th token; padding holds -inf.
@@ -221,14 +238,13 @@ class BeliefStateTracker(nn.Module):
             gmm_context: memory after this segment, (K, D) or (1, K, D).
             token_states: (L, D) states aligned with the logits, for the span embedding.
         """
-        start_logits, end_logits = (t.detach().reshape(-1).float() for t in logits)
-        s, e, best = best_span_scores(start_logits[None], end_logits[None], self.max_answer_len)
-        s, e = int(s[0]), int(e[0])
-        z = float(best[0] - (start_logits[0] + end_logits[0]))
+        start_logits, end_logits = torch.stack([t.detach().reshape(-1) for t in logits]).tolist()  # 2 x (L,)
+        s, e, best = _best_span(start_logits, end_logits, self.max_answer_len)
+        z = best - (start_logits[0] + end_logits[0])  # span-vs-null logit
         context = self._context_vector(gmm_context)
         return SpanCandidate(
             span=(global_offset + s - 1, global_offset + e - 1),
-            confidence=self.compute_confidence(start_logits, end_logits, s, e),
+            confidence=self._calibrate_scalar(z),
             segment_id=segment_id,
             gmm_context_hash=_tensor_hash(context),
             score=z,
@@ -241,7 +257,8 @@ class BeliefStateTracker(nn.Module):
         """Memory summary (D,) from a (K, D) / (1, K, D) / (1, L, D) context: its mean over slots."""
         if gmm_context is None:
             return None
-        return gmm_context.detach().float().reshape(-1, gmm_context.shape[-1]).mean(0)
+        flat = gmm_context.detach().reshape(-1, gmm_context.shape[-1])  # (K, D)
+        return (flat[0] if flat.shape[0] == 1 else flat.mean(0)).float()
 
     def re_score_past_spans(self, past_spans: list[SpanCandidate],
                             gmm_context: torch.Tensor) -> list[SpanCandidate]:
@@ -253,23 +270,27 @@ class BeliefStateTracker(nn.Module):
         learned: confidence * re_score_network([span embedding, context now]).
         Falls back to the original confidence (with a warning) when a span lacks what re-scoring needs.
         """
+        return self._re_score(past_spans, self._context_vector(gmm_context))
+
+    def _re_score(self, past_spans: list[SpanCandidate], now: torch.Tensor) -> list[SpanCandidate]:
+        """`re_score_past_spans` given the context summary now, (D,): a handful of tensor ops for any P."""
         if not past_spans:
             return []
-        now = self._context_vector(gmm_context)  # (D,)
-        confidences = torch.tensor([c.confidence for c in past_spans], dtype=torch.float64)  # (P,)
         try:
             if self.re_scoring_method == "learned":
                 embeddings = torch.stack([c.span_embedding for c in past_spans])  # (P, D)
                 features = torch.cat([embeddings, now.expand_as(embeddings)], dim=-1)  # (P, 2D)
-                with torch.no_grad():
-                    weight = self.re_score_network(features).squeeze(-1)  # (P,)
+                first, _, second, _ = self.re_score_network
+                with torch.no_grad():  # the network's layers called directly: module dispatch costs more here
+                    hidden = F.linear(features, first.weight, first.bias).relu_()  # (P, 256)
+                    weight = torch.sigmoid(F.linear(hidden, second.weight, second.bias)).view(-1)  # (P,)
             else:
                 then = torch.stack([c.context_vector for c in past_spans])  # (P, D)
                 weight = (1 + F.cosine_similarity(then, now[None], dim=-1)) / 2  # (P,)
-            revised = (confidences * weight.double()).tolist()
+            revised = [c.confidence * w for c, w in zip(past_spans, weight.tolist(), strict=True)]
         except (TypeError, RuntimeError, AttributeError) as err:
             log.warning("re-scoring failed (%s); keeping the original confidences", err)
-            revised = confidences.tolist()
+            revised = [c.confidence for c in past_spans]
         return [dataclasses.replace(c, confidence=float(r)) for c, r in zip(past_spans, revised, strict=True)]
 
     # ---- belief ----------------------------------------------------------------------------------------
@@ -285,20 +306,22 @@ class BeliefStateTracker(nn.Module):
             current_segment_id: Index of current segment (0-based)
             gmm_context: Aggregated GMM memory context [batch, slots, hidden_dim] (batch 1) or [slots, hidden_dim]
             global_offset: Token offset for global index mapping
-            token_states: (L, D) states aligned with the logits (span embeddings for learned re-scoring)
+            token_states: (L, D) states aligned with the logits (the belief's span embedding, for learned
+                re-scoring)
 
         Returns:
             Updated BeliefState with potential non-monotonic revisions
         """
-        current = self.extract_best_span(current_logits, current_segment_id, global_offset, gmm_context,
-                                         token_states)
+        current = self.extract_best_span(current_logits, current_segment_id, global_offset, gmm_context)
         belief = self.belief
+        held = None
         if belief.best_span is not None:
+            # the held span as last found, with the confidence it had then: re-scoring weighs it by what the
+            # context now says (not the already re-scored belief, which would compound the weights)
             held = next((c for c in reversed(belief.span_history) if c.span == belief.best_span), None)
             if held is None:
                 held = SpanCandidate(belief.best_span, belief.confidence, belief.segment_id, 0)
-            held = dataclasses.replace(held, confidence=belief.confidence)
-            revised = self.re_score_past_spans([held], gmm_context)[0] if self.enable_re_scoring else held
+            revised = self._re_score([held], current.context_vector)[0] if self.enable_re_scoring else held
             if not 0.0 <= revised.confidence <= 1.0 or math.isnan(revised.confidence):
                 revised = held  # fallback to original belief if the revision is invalid
             if revised.confidence > current.confidence:
@@ -311,8 +334,19 @@ class BeliefStateTracker(nn.Module):
         else:
             belief.best_span, belief.confidence, belief.segment_id = (current.span, current.confidence,
                                                                       current.segment_id)
-        belief.span_history.append(current)
-        belief.span_history = belief.span_history[-self.max_segments :]
+        if current.span == belief.best_span:
+            held = current  # the belief's latest candidate: the one re-scored from now on
+            if token_states is not None and self.re_scoring_method == "learned":
+                # only the belief's candidate is ever re-scored, so only it needs a span embedding
+                s, e = current.span[0] - global_offset + 1, current.span[1] - global_offset + 1
+                current.span_embedding = token_states[s : e + 1].detach().float().mean(0)  # (D,)
+        history = belief.span_history
+        history.append(current)
+        if len(history) > self.max_segments:
+            history = history[-self.max_segments :]
+            if held is not None and all(c is not held for c in history):
+                history = [held, *history[1:]]  # truncation never drops what re-scoring needs
+        belief.span_history = history
         belief.confidence_history.append(belief.confidence)
         belief.confidence_history = belief.confidence_history[-self.max_segments :]
         belief.total_segments += 1
@@ -348,11 +382,28 @@ class BeliefStateTracker(nn.Module):
         )
 
 
+def _best_span(start: list[float], end: list[float], max_answer_len: int) -> tuple[int, int, float]:
+    """(start, end, score) of the best non-null span of one segment's logits (Python floats, index 0 = null).
+
+    Scans the band end - start = k < max_answer_len one diagonal at a time; ties go to the smaller start,
+    then the shorter span, as in the flat argmax of `best_span_scores`.
+    """
+    length = len(start)
+    best, best_i, best_j = float("-inf"), 1, 1
+    for k in range(min(max_answer_len, length - 1)):
+        sums = list(map(operator.add, start[1 : length - k], end[1 + k :]))  # span (i, i + k) for i >= 1
+        value = max(sums)
+        i = sums.index(value) + 1
+        if value > best or (value == best and i < best_i):
+            best, best_i, best_j = value, i, i + k
+    return best_i, best_j, best
+
+
 def _tensor_hash(vector: torch.Tensor | None) -> int:
     """A 32-bit content hash of the memory context (the seed's `gmm_context_hash`)."""
     if vector is None:
         return 0
-    return zlib.crc32(vector.numpy().round(decimals=5).tobytes())
+    return zlib.crc32(vector.numpy().tobytes())
 
 
 def fit_temperature(tracker: BeliefStateTracker, z: torch.Tensor, correct: torch.Tensor, steps: int = 100) -> dict:

@@ -26,6 +26,7 @@ class RBSQAConfig(Config):
     segment_stride: int = 24
     max_answer_len: int = 4
     # gated memory carried from segment to segment and the trainable reasoning layers above the encoder
+    model_dim: int = 128  # width D of the memory, reasoning layers and QA head (0: the encoder's width)
     num_memory_slots: int = 4
     num_heads: int = 4
     reasoning_layers: int = 1
@@ -34,30 +35,29 @@ class RBSQAConfig(Config):
     belief_state_threshold: float = 0.7
     enable_re_scoring: bool = True
     confidence_calibration: bool = True
-    re_scoring_method: str = "context_weighted"
+    re_scoring_method: str = "learned"  # trained with the model; "context_weighted" needs no training
     max_segments: int = 32
     enable_trend_analysis: bool = True
     # data: generated unless real bAbI / SQuAD files are found (data_dir, $LATENTSPACE_DATA, ../shared/data)
     task: str = "mixed"
     data_dir: str | None = None
-    train_docs: int = 400
+    train_docs: int = 800
     val_docs: int = 100
-    test_docs: int = 150
+    test_docs: int = 120
     story_sentences: int = 16
     distractors: int = 5
     # training of the memory, reasoning layers and QA head (the encoder stays frozen by default)
-    steps: int = 500
+    steps: int = 600
     batch_size: int = 16
     lr: float = 1e-3
-    re_scorer_steps: int = 200
     seed: int = 0
 
     PRESETS = {
-        "tiny": dict(encoder="tiny-bert", freeze_encoder=False, tiny_hidden=32, num_heads=2, train_docs=24,
-                     val_docs=12, test_docs=12, steps=20, batch_size=4, re_scorer_steps=20, story_sentences=10,
+        "tiny": dict(encoder="tiny-bert", freeze_encoder=False, tiny_hidden=32, model_dim=0, num_heads=2, train_docs=24,
+                     val_docs=12, test_docs=12, steps=20, batch_size=4, story_sentences=10,
                      distractors=2),
-        "demo": dict(train_docs=120, val_docs=30, test_docs=40, steps=200),
-        "small": dict(train_docs=200, val_docs=60, test_docs=80, steps=300),
+        "demo": dict(train_docs=200, val_docs=40, test_docs=40, steps=200),
+        "small": dict(train_docs=400, val_docs=60, test_docs=80, steps=400),
         "base": {},
     }
 

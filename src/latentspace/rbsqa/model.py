@@ -1,8 +1,8 @@
 """`RBSQAModel`: an HF encoder read segment by segment, gated memory between segments, a QA head.
 
 Per segment (time-step-major over a batch of documents):
-    hidden (B, L, D)  = encoder([CLS] question [SEP] segment [SEP])        frozen encodings may be cached
-    tokens (B, L, D)  = memory.read(hidden, memory)                        what earlier segments left
+    hidden (B, L, E)  = encoder([CLS] question [SEP] segment [SEP])        frozen encodings may be cached
+    tokens (B, L, D)  = memory.read(project(hidden), memory)               what earlier segments left
     states (B, L, D)  = reasoning layers(tokens)                           trainable
     start, end (B, L) = qa_head(states)                                    -inf outside the segment, [CLS]=null
     memory (B, K, D)  = memory.write(memory, states)                       gated, carried to the next segment
@@ -60,10 +60,13 @@ class RBSQAModel(nn.Module, CheckpointMixin):
             encoder, tokenizer = build_encoder(config)
         self.encoder = encoder
         self.tokenizer = tokenizer
-        dim = encoder.config.hidden_size
+        width = encoder.config.hidden_size
+        dim = config.model_dim or width
         self.dim = dim
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
+        # a narrower width D for the trainable layers: they, not the cached encoder, are what training pays for
+        self.project = nn.Sequential(nn.Linear(width, dim), nn.LayerNorm(dim)) if dim != width else nn.Identity()
         self.memory = GatedMemory(dim, config.num_memory_slots, config.num_heads)
         layer = nn.TransformerEncoderLayer(dim, config.num_heads, 2 * dim, dropout=0.1, batch_first=True)
         self.reasoning = nn.TransformerEncoder(layer, config.reasoning_layers, enable_nested_tensor=False)
@@ -93,7 +96,7 @@ class RBSQAModel(nn.Module, CheckpointMixin):
         """One segment step.
 
         Args:
-            hidden: (B, L, D) encoder states. attention_mask: (B, L). context_mask: (B, L) True on segment
+            hidden: (B, L, E) encoder states. attention_mask: (B, L). context_mask: (B, L) True on segment
                 tokens. memory: (B, K, D).
 
         Returns:
@@ -101,7 +104,7 @@ class RBSQAModel(nn.Module, CheckpointMixin):
             states: (B, L, D); memory: (B, K, D) after the write.
         """
         padding = attention_mask == 0  # (B, L)
-        tokens = self.memory.read(hidden, memory)  # (B, L, D)
+        tokens = self.memory.read(self.project(hidden), memory)  # (B, L, D)
         states = self.reasoning(tokens, src_key_padding_mask=padding)  # (B, L, D)
         logits = self.qa_head(states)  # (B, L, 2)
         allowed = context_mask.clone()
@@ -115,32 +118,72 @@ class RBSQAModel(nn.Module, CheckpointMixin):
         """All segments of a batch of documents, time-step-major (the fast, batched path).
 
         Args:
-            hidden: (B, S, L, D). attention_mask, context_mask: (B, S, L). segment_mask: (B, S) False on
+            hidden: (B, S, L, E). attention_mask, context_mask: (B, S, L). segment_mask: (B, S) False on
                 padding segments (their memory write is skipped).
 
         Returns:
-            start, end: (B, S, L); memory: (B, S, K, D) after each segment.
+            start, end: (B, S, L); states: (B, S, L, D); memory: (B, S, K, D) after each segment.
         """
         B, S = segment_mask.shape
         memory = self.init_memory(B)  # (B, K, D)
-        starts, ends, memories = [], [], []
+        starts, ends, states, memories = [], [], [], []
         for s in range(S):
             out = self.segment_forward(hidden[:, s], attention_mask[:, s], context_mask[:, s], memory)
             keep = segment_mask[:, s, None, None]  # (B, 1, 1)
             memory = torch.where(keep, out["memory"], memory)
             starts.append(out["start"])
             ends.append(out["end"])
+            states.append(out["states"])
             memories.append(memory)
-        return {"start": torch.stack(starts, 1), "end": torch.stack(ends, 1), "memory": torch.stack(memories, 1)}
+        return {"start": torch.stack(starts, 1), "end": torch.stack(ends, 1), "states": torch.stack(states, 1),
+                "memory": torch.stack(memories, 1)}
 
-    def qa_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def qa_loss(self, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Cross-entropy of gold start/end positions (0 = null) over every real segment of the batch."""
-        hidden = batch["hidden"] if "hidden" in batch else self._encode_batch(batch)
-        out = self.forward_document(hidden, batch["attention_mask"], batch["context_mask"], batch["segment_mask"])
+        out = out if out is not None else self._forward_batch(batch)
         mask = batch["segment_mask"]  # (B, S)
         start = F.cross_entropy(out["start"][mask], batch["gold_start"][mask])
         end = F.cross_entropy(out["end"][mask], batch["gold_end"][mask])
         return (start + end) / 2
+
+    def re_score_loss(self, batch: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Loss of the tracker's learned re-scorer: is the gold span of segment s still the answer after s' > s?
+
+        For every pair s < s' of a document whose segment s holds the gold span: the re-scorer sees the
+        span's mean token state at s and the memory summary after s', and is trained (binary cross-entropy)
+        to say whether the answer after s' is still that span's answer (`answer_id` equal). Its gradient
+        reaches the memory, which so learns to carry what later segments say about earlier answers.
+        """
+        states, memory = out["states"], out["memory"]  # (B, S, L, D), (B, S, K, D)
+        B, S, L, D = states.shape
+        gold_start, gold_end = batch["gold_start"], batch["gold_end"]  # (B, S)
+        position = torch.arange(L, device=states.device)
+        in_span = ((position >= gold_start[..., None]) & (position <= gold_end[..., None])
+                   & (gold_start[..., None] > 0))  # (B, S, L)
+        span = (states * in_span[..., None]).sum(2) / in_span.sum(2, keepdim=True).clamp(min=1)  # (B, S, D)
+        context = self.memory.summary(memory.reshape(B * S, -1, D)).reshape(B, S, D)  # (B, S, D)
+        features = torch.cat([span[:, :, None].expand(B, S, S, D), context[:, None].expand(B, S, S, D)], -1)
+        prob = self.tracker.re_score_network(features).squeeze(-1)  # (B, s, s')
+        answer = batch["answer_id"]  # (B, S), -1 before the first answer
+        target = (answer[:, :, None] == answer[:, None, :]).float()  # (B, s, s')
+        later = torch.ones(S, S, dtype=torch.bool, device=states.device).triu(1)  # s' > s
+        valid = (gold_start > 0)[:, :, None] & batch["segment_mask"][:, None, :] & later  # (B, s, s')
+        if not valid.any():
+            return prob.sum() * 0.0
+        return F.binary_cross_entropy(prob[valid].clamp(1e-6, 1 - 1e-6), target[valid])
+
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """QA loss, plus the learned re-scorer's loss when the tracker has one (trained jointly)."""
+        out = self._forward_batch(batch)
+        qa = self.qa_loss(batch, out)
+        if self.tracker is None or self.tracker.re_score_network is None:
+            return qa, {}
+        re_score = self.re_score_loss(batch, out)
+        return qa + re_score, {"qa_loss": float(qa.detach()), "re_score_loss": float(re_score.detach())}
+
+    def _forward_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        hidden = batch["hidden"] if "hidden" in batch else self._encode_batch(batch)
+        return self.forward_document(hidden, batch["attention_mask"], batch["context_mask"], batch["segment_mask"])
 
     def _encode_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Encoder states of a padded batch of documents: (B, S, L) ids -> (B, S, L, D)."""

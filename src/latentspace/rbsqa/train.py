@@ -2,8 +2,8 @@
 
 With a frozen encoder every segment input is encoded once (`segment_features`, cached by content hash
 through `core.backbones.EmbeddingCache`), so training touches only the memory, the reasoning layers and
-the QA head. After training: the learned re-scorer (when chosen) is fitted, and temperature scaling is
-fitted on the validation split.
+the QA head (and the learned re-scorer, when chosen, jointly: `RBSQAModel.training_loss`). After
+training, temperature scaling is fitted on the validation split.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..core.backbones import EmbeddingCache
 from ..core.progress import track
@@ -26,7 +25,7 @@ from ..core.training import TrainConfig, fit
 from .belief import expected_calibration_error, fit_temperature
 from .config import RBSQAConfig
 from .data import EncodedDocument, build_documents, encode_document
-from .halting import answer_without_tracker, read_document
+from .halting import Trajectory, answer_without_tracker, read_document
 from .model import RBSQAModel
 
 log = logging.getLogger("latentspace")
@@ -70,7 +69,8 @@ def segment_features(model: RBSQAModel, docs: list[EncodedDocument], cache: Embe
     """Frozen-encoder states per document, (S, L, D) in float16, each segment encoded once; None if trainable."""
     if not model.config.freeze_encoder:
         return None
-    cache = cache if cache is not None else EmbeddingCache(namespace=model.config.encoder)
+    if cache is None:
+        cache = EmbeddingCache(namespace=f"{model.config.encoder}:{model.config.encoder_layers}")
     pad = model.tokenizer.pad_token_id
 
     def encode_fn(keys: list[str]) -> torch.Tensor:
@@ -90,13 +90,15 @@ def segment_features(model: RBSQAModel, docs: list[EncodedDocument], cache: Embe
 
 
 def collate(docs: list[EncodedDocument], features: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
-    """Pad documents to the longest one: (B, S, L) tensors, (B, S) golds and segment mask, (B, S, L, D) states."""
+    """Pad documents to the longest one: (B, S, L) tensors, (B, S) golds, segment mask and answer ids (equal
+    ids: the same answer after both segments; -1 before the first), (B, S, L, E) cached encoder states."""
     B, S, L = len(docs), max(d.num_segments for d in docs), docs[0].input_ids.shape[1]
     batch = {"input_ids": torch.zeros(B, S, L, dtype=torch.long),
              "attention_mask": torch.zeros(B, S, L, dtype=torch.long),
              "context_mask": torch.zeros(B, S, L, dtype=torch.bool),
              "gold_start": torch.zeros(B, S, dtype=torch.long), "gold_end": torch.zeros(B, S, dtype=torch.long),
-             "segment_mask": torch.zeros(B, S, dtype=torch.bool)}
+             "segment_mask": torch.zeros(B, S, dtype=torch.bool),
+             "answer_id": torch.full((B, S), -1, dtype=torch.long)}
     if features is not None:
         batch["hidden"] = torch.zeros(B, S, L, features[0].shape[-1])
     for b, d in enumerate(docs):
@@ -108,6 +110,8 @@ def collate(docs: list[EncodedDocument], features: list[torch.Tensor] | None) ->
         batch["gold_start"][b, :n] = d.gold_start
         batch["gold_end"][b, :n] = d.gold_end
         batch["segment_mask"][b, :n] = True
+        ids: dict[str, int] = {}
+        batch["answer_id"][b, :n] = torch.tensor([-1 if a is None else ids.setdefault(a, len(ids)) for a in d.states])
         if features is not None:
             batch["hidden"][b, :n] = features[b].float()
     return batch
@@ -127,14 +131,14 @@ class TrainedModel:
 
 def train_model(config: RBSQAConfig, run: Run | None = None, quiet: bool = False,
                 resume: bool = False) -> TrainedModel:
-    """Build, train (memory + reasoning + QA head), fit the re-scorer and calibrate on validation."""
+    """Build, train (memory + reasoning + QA head + learned re-scorer) and calibrate on validation."""
     import time
 
     t0 = time.perf_counter()
     model = RBSQAModel(config)
     train_docs = encode_split(model, config, "train")
     val_docs = encode_split(model, config, "val")
-    cache = EmbeddingCache(namespace=config.encoder)
+    cache = EmbeddingCache(namespace=f"{config.encoder}:{config.encoder_layers}")
     train_features = segment_features(model, train_docs, cache, quiet)
     val_features = segment_features(model, val_docs, cache, quiet)
 
@@ -146,67 +150,14 @@ def train_model(config: RBSQAConfig, run: Run | None = None, quiet: bool = False
 
     train_config = TrainConfig(steps=config.steps, lr=config.lr, warmup_steps=min(50, config.steps // 10),
                                log_every=max(1, config.steps // 50), seed=config.seed, cpu=True)
-    params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("tracker.")]
-    fit(model, lambda m, batch: m.qa_loss(batch), batch_at, train_config, run=run, resume=resume, quiet=quiet,
+    # the calibration parameters are fitted afterwards on validation; the learned re-scorer trains jointly
+    params = [p for n, p in model.named_parameters()
+              if p.requires_grad and (not n.startswith("tracker.") or n.startswith("tracker.re_score_network."))]
+    fit(model, lambda m, batch: m.training_loss(batch), batch_at, train_config, run=run, resume=resume, quiet=quiet,
         parameters=params, description="training rbsqa")
     model.eval()
-    if model.tracker is not None and model.tracker.re_score_network is not None:
-        fit_re_scorer(model, train_docs, train_features, config.re_scorer_steps)
     calibration = calibrate(model, val_docs, val_features) if model.tracker is not None else {}
     return TrainedModel(model, val_docs, val_features, calibration, time.perf_counter() - t0)
-
-
-@torch.no_grad()
-def _segment_states(model: RBSQAModel, doc: EncodedDocument, hidden: torch.Tensor | None):
-    """Per segment: tracker-aligned token states (1 + segment_len, D) and the memory summary (D,) after it."""
-    memory = model.init_memory(1)
-    out_states, contexts = [], []
-    for s in range(doc.num_segments):
-        att = doc.attention_mask[s : s + 1]
-        h = model.encode(doc.input_ids[s : s + 1], att) if hidden is None else hidden[s : s + 1].float()
-        out = model.segment_forward(h, att, doc.context_mask[s : s + 1], memory)
-        memory = out["memory"]
-        out_states.append(out["states"][0][model.tracker_index])
-        contexts.append(model.memory.summary(memory)[0])
-    return out_states, contexts
-
-
-def fit_re_scorer(model: RBSQAModel, docs: list[EncodedDocument], features: list[torch.Tensor] | None,
-                  steps: int = 200, seed: int = 0) -> dict:
-    """Train the tracker's learned re-scorer: is the span found at segment s still the answer after s' > s?
-
-    Each pair is [mean state of the gold span at s, memory summary after s'] -> 1 if the answer after s'
-    is still that span's text, else 0 (documents and their answer changes give both kinds).
-    """
-    net = model.tracker.re_score_network
-    xs, ys = [], []
-    for i, doc in enumerate(docs):
-        states, contexts = _segment_states(model, doc, None if features is None else features[i])
-        offset = model.config.context_start - 1
-        for s in range(doc.num_segments):
-            if int(doc.gold_start[s]) == 0:
-                continue
-            a, b = int(doc.gold_start[s]) - offset, int(doc.gold_end[s]) - offset
-            emb = states[s][a : b + 1].mean(0)
-            for later in range(s + 1, doc.num_segments):
-                xs.append(torch.cat([emb, contexts[later]]))
-                ys.append(float(doc.states[later] == doc.states[s]))
-    if not xs:
-        return {"pairs": 0}
-    x, y = torch.stack(xs), torch.tensor(ys)
-    gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    with torch.enable_grad():
-        for _ in range(steps):
-            idx = torch.randint(0, len(x), (min(256, len(x)),), generator=gen)
-            loss = F.binary_cross_entropy(net(x[idx]).squeeze(-1).clamp(1e-6, 1 - 1e-6), y[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
-    with torch.no_grad():
-        acc = float(((net(x).squeeze(-1) > 0.5).float() == y).float().mean())
-    return {"pairs": len(x), "accuracy": acc, "positive_frac": float(y.mean())}
 
 
 def candidate_scores(model: RBSQAModel, docs: list[EncodedDocument],
@@ -249,9 +200,7 @@ def evaluate_documents(model: RBSQAModel, docs: list[EncodedDocument], features:
         halted = read_document(model, doc, hidden, halt=True)
         _, base_text, _ = answer_without_tracker(model, doc, hidden)
         truth = doc.doc.answer
-        detected = [p for p in doc.revision_points
-                    if full.steps[p].revised and exact_match(full.steps[p].belief_text, doc.states[p] or "")]
-        false_revisions = [s for s in full.revisions if s not in doc.revision_points]
+        detected, false_revisions = _revisions(full, doc)
         for step in full.steps:
             zs.append(step.candidate_score)
             correct.append(exact_match(step.candidate_text, doc.states[step.segment] or "\x00"))
@@ -295,6 +244,30 @@ def evaluate_documents(model: RBSQAModel, docs: list[EncodedDocument], features:
             "documents": len(rows),
         }
     return metrics, rows
+
+
+def _revisions(traj: Trajectory, doc: EncodedDocument) -> tuple[list[int], list[int]]:
+    """(detected, false) revisions of a full read: a true answer change at segment p is detected when the
+    belief changes at p to the new answer; a belief change anywhere else is a false revision."""
+    detected = [p for p in doc.revision_points
+                if traj.steps[p].revised and exact_match(traj.steps[p].belief_text, doc.states[p] or "")]
+    return detected, [s for s in traj.revisions if s not in doc.revision_points]
+
+
+def revision_detection(model: RBSQAModel, docs: list[EncodedDocument],
+                       features: list[torch.Tensor] | None) -> dict[str, float]:
+    """Revision detection rate and false revisions per document of the tracker as it is set now (stories only)."""
+    points = detected = false = stories = 0
+    for i, doc in enumerate(docs):
+        if doc.doc.kind not in ("story", "babi"):
+            continue
+        good, bad = _revisions(read_document(model, doc, None if features is None else features[i]), doc)
+        points += len(doc.revision_points)
+        detected += len(good)
+        false += len(bad)
+        stories += 1
+    return {"revision_detection_rate": detected / points if points else float("nan"),
+            "false_revisions_per_doc": false / stories if stories else float("nan")}
 
 
 def load_or_train(checkpoint: Path | None, config: RBSQAConfig, run: Run, quiet: bool) -> RBSQAModel:
