@@ -22,6 +22,7 @@ from .forecast import (
     arima_forecast,
     context_tensors,
     errors,
+    ets_forecast,
     filter_context,
     forecast,
     forecast_origins,
@@ -61,8 +62,10 @@ def evaluate_series(series: TextSeries, cfg: LBSConfig, wcfg: WindowConfig, tcfg
         model = GoalLBS(cfg.replace(use_text=use_text))
         t0 = time.perf_counter()
         sub_run = Run(run.family, path=run.path / name) if run is not None else None
-        train_lbs(model, series, scaler, wcfg, tcfg, run=sub_run, quiet=quiet, end=train_end)
+        result = train_lbs(model, series, scaler, wcfg, tcfg, run=sub_run, quiet=quiet, end=train_end)
         metrics[f"train_s_{name}"] = time.perf_counter() - t0
+        if "val_mse_best" in result.metrics:
+            metrics[f"val_mse_{name}"] = result.metrics["val_mse_best"]
         model.eval()
         fc = forecast(model, series, scaler, origins, wcfg.context, wcfg.horizon, wcfg.samples, seed=tcfg.seed,
                       instance_norm=wcfg.instance_norm)
@@ -73,9 +76,15 @@ def evaluate_series(series: TextSeries, cfg: LBSConfig, wcfg: WindowConfig, tcfg
     forecasts["naive"] = naive_forecast(z, origins, wcfg.horizon)
     forecasts["seasonal_naive"] = seasonal_naive_forecast(z, origins, wcfg.horizon, series.period)
     forecasts["arima"], order = arima_forecast(z, train_end, origins, wcfg.horizon)
+    forecasts["ets"], ets_name = ets_forecast(z, train_end, origins, wcfg.horizon)
     for method, pred in forecasts.items():
         for key, value in errors(pred, z, origins, wcfg.horizon).items():
             metrics[f"{key}_{method}"] = value
+    # the statistical baseline LBS is judged against: the better of ARIMA and ETS on this test part
+    # (picked with hindsight, so the comparison is strict for LBS)
+    metrics["mse_stat"] = min(metrics["mse_arima"], metrics["mse_ets"])
+    metrics["stat_best"] = "arima" if metrics["mse_arima"] <= metrics["mse_ets"] else "ets"
+    metrics["ets_model"] = ets_name
     truth = np.stack([z[o : o + wcfg.horizon] for o in origins])
     inside = (quantiles[0] <= truth) & (truth <= quantiles[2])
     metrics["coverage_80_text"] = float(inside.mean())

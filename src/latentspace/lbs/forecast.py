@@ -158,6 +158,32 @@ def arima_forecast(z: np.ndarray, train_end: int, origins: Sequence[int], horizo
     return np.stack(out), f"ARIMA{order}"
 
 
+def ets_forecast(z: np.ndarray, train_end: int, origins: Sequence[int], horizon: int) -> tuple[np.ndarray, str]:
+    """Exponential smoothing (state space, statsmodels): simple or damped-trend, the one of least AIC on
+    the training part, re-filtered (same parameters) at each origin.
+
+    Returns:
+        forecasts (B, H), the chosen variant as text.
+    """
+    from statsmodels.tsa.statespace.exponential_smoothing import ExponentialSmoothing
+
+    best = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, kwargs in (("ETS(A,N,N)", {}), ("ETS(A,Ad,N)", {"trend": True, "damped_trend": True})):
+            try:
+                res = ExponentialSmoothing(z[:train_end], **kwargs).fit(disp=False)
+            except (ValueError, np.linalg.LinAlgError):
+                continue
+            if best is None or res.aic < best[1].aic:
+                best = (name, res)
+        if best is None:
+            raise DataError("no exponential smoothing model could be fitted to the training part")
+        name, res = best
+        out = [np.asarray(res.apply(z[:o]).forecast(horizon)) for o in origins]
+    return np.stack(out), name
+
+
 def forecast_origins(n: int, start: int, horizon: int, max_origins: int = 100) -> list[int]:
     """Evenly spread origins in [start, n - horizon], at most `max_origins`."""
     last = n - horizon
