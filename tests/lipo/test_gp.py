@@ -8,12 +8,14 @@ from botorch.models.transforms.input import Normalize
 from botorch.models.transforms.outcome import Standardize
 from gpytorch.kernels import MaternKernel, ScaleKernel
 from gpytorch.likelihoods import GaussianLikelihood
+from gpytorch.mlls import ExactMarginalLogLikelihood
 from torch import nn
 
 from latentspace.core.errors import DataError
 from latentspace.lipo.gp import (
     GPWithEI,
     InstructionDeepKernelGP,
+    exact_mll,
     expected_improvement,
     get_latent_bounds,
     log_expected_improvement,
@@ -127,3 +129,68 @@ def test_bad_data_errors():
         g.set_data(torch.rand(2, 3), torch.tensor([0.1, float("nan")]))
     with pytest.raises(DataError, match="before fit"):
         g.predict(torch.rand(1, 3))
+
+
+def test_exact_mll_and_its_gradient_match_gpytorch():
+    torch.manual_seed(1)
+    g = GPWithEI(6, gp_latent_dim=3)
+    g.set_data(torch.rand(40, 6, dtype=torch.float64), torch.rand(40, dtype=torch.float64))
+    model = g._build()
+    model.train()
+    _set_hypers(model, torch.tensor([[0.4, 0.9, 1.7]], dtype=torch.float64), 0.8, 0.02)
+    params = [p for p in model.parameters() if p.requires_grad]
+    fast = exact_mll(model)
+    fast_grads = torch.autograd.grad(fast, params)
+    reference = ExactMarginalLogLikelihood(model.likelihood, model)(model(*model.train_inputs), model.train_targets)
+    reference_grads = torch.autograd.grad(reference, params)
+    assert torch.allclose(fast, reference, rtol=1e-9, atol=1e-9)
+    for a, b in zip(fast_grads, reference_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-9)
+    # a subset's objective is the exact MLL of those points alone
+    index = torch.arange(0, 40, 3)
+    sub = GPWithEI(6, gp_latent_dim=3)
+    sub.set_data(g.X[index], g.y[index])
+    sub_model = sub._build()
+    sub_model.load_state_dict(model.state_dict())
+    sub_model.train_targets = model.train_targets[index]
+    sub_model.train()
+    assert torch.allclose(exact_mll(model, index), exact_mll(sub_model), rtol=1e-9)
+
+
+def test_subset_then_full_fit_reaches_the_full_fit_likelihood():
+    torch.manual_seed(0)
+    X = torch.rand(120, 5, dtype=torch.float64)
+    err = ((X[:, :2] - 0.3) ** 2).sum(-1) + 0.01 * torch.randn(120, dtype=torch.float64)
+    full = GPWithEI(5, gp_latent_dim=3, subset_size=0)
+    full.set_data(X, err)
+    full.fit(epochs=150, lr=0.02, patience=20)
+    staged = GPWithEI(5, gp_latent_dim=3, subset_size=40, full_epochs=30)
+    staged.set_data(X, err)
+    info = staged.fit(epochs=150, lr=0.02, patience=20)
+    assert 1 <= info["gp_full_epochs"] <= 30
+    # both are judged by the same full-data objective
+    with torch.no_grad():
+        full.model.train()
+        staged.model.train()
+        full_value, staged_value = float(exact_mll(full.model)), float(exact_mll(staged.model))
+    assert staged_value > full_value - 0.15
+    staged.model.eval()
+    mean, _ = staged.predict(X)
+    assert torch.corrcoef(torch.stack([mean, err]))[0, 1] > 0.9
+    # a warm refit after one more observation skips the subset stage
+    staged.add_observation(X[0] * 0.5, 0.2)
+    again = staged.fit(epochs=150, lr=0.02, patience=20)
+    assert again["gp_epochs"] == again["gp_full_epochs"] <= 30
+
+
+def test_reference_fit_uses_gpytorch_mll():
+    torch.manual_seed(0)
+    X = torch.rand(20, 3, dtype=torch.float64)
+    g = GPWithEI(3, gp_latent_dim=2, subset_size=0)
+    g.set_data(X, X.sum(-1))
+    info = g.fit(epochs=20, lr=0.02, patience=5, reference=True)
+    assert math.isfinite(info["gp_neg_mll"])
+    staged = GPWithEI(3, gp_latent_dim=2, subset_size=4)
+    staged.set_data(X, X.sum(-1))
+    with pytest.raises(ValueError, match="subset_size=0"):
+        staged.fit(epochs=5, reference=True)

@@ -60,6 +60,9 @@ class LIPOConfig(BaseConfig):
     gp_epochs: int = _f(10000, "Max GP epochs (exact marginal likelihood, AdamW).")
     gp_lr: float = _f(0.01, "GP learning rate.")
     gp_patience: int = _f(100, "GP early stopping patience.")
+    gp_subset_size: int = _f(256, "Above this many observations the GP first fits on a random subset of this size "
+                                  "(exact MLL of the subset), then refines on all points (0: always all).")
+    gp_full_epochs: int = _f(30, "Most full-batch L-BFGS evaluations of the refinement after a subset fit.")
     hb_gp_epochs: int = _f(3000, "GP epochs during Hyperband (for_hyperband_gp).")
     hb_gp_lr: float = _f(0.01, "GP learning rate during Hyperband.")
     hb_gp_patience: int = _f(50, "GP patience during Hyperband.")
@@ -117,6 +120,10 @@ class LIPOConfig(BaseConfig):
             problems.append("ape_num_instructions must be at least 2")
         if problems:
             raise ConfigError("LIPOConfig: " + "; ".join(problems))
+
+    def gp_options(self) -> dict[str, int]:
+        """GPWithEI keyword arguments of the staged fit (subset size, full-batch refinement budget)."""
+        return {"subset_size": self.gp_subset_size, "full_epochs": self.gp_full_epochs}
 
     def for_hyperband_gp(self) -> dict[str, float]:
         """The quick GP retrain used inside Hyperband (seed: epochs 3000, lr 0.01, patience 50)."""

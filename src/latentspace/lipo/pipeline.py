@@ -188,7 +188,8 @@ def run_lipo(config: LIPOConfig, run: Run, mode: str = "standard", quiet: bool =
         hb = LIPOHyperband(latents, cache.evaluate_range, nvalid, config.bmin, config.eta,
                            config.random_interleaving_prob, config.min_fidelity_pct, config.for_hyperband_gp(),
                            cache=cache, seed=config.seed,
-                           gp_factory=lambda: GPWithEI(config.latent_dim, config.gp_latent_dim, seed=config.seed))
+                           gp_factory=lambda: GPWithEI(config.latent_dim, config.gp_latent_dim, seed=config.seed,
+                                                       **config.gp_options()))
         result = hb.run(quiet=quiet)
         hyperband_history = result.history
         for step, h in enumerate(hyperband_history):
@@ -220,7 +221,8 @@ def run_lipo(config: LIPOConfig, run: Run, mode: str = "standard", quiet: bool =
     inference_history: list[dict] = []
     if mode != "hyperband_only":
         # Phase 4: GP on the high-fidelity data, then InvBO
-        gp = GPWithEI(config.latent_dim, config.gp_latent_dim, adapter=adapter_model.adapter, seed=config.seed)
+        gp = GPWithEI(config.latent_dim, config.gp_latent_dim, adapter=adapter_model.adapter, seed=config.seed,
+                      **config.gp_options())
         gp.set_data(latents[observed_ids], torch.tensor(observed_errors))
         gp.fit(config.gp_epochs, config.gp_lr, config.gp_patience)
         inverter = make_inverter(config.inverter, pool, embeddings, encoder, config.inversion_rewrite,
