@@ -21,3 +21,19 @@ def test_baselines():
     assert (naive_forecast(z, [10], 3) == 9).all()
     assert seasonal_naive_forecast(z, [20], 6, period=4).tolist() == [[16, 17, 18, 19, 16, 17]]
     assert errors(naive_forecast(z, [10], 2), z, [10], 2)["mae"] == 1.5
+
+
+def test_persistence_reads_the_rollout_as_a_change(tiny_cfg):
+    from latentspace.lbs.model import BaseLBS
+
+    s = generated_series(steps=80)
+    sc = Standardizer(s.values[:50])
+    origins = [40, 55, 70]
+    last = torch.tensor(sc(s.values)[[o - 1 for o in origins]], dtype=torch.float32)
+    for persistence, instance_norm in ((True, False), (True, True), (False, False)):
+        m = BaseLBS(tiny_cfg.replace(highway=0, persistence=persistence))
+        torch.nn.init.zeros_(m.mlp_val.weight)
+        torch.nn.init.constant_(m.mlp_val.bias, 0.7)  # a latent path that predicts no change, decoded with an offset
+        f = forecast(m, s, sc, origins, context=12, horizon=4, samples=4, instance_norm=instance_norm)
+        expect = last[:, None].expand(-1, 4) if persistence else torch.full((3, 4), 0.7)
+        torch.testing.assert_close(f.mean, expect, atol=1e-5, rtol=0)

@@ -172,7 +172,7 @@ def steer_command(
     y, s, ref = context_tensors(model, series, scaler, [len(series)], context,
                                 bool(meta.get("window", {}).get("instance_norm", False)))
     x, h = filter_context(model, y, s)
-    offset = ref + model.highway_forecast(y + ref, horizon)  # (1, H): level and the highway's linear part
+    offset = model.forecast_offset(x, y, ref, horizon)  # (1, H): level, persistence, the highway's linear part
     base, _ = rollout(model, x, h, horizon, samples, torch.Generator().manual_seed(0))
     base = base + offset[None]
     if target is not None:

@@ -35,6 +35,7 @@ class LBSConfig(Config):
     alpha_kl: float = 0.1
     alpha_pred: float = 1.0  # value loss of open-loop prior rollouts: trains the forecast path directly
     overshoot: int = 6  # ... of 1..overshoot steps from every filtered state
+    persistence: bool = True  # forecast = last value + the latent's predicted change (rollout minus its start)
     highway: int = 8  # order q of the linear autoregressive skip added to forecasts (LSTNet's highway); 0 = off
     dtype: str = "float32"
     use_text: bool = True  # False: text embeddings zeroed (the no-text ablation)

@@ -87,8 +87,7 @@ def forecast(model: BaseLBS, series: TextSeries, scaler: Standardizer, origins: 
     x, h = filter_context(model, y, s)
     gen = torch.Generator().manual_seed(seed)
     vals, means = rollout(model, x, h, horizon, samples, gen)
-    ref = ref.to(vals.device)
-    vals = vals + (ref + model.highway_forecast(y + ref, horizon))[None]  # (N, B, H) + (1, B, H)
+    vals = vals + model.forecast_offset(x, y, ref.to(vals.device), horizon)[None]  # (N, B, H) + (1, B, H)
     q = torch.quantile(vals.float().cpu(), torch.tensor(levels), dim=0)  # (Q, B, H)
     texts = None
     if with_text:

@@ -256,6 +256,22 @@ class BaseLBS(CheckpointMixin, nn.Module):
         idx = torch.arange(horizon, device=out.device).clamp(max=self.cfg.overshoot - 1)
         return out[:, idx]  # (B, H)
 
+    def forecast_offset(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, horizon: int) -> torch.Tensor:
+        """What a forecast adds to the decoded prior rollout: (B, H).
+
+        Args:
+            x: the filtered latent the rollout starts from (B, D); y: the context values (B, L) as the
+                model saw them; level: (B, 1) the level instance normalisation subtracted (0 without).
+
+        The level comes back, the highway adds its linear correction, and with `persistence` the rollout
+        is read as a change: the last observed value minus the decoded start, so a latent that predicts
+        no change forecasts exactly the last value (its reconstruction error does not enter).
+        """
+        offset = level + self.highway_forecast(y + level, horizon)  # (B, H)
+        if self.cfg.persistence:
+            offset = offset + (y[:, -1:] - self.mlp_val(x).to(y.dtype))  # (B, 1)
+        return offset
+
     @torch.no_grad()
     def fit_highway(self, z: torch.Tensor, ridge: float = 1e-2) -> None:
         """Initialise the highway by ridge least squares on a training series z (T,) (standardised).
@@ -415,14 +431,13 @@ class BaseLBS(CheckpointMixin, nn.Module):
                 metrics["text"] = float(l_text.detach())
         return loss, metrics
 
-
     def overshoot_loss(self, x_all: torch.Tensor, h_all: torch.Tensor, y: torch.Tensor,
                        y_abs: torch.Tensor | None = None) -> torch.Tensor:
         """Value loss of open-loop prior rollouts (prior means) from every filtered state, 1..overshoot steps.
 
-        This trains exactly the path a forecast takes (filter, then prior only, plus the highway's
-        correction), so information a text carries about steps ahead (a regime announced before it
-        shows) is rewarded.
+        This trains exactly the path a forecast takes (filter, then prior only, read as a change from
+        the last value with `persistence`, plus the highway's correction), so information a text carries
+        about steps ahead (a regime announced before it shows) is rewarded.
 
         Args:
             x_all: posterior samples (B, T, D); h_all: GRU memories (B, T, layers, D); y: values (B, T);
@@ -431,6 +446,8 @@ class BaseLBS(CheckpointMixin, nn.Module):
         b, t_len, d = x_all.shape
         x = x_all.reshape(b * t_len, d)  # (B*T, D): every step is a forecast origin
         h = h_all.reshape(b * t_len, *h_all.shape[2:]).transpose(0, 1).contiguous()  # (layers, B*T, D)
+        # (B, T): observed value minus the decoded start, so the rollout is read as a change
+        start = y - self.mlp_val(x).view(b, t_len) if self.cfg.persistence else None
         highway = None
         if self.highway is not None:
             q = self.cfg.highway
@@ -443,6 +460,8 @@ class BaseLBS(CheckpointMixin, nn.Module):
             _, h = self.gru(x.unsqueeze(1), h)
             x = self.prior(h[-1]).mu  # (B*T, D)
             pred = self.mlp_val(x).view(b, t_len)[:, : t_len - k]  # origin t predicts y[t + k]
+            if start is not None:
+                pred = pred + start[:, : t_len - k]
             if highway is not None:
                 pred = pred + highway[:, : t_len - k, k - 1]
             losses.append(F.mse_loss(pred, y[:, k:]))
