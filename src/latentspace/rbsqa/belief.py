@@ -354,20 +354,11 @@ class BeliefStateTracker(nn.Module):
 
     def confidence_trend(self, window: int = 3) -> float:
         """Least-squares slope of the last `window` belief confidences (per segment); 0 with fewer than 2."""
-        history = self.belief.confidence_history[-window:]
-        if len(history) < 2:
-            return 0.0
-        n = len(history)
-        mean_x, mean_y = (n - 1) / 2, sum(history) / n
-        num = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(history))
-        return num / sum((x - mean_x) ** 2 for x in range(n))
+        return confidence_slope(self.belief.confidence_history[-window:])
 
     def should_halt(self) -> bool:
         """Determine if current belief warrants halting (confident, and with trend analysis, not falling)."""
-        confident = self.belief.confidence >= self.confidence_threshold
-        if confident and self.enable_trend_analysis:
-            return self.confidence_trend() > -0.25
-        return confident
+        return halts(self.belief.confidence_history, self.confidence_threshold, self.enable_trend_analysis)
 
     def reset_belief(self) -> None:
         """Reset belief state for new document."""
@@ -380,6 +371,23 @@ class BeliefStateTracker(nn.Module):
             revision_count=0,
             total_segments=0
         )
+
+
+def confidence_slope(history: list[float]) -> float:
+    """Least-squares slope of a confidence sequence (per segment); 0 with fewer than 2 values."""
+    n = len(history)
+    if n < 2:
+        return 0.0
+    mean_x, mean_y = (n - 1) / 2, sum(history) / n
+    num = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(history))
+    return num / sum((x - mean_x) ** 2 for x in range(n))
+
+
+def halts(confidence_history: list[float], threshold: float, trend_analysis: bool = True) -> bool:
+    """`should_halt` after a belief confidence history: confident, and (with trend analysis) not falling fast."""
+    if not confidence_history or confidence_history[-1] < threshold:
+        return False
+    return not trend_analysis or confidence_slope(confidence_history[-3:]) > -0.25
 
 
 def _best_span(start: list[float], end: list[float], max_answer_len: int) -> tuple[int, int, float]:

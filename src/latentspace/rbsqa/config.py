@@ -33,6 +33,9 @@ class RBSQAConfig(Config):
     # belief-state tracker (seed names)
     use_belief_state: bool = True
     belief_state_threshold: float = 0.7
+    # after calibration, lower/raise belief_state_threshold to the lowest one losing at most this much F1 on the
+    # validation documents with a fixed answer (None: keep belief_state_threshold as given)
+    halting_f1_tolerance: float | None = 0.005
     enable_re_scoring: bool = True
     confidence_calibration: bool = True
     re_scoring_method: str = "learned"  # trained with the model; "context_weighted" needs no training

@@ -119,7 +119,7 @@ class RBSQAModel(nn.Module, CheckpointMixin):
 
         Args:
             hidden: (B, S, L, E). attention_mask, context_mask: (B, S, L). segment_mask: (B, S) False on
-                padding segments (their memory write is skipped).
+                padding segments (they are skipped: -inf logits, zero states, memory carried unchanged).
 
         Returns:
             start, end: (B, S, L); states: (B, S, L, D); memory: (B, S, K, D) after each segment.
@@ -128,9 +128,19 @@ class RBSQAModel(nn.Module, CheckpointMixin):
         memory = self.init_memory(B)  # (B, K, D)
         starts, ends, states, memories = [], [], [], []
         for s in range(S):
-            out = self.segment_forward(hidden[:, s], attention_mask[:, s], context_mask[:, s], memory)
-            keep = segment_mask[:, s, None, None]  # (B, 1, 1)
-            memory = torch.where(keep, out["memory"], memory)
+            active = segment_mask[:, s]  # (B,) documents that still have a segment s
+            if bool(active.all()):
+                out = self.segment_forward(hidden[:, s], attention_mask[:, s], context_mask[:, s], memory)
+                memory = out["memory"]
+            else:  # only the documents still being read pay for this step; the others keep their memory
+                index = active.nonzero().squeeze(1)  # (A,)
+                part = self.segment_forward(hidden[index, s], attention_mask[index, s], context_mask[index, s],
+                                            memory[index])
+                L = hidden.shape[2]
+                out = {"start": part["start"].new_full((B, L), float("-inf")).index_copy(0, index, part["start"]),
+                       "end": part["end"].new_full((B, L), float("-inf")).index_copy(0, index, part["end"]),
+                       "states": part["states"].new_zeros(B, L, self.dim).index_copy(0, index, part["states"])}
+                memory = memory.index_copy(0, index, part["memory"])
             starts.append(out["start"])
             ends.append(out["end"])
             states.append(out["states"])

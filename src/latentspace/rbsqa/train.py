@@ -22,7 +22,7 @@ from ..core.backbones import EmbeddingCache
 from ..core.progress import track
 from ..core.runs import Run
 from ..core.training import TrainConfig, fit
-from .belief import expected_calibration_error, fit_temperature
+from .belief import expected_calibration_error, fit_temperature, halts
 from .config import RBSQAConfig
 from .data import EncodedDocument, build_documents, encode_document
 from .halting import Trajectory, answer_without_tracker, read_document
@@ -173,13 +173,55 @@ def candidate_scores(model: RBSQAModel, docs: list[EncodedDocument],
 
 
 def calibrate(model: RBSQAModel, docs: list[EncodedDocument], features: list[torch.Tensor] | None) -> dict:
-    """Temperature scaling on a validation split; ECE before and after (on that split)."""
+    """Temperature scaling on a validation split, ECE before and after (on that split), then the halting
+    threshold (`fit_halting_threshold`) when the config asks for one."""
     z, correct = candidate_scores(model, docs, features)
     before = expected_calibration_error(torch.sigmoid(z), correct)
     info = fit_temperature(model.tracker, z, correct) if model.config.confidence_calibration else {}
     with torch.no_grad():
         after = expected_calibration_error(model.tracker.calibrate(z), correct)
-    return {**info, "val_ece_uncalibrated": before, "val_ece_calibrated": after, "val_candidates": len(z)}
+    info = {**info, "val_ece_uncalibrated": before, "val_ece_calibrated": after, "val_candidates": len(z)}
+    if model.config.halting_f1_tolerance is not None:
+        info.update(fit_halting_threshold(model, docs, features, model.config.halting_f1_tolerance))
+    return info
+
+
+def fit_halting_threshold(model: RBSQAModel, docs: list[EncodedDocument], features: list[torch.Tensor] | None,
+                          tolerance: float = 0.005) -> dict:
+    """The lowest halting threshold whose F1 on the validation documents with a fixed answer (long documents)
+    stays within `tolerance` of reading everything; sets the tracker's and the config's threshold.
+
+    Halting is simulated on full-read trajectories: the belief after the first segment at which
+    `should_halt` would hold for a threshold is the answer halting would give.
+    """
+    tracker = model.tracker
+    reads = []
+    for i, doc in enumerate(docs):
+        if doc.doc.kind not in ("long", "squad"):
+            continue
+        traj = read_document(model, doc, None if features is None else features[i])
+        history = [s.confidence for s in traj.steps]
+        reads.append((doc, history, [f1_score(s.belief_text, doc.doc.answer) for s in traj.steps]))
+    if not reads:
+        return {}
+
+    def halted(threshold: float) -> tuple[float, float]:
+        """(mean F1, fraction of segments read) when halting at `threshold`."""
+        f1 = read = 0.0
+        for _, history, scores in reads:
+            stop = next((t for t in range(len(history))
+                         if halts(history[: t + 1], threshold, tracker.enable_trend_analysis)), len(history) - 1)
+            f1 += scores[stop]
+            read += (stop + 1) / len(history)
+        return f1 / len(reads), read / len(reads)
+
+    full = sum(scores[-1] for _, _, scores in reads) / len(reads)
+    candidates = sorted({c for _, history, _ in reads for c in history if c > 0.5}) + [1.0 + 1e-9]
+    threshold = next(c for c in candidates if halted(c)[0] >= full - tolerance)
+    tracker.confidence_threshold = model.config.belief_state_threshold = min(threshold, 1.0)
+    f1, read = halted(threshold)
+    return {"halting_threshold": threshold, "val_f1_full_read": full, "val_f1_halting": f1,
+            "val_segments_read_frac_halting": read}
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
