@@ -11,10 +11,11 @@ TINY = ["--tiny-hidden", "32", "--tiny-layers", "1", "--latent-dim", "8", "--max
 
 def test_train_forecast_steer(tmp_path):
     runner = CliRunner()
-    res = runner.invoke(app, ["train", *TINY, "--runs-dir", str(tmp_path), "--name", "t", "--json"])
+    res = runner.invoke(app, ["train", *TINY, "--runs-dir", str(tmp_path), "--name", "t", "--json", "--val-every", "2"])
     assert res.exit_code == 0, res.output
     run = tmp_path / "lbs" / "t"
-    assert json.loads(res.output)["steps"] == 3
+    out = json.loads(res.output)
+    assert out["steps"] == 3 and out["val_mse_best"] > 0  # early stopping on the validation part ran
     assert (run / "model" / "model.safetensors").is_file() and (run / "metrics.jsonl").is_file()
     assert (run / "config.json").is_file() and (run / "summary.md").is_file()
     res = runner.invoke(app, ["forecast", "--model", str(run), "--horizon", "4", "--samples", "8", "--json"])

@@ -144,7 +144,7 @@ def test_checkpoint_round_trip(model, tmp_path, tiny_cfg):
 
 
 def test_highway_off_is_zero_and_fit_recovers_ar(tiny_cfg):
-    off = BaseLBS(tiny_cfg)
+    off = BaseLBS(tiny_cfg.replace(highway=0))
     assert off.highway is None and torch.all(off.highway_forecast(torch.randn(3, 10), 4) == 0)
     m = BaseLBS(tiny_cfg.replace(highway=2, overshoot=2))
     assert torch.all(m.highway_forecast(torch.randn(3, 10), 4) == 0)  # zero at init: pure state-space forecast

@@ -27,6 +27,8 @@ TRAIN_OPTIONS = {
     "window": (int, typer.Option(32, "--window", help="T steps per training window.")),
     "batch": (int, typer.Option(16, "--batch", help="B windows per step.")),
     "horizon": (int, typer.Option(6, "--horizon")),
+    "val_every": (int, typer.Option(0, "--val-every", help="Early stopping: validation forecast MSE every N steps "
+                                                           "(the best weights are kept); 0 = off.")),
     "run_name": (str, typer.Option("default", "--name", help="Run name under runs/lbs/.")),
     "runs_dir": (Path, typer.Option(Path("runs"), "--runs-dir")),
     "quiet": (bool, typer.Option(False, "--quiet", "-q")),
@@ -49,17 +51,17 @@ def _setup():
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
-def _wcfg(window: int, batch: int, horizon: int):
+def _wcfg(window: int, batch: int, horizon: int, val_every: int = 0):
     from .config import WindowConfig
 
-    return WindowConfig(window=window, batch=batch, horizon=horizon, bptt=min(16, window))
+    return WindowConfig(window=window, batch=batch, horizon=horizon, bptt=min(16, window), val_every=val_every)
 
 
 @config_command(app, "train", LBSConfig, help="Train LBS on a series; writes runs/lbs/<name>/ with the model.",
                 resume=(bool, typer.Option(False, "--resume", help="Continue from the last checkpoint.")),
                 **TRAIN_OPTIONS)
 def train(config: LBSConfig, data: str, data_dir, steps: int, lr: float, window: int, batch: int, horizon: int,
-          run_name: str, runs_dir: Path, quiet: bool, as_json: bool, resume: bool):
+          val_every: int, run_name: str, runs_dir: Path, quiet: bool, as_json: bool, resume: bool):
     _setup()
     from ..core.runs import Run
     from ..core.training import TrainConfig
@@ -68,7 +70,7 @@ def train(config: LBSConfig, data: str, data_dir, steps: int, lr: float, window:
     from .train import train_lbs
 
     series = load_series(data, data_dir)
-    wcfg = _wcfg(window, batch, horizon)
+    wcfg = _wcfg(window, batch, horizon, val_every)
     tcfg = TrainConfig(steps=steps, lr=lr, log_every=10, seed=config.seed)
     run = Run("lbs", run_name, root=runs_dir)
     run.write_config({"lbs": config.to_dict(), "window": wcfg.to_dict(), "train": tcfg.to_dict(), "data": data})
@@ -197,7 +199,7 @@ def steer_command(
                 help="Train LBS with and without text, compare naive / seasonal naive / ARIMA, steer; plot.",
                 **TRAIN_OPTIONS)
 def evaluate(config: LBSConfig, data: str, data_dir, steps: int, lr: float, window: int, batch: int, horizon: int,
-             run_name: str, runs_dir: Path, quiet: bool, as_json: bool):
+             val_every: int, run_name: str, runs_dir: Path, quiet: bool, as_json: bool):
     _setup()
     from ..core.runs import Run
     from ..core.training import TrainConfig
@@ -205,7 +207,7 @@ def evaluate(config: LBSConfig, data: str, data_dir, steps: int, lr: float, wind
     from .evaluate import evaluate_series, plot_forecast
 
     series = load_series(data, data_dir)
-    wcfg = _wcfg(window, batch, horizon)
+    wcfg = _wcfg(window, batch, horizon, val_every)
     tcfg = TrainConfig(steps=steps, lr=lr, log_every=10, seed=config.seed)
     run = Run("lbs", f"eval-{run_name}", root=runs_dir)
     run.write_config({"lbs": config.to_dict(), "window": wcfg.to_dict(), "train": tcfg.to_dict(), "data": data})
