@@ -1,10 +1,12 @@
 """LTT benchmark: validity of prior samples on the char task (ODE, SDE, flow vs encoder z0 and an untrained prior),
 sampling speed per prior and solver on CPU, and batched latent planning (CEM vs random shooting).
 
-    python benchmarks/ltt.py            # full: 4000 steps, 1024 samples per prior (GPU if present for training)
+    python benchmarks/ltt.py            # full: 2500 steps x 256, 1024 samples per prior (GPU if present)
     python benchmarks/ltt.py --quick    # 600 steps, 256 samples: a few minutes on a free CPU
+    python benchmarks/ltt.py --set latent_noise=0.5 --tag noise05   # another LTTConfig, results ltt_noise05.*
 
-Writes benchmarks/results/ltt.json and .md and the training-curve plot docs/img/ltt_training.png.
+Writes benchmarks/results/ltt.json and .md and the training-curve plot docs/img/ltt_training.png
+(with --tag T: ltt_T.json, ltt_T.md, docs/img/ltt_T_training.png).
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from latentspace.core.training import TrainConfig  # noqa: E402
 from latentspace.ltt import tasks  # noqa: E402
 from latentspace.ltt.config import LTTConfig  # noqa: E402
 from latentspace.ltt.plan import plan, reference_scores, rollout_drift, trajectory_distance  # noqa: E402
-from latentspace.ltt.train import fit_prior, sample_table, sampling_speed, train, validity_report  # noqa: E402
+from latentspace.ltt.train import (  # noqa: E402
+    fit_prior,
+    latent_usage,
+    sample_table,
+    sampling_speed,
+    train,
+    validity_report,
+)
 
 
 def machine() -> dict:
@@ -46,25 +55,46 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu}
 
 
+def parse_sets(items: list[str]) -> dict:
+    """["latent_noise=0.5", ...] -> {"latent_noise": 0.5, ...}, typed by LTTConfig's defaults."""
+    defaults = LTTConfig().to_dict()
+    changes = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or field not in defaults:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(defaults)}")
+        kind = type(defaults[field])
+        changes[field] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return changes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change an LTTConfig field (repeatable), e.g. --set latent_noise=0.5")
+    parser.add_argument("--tag", default="", help="suffix of the result files: ltt_<tag>.json")
     parser.add_argument("--n", type=int, default=None, help="samples per prior")
     parser.add_argument("--prior-steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for the speed measurements")
+    parser.add_argument("--speed-n", type=int, default=256, help="sequences per sampling-speed measurement")
+    parser.add_argument("--goals", type=int, default=16, help="planning goals")
     parser.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is present")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "ltt_training.png")
+    parser.add_argument("--plot", type=Path, default=None, help="default docs/img/ltt[_<tag>]_training.png")
     args = parser.parse_args()
-    steps = args.steps or (600 if args.quick else 4000)
+    stem = f"ltt_{args.tag}" if args.tag else "ltt"
+    plot_path = args.plot or ROOT / "docs" / "img" / f"{stem}_training.png"
+    steps = args.steps or (600 if args.quick else 2500)
     n = args.n or (256 if args.quick else 1024)
     prior_steps = args.prior_steps or (200 if args.quick else 1000)
     started = time.time()
 
-    config = LTTConfig()
-    train_config = TrainConfig(steps=steps, lr=1e-3, warmup_steps=100, log_every=20, eval_every=max(1, steps // 8),
+    config = LTTConfig.from_dict({**LTTConfig().to_dict(), **parse_sets(args.set)})
+    train_config = TrainConfig(steps=steps, lr=args.lr, warmup_steps=100, log_every=20, eval_every=max(1, steps // 8),
                                seed=0, cpu=args.cpu)
     with tempfile.TemporaryDirectory() as tmp:
         run = Run("ltt", "benchmark", root=tmp)
@@ -74,11 +104,12 @@ def main() -> None:
         curve = run.read_metrics()
         run.plot_metrics(["loss", "recon", "ep", "ode", "eval_valid_frac"], filename="training.png",
                          title=f"LTT char task, {steps} steps x {args.batch_size}")
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        args.plot.write_bytes((run.plots_dir / "training.png").read_bytes())
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        plot_path.write_bytes((run.plots_dir / "training.png").read_bytes())
     device = next(model.parameters()).device
     t0 = time.time()
-    validity = validity_report(model, n=n, prior_steps=prior_steps)
+    validity = validity_report(model, n=n, prior_steps=prior_steps, extra_temperatures=(0.8,))
+    usage = latent_usage(model, n)
     validity_s = time.time() - t0
     table = sample_table(model, 4)
 
@@ -90,16 +121,16 @@ def main() -> None:
     for kind, solvers in (("ode", ("euler", "midpoint", "rk4")), ("sde", ("euler", "srk")), ("flow", ("euler",))):
         for solver in solvers:
             try:
-                speeds[f"samples_per_s_{kind}_{solver}"] = sampling_speed(model, priors[kind], solver, n=256)
+                speeds[f"samples_per_s_{kind}_{solver}"] = sampling_speed(model, priors[kind], solver, n=args.speed_n)
             except Exception as err:  # a solver that needs what this SDE lacks is reported, not fatal
                 speeds[f"samples_per_s_{kind}_{solver}"] = f"error: {type(err).__name__}: {err}"[:200]
     speeds["samples_per_s_ode"] = speeds["samples_per_s_ode_euler"]
 
     # planning: CEM vs random shooting at the same budget, and batched scoring vs the one-by-one reference
     generator = torch.Generator().manual_seed(3)
-    goals = tasks.generate(16, config.seq_len, config.block_len, config.noise_p, generator=generator)
+    goals = tasks.generate(args.goals, config.seq_len, config.block_len, config.noise_p, generator=generator)
     with torch.no_grad():
-        goal_latents = model.encoder(goals)[:, -1]  # (16, D)
+        goal_latents = model.encoder(goals)[:, -1]  # (goals, D)
     planning = {"cem": [], "random": [], "random_mean": []}
     for goal in goal_latents:
         cem = plan(model, goal, "cem", 256, 5, generator=generator)
@@ -120,6 +151,7 @@ def main() -> None:
 
     metrics = {
         **validity,
+        **usage,
         "samples_per_s_ode": speeds["samples_per_s_ode"],
         "plan_distance_cem": mean(planning["cem"]),
         "plan_distance_random_shooting": mean(planning["random"]),
@@ -153,7 +185,7 @@ def main() -> None:
         "validity_s": validity_s,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ltt.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     m = report["machine"]
     rows = [[k, v] for k, v in metrics.items()] + [[k, v] for k, v in speeds.items() if k != "samples_per_s_ode"]
     md = [f"# LTT benchmark ({report['date']})", "",
@@ -161,7 +193,7 @@ def main() -> None:
           f"speeds on CPU with {args.threads} threads.", "",
           f"Command: `{report['command']}`", "",
           markdown_table(["metric", "value"], rows), "", "Samples (ODE prior):", "", table, ""]
-    (args.out / "ltt.md").write_text("\n".join(md))
+    (args.out / f"{stem}.md").write_text("\n".join(md))
     print("\n".join(md))
 
 

@@ -45,8 +45,8 @@ def _emit(data: dict, as_json: bool, quiet: bool) -> None:
 
 
 def train_run(config: LTTConfig, steps: int, lr: float, batch_size: int, name: str, runs_dir: Path,
-              resume: bool = False, quiet: bool = False, seed: int = 0) -> dict:
-    """Train on the char task into runs/ltt/<name>/; returns headline metrics and the run."""
+              resume: bool = False, quiet: bool = False, seed: int = 0, run_path: Path | None = None) -> dict:
+    """Train on the char task into runs/ltt/<name>/ (or run_path); returns headline metrics and the run."""
     import torch
 
     from ..core.runs import Run
@@ -54,7 +54,7 @@ def train_run(config: LTTConfig, steps: int, lr: float, batch_size: int, name: s
     from .train import evaluate_validity, sample_table, train
 
     torch.manual_seed(seed)
-    run = Run("ltt", name, root=runs_dir)
+    run = Run("ltt", name, root=runs_dir, path=run_path)
     train_config = TrainConfig(steps=steps, lr=lr, warmup_steps=min(100, steps // 10), log_every=10,
                                eval_every=max(1, steps // 5), seed=seed, grad_clip=1.0)
     model, result = train(config, train_config, batch_size=batch_size, run=run, resume=resume, quiet=quiet)
@@ -158,11 +158,11 @@ def evaluate_command(
 ):
     """Validity of prior samples for ODE, SDE and flow priors vs encoder z0 (upper bound) and an untrained prior."""
     from ..core.runs import Run
-    from .train import validity_report
+    from .train import latent_usage, validity_report
 
     model = _load(checkpoint, runs_dir)
     run = Run("ltt", name, root=runs_dir)
-    metrics = validity_report(model, n=n, prior_steps=prior_steps)
+    metrics = {**validity_report(model, n=n, prior_steps=prior_steps), **latent_usage(model, n)}
     run.write_config({"checkpoint": str(_checkpoint_dir(checkpoint, runs_dir)), "n": n, "prior_steps": prior_steps})
     run.log(0, **metrics)
     run.write_summary("LTT evaluation: validity of prior samples", metrics)
@@ -172,10 +172,11 @@ def evaluate_command(
 def demo(out_dir: pathlib.Path, quiet: bool):
     """The family's small default job: train the char task briefly, sample, and compare priors."""
     from ..core.runs import DemoResult
-    from .train import validity_report
+    from .train import latent_usage, validity_report
 
-    out = train_run(LTTConfig(), steps=400, lr=2e-3, batch_size=64, name="demo", runs_dir=Path(out_dir), quiet=quiet)
-    report = validity_report(out["model"], n=128, prior_steps=100)
+    out = train_run(LTTConfig(), steps=400, lr=2e-3, batch_size=64, name="demo", runs_dir=Path(out_dir), quiet=quiet,
+                    run_path=Path(out_dir))
+    report = {**validity_report(out["model"], n=128, prior_steps=100), **latent_usage(out["model"], 128)}
     run = out["run"]
     metrics = {**out["metrics"], **report}
     plots = sorted(run.plots_dir.glob("*.png"))
@@ -183,6 +184,7 @@ def demo(out_dir: pathlib.Path, quiet: bool):
                f"{report['valid_frac_ode']:.1%} of ODE-prior samples are valid "
                f"(flow {report['valid_frac_flow']:.1%}, SDE {report['valid_frac_sde']:.1%}, "
                f"encoder z0 {report['valid_frac_encoder_z0']:.1%}, "
-               f"untrained prior {report['valid_frac_untrained']:.1%}). "
+               f"untrained prior {report['valid_frac_untrained']:.1%}); the decoder puts the block where the "
+               f"latent says in {report['latent_block_match_frac']:.1%} of encoder paths. "
                "The benchmark trains longer (docs/ltt.md).")
     return DemoResult(metrics, plots=plots, summary=summary, tables=[out["table"]])

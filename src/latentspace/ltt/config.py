@@ -30,13 +30,15 @@ class LTTConfig(Config):
     slow_scale: float = 0.1
     solver: str = "euler"  # ODE solver of sampling: euler | midpoint | rk4 | dopri5 ...
     sde_solver: str = "euler"  # SDE solver: euler (Euler-Maruyama) | milstein | srk ...
-    flow_steps: int = 16  # integration steps of the flow-matching z0 sampler
+    flow_steps: int = 32  # integration steps of the flow-matching z0 sampler
+    flow_ot: bool = True  # pair noise and data by minibatch optimal transport (OT-CFM): straighter flows
     # loss: w_recon * CE + w_latent * Epps-Pulley + w_ode * prior matching
     w_recon: float = 1.0
-    w_latent: float = 0.05
+    w_latent: float = 0.05  # Epps-Pulley on every latent of the path
+    w_latent_z0: float = 0.5  # Epps-Pulley on the initial latents alone: the prior samples z0 ~ N(0, I)
     w_ode: float = 1.0
     ep_slices: int = 32
-    latent_noise: float = 0.5  # std of Gaussian noise on the latents the decoder sees in training
+    latent_noise: float = 0.3  # std of Gaussian noise on the latents the decoder sees in training
     rollout_frac: float = 0.5  # fraction of each batch decoded from the prior's rollout of the encoder's z0
     # char task (tasks.py)
     seq_len: int = 64  # characters after the `?X>` prompt

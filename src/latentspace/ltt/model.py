@@ -168,11 +168,12 @@ class LatentTrajectoryTransformer(CheckpointMixin, nn.Module):
         targets = tokens if mask is None else tokens.masked_fill(~mask.bool(), -100)
         recon = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         valid_z = z.reshape(-1, z.shape[-1]) if mask is None else z[mask.bool()]  # (N, D)
-        ep = epps_pulley(valid_z, num_slices=c.ep_slices) + epps_pulley(z[:, 0], num_slices=c.ep_slices)
+        ep_path = epps_pulley(valid_z, num_slices=c.ep_slices)
+        ep_z0 = epps_pulley(z[:, 0], num_slices=c.ep_slices)
         prior_loss, prior_metrics = self.prior.matching_loss(z)
-        loss = c.w_recon * recon + c.w_latent * ep + c.w_ode * prior_loss
-        return loss, {"recon": float(recon.detach()), "ep": float(ep.detach()), "prior": float(prior_loss.detach()),
-                      **prior_metrics}
+        loss = c.w_recon * recon + c.w_latent * ep_path + c.w_latent_z0 * ep_z0 + c.w_ode * prior_loss
+        return loss, {"recon": float(recon.detach()), "ep": float((ep_path + ep_z0).detach()),
+                      "ep_z0": float(ep_z0.detach()), "prior": float(prior_loss.detach()), **prior_metrics}
 
     def decoder_path(self, z: torch.Tensor) -> torch.Tensor:
         """The latent path (B, T, D) the decoder is trained on: the encoder's path, or for the first

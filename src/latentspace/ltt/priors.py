@@ -168,12 +168,15 @@ class PriorSDE(Prior):
     def rollout(self, z0, T, method=None, generator=None):
         """Euler-Maruyama (or another torchsde solver) from z0 (B, D) -> path (B, T, D); reproducible via generator."""
         t = time_grid(T, z0.device, z0.dtype)
+        method = method or self.config.sde_solver
         device = generator.device if generator is not None else "cpu"
         entropy = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
+        # the strong order-1.5 solver (srk) needs the Brownian motion's space-time Levy area as well
+        levy_area = "space-time" if method == "srk" else "none"
         bm = torchsde.BrownianInterval(t0=0.0, t1=1.0, size=z0.shape, dtype=z0.dtype, device=z0.device,
-                                       entropy=entropy)
-        path = integrate(self.drift, z0, t, method=method or self.config.sde_solver, diffusion=self.diffusion,
-                         dt=1.0 / (T - 1), bm=bm)  # (T, B, D)
+                                       entropy=entropy, levy_area_approximation=levy_area)
+        path = integrate(self.drift, z0, t, method=method, diffusion=self.diffusion, dt=1.0 / (T - 1),
+                         bm=bm)  # (T, B, D)
         return path.transpose(0, 1)
 
 
@@ -197,7 +200,7 @@ class FlowMatchingPrior(Prior):
 
     def matching_loss(self, z_path):
         drift_loss = ode_matching_loss(self.drift_net, z_path)
-        flow_loss = flow_matching_loss(self.velocity, z_path[:, 0].detach())
+        flow_loss = flow_matching_loss(self.velocity, z_path[:, 0].detach(), ot=self.config.flow_ot)
         return drift_loss + flow_loss, {"ode": float(drift_loss.detach()), "flow": float(flow_loss.detach())}
 
     def sample_z0(self, n, generator=None):

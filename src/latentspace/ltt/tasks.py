@@ -84,3 +84,10 @@ def valid_mask(tokens: torch.Tensor, seq_len: int = 64, block_len: int = 8) -> t
     padded = torch.cat([torch.zeros(B, 1, dtype=torch.bool), is_letter], 1)  # (B, L + 1)
     one_run = (padded[:, 1:] & ~padded[:, :-1]).sum(1) == 1
     return prompt_ok & chars_ok & count_ok & one_run
+
+
+def block_start(tokens: torch.Tensor) -> torch.Tensor:
+    """Body index of the first character equal to the prompt's letter, -1 where there is none: (B, T) -> (B,)."""
+    is_letter = tokens[:, PROMPT_LEN:] == tokens[:, 1:2]  # (B, L)
+    first = is_letter.int().argmax(1)
+    return torch.where(is_letter.any(1), first, torch.full_like(first, -1))

@@ -133,19 +133,48 @@ def untrained_prior(model: LatentTrajectoryTransformer, seed: int = 0) -> Prior:
     return build_prior(copy.deepcopy(model.config), "ode").to(device).eval()
 
 
-def validity_report(model: LatentTrajectoryTransformer, n: int = 512, prior_steps: int = 300,
-                    seed: int = 0) -> dict[str, float]:
+def latent_usage(model: LatentTrajectoryTransformer, n: int = 256, seed: int = 0) -> dict[str, float]:
+    """Does the decoder read the latent? Decode the encoder's path of n real sequences (temperature 1).
+
+    valid_frac_encoder_path: the decodings that are valid; latent_block_match_frac: those whose block starts
+    where the real sequence's block starts (1/57 by chance for a decoder that ignores the latent).
+    """
+    c = model.config
+    device = next(model.parameters()).device
+    real = tasks.generate(n, c.seq_len, c.block_len, c.noise_p, generator=torch.Generator().manual_seed(20_000 + seed))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        decoded = model.decode(model.encoder(real.to(device)), temperature=1.0,
+                               generator=torch.Generator(device=device).manual_seed(seed)).cpu()
+    model.train(was_training)
+    valid = tasks.valid_mask(decoded, c.seq_len, c.block_len)
+    match = valid & (tasks.block_start(decoded) == tasks.block_start(real))
+    return {"valid_frac_encoder_path": float(valid.float().mean()),
+            "latent_block_match_frac": float(match.float().mean())}
+
+
+def validity_report(model: LatentTrajectoryTransformer, n: int = 512, prior_steps: int = 300, seed: int = 0,
+                    extra_temperatures: tuple[float, ...] = (), prior_batch_size: int = 128) -> dict[str, float]:
     """Validity of n samples for each prior on the same encoder and decoder, plus upper bound and floor.
 
-    valid_frac_ode / _sde / _flow: z0 and path from that prior (SDE and flow fitted on the frozen encoder);
+    valid_frac_ode / _sde / _flow: z0 and path from that prior (SDE and flow fitted on the frozen encoder),
+    decoded at the config's temperature; valid_frac_<prior>_t<T>: the same at each extra temperature T;
     valid_frac_encoder_z0: z0 from the encoder of real sequences, path from the ODE drift (upper bound);
     valid_frac_untrained: z0 ~ N(0, I) and an untrained drift (floor).
     """
-    ode = model.prior if model.config.prior == "ode" else fit_prior(model, "ode", prior_steps, seed=seed)
-    out = {"valid_frac_ode": evaluate_validity(model, n, prior=ode, seed=seed)}
+    ode = (model.prior if model.config.prior == "ode" else
+           fit_prior(model, "ode", prior_steps, batch_size=prior_batch_size, seed=seed))
+    priors = {"ode": ode}
     for kind in ("sde", "flow"):
-        prior = fit_prior(model, kind, prior_steps, seed=seed)
-        out[f"valid_frac_{kind}"] = evaluate_validity(model, n, prior=prior, seed=seed)
+        priors[kind] = fit_prior(model, kind, prior_steps, batch_size=prior_batch_size, seed=seed)
+    out = {f"valid_frac_{kind}": evaluate_validity(model, n, prior=prior, seed=seed) for kind, prior in priors.items()}
     out["valid_frac_encoder_z0"] = evaluate_validity(model, n, prior=ode, z0=encoder_z0(model, n, seed), seed=seed)
     out["valid_frac_untrained"] = evaluate_validity(model, n, prior=untrained_prior(model, seed), seed=seed)
+    base_temperature = model.config.temperature
+    for temperature in extra_temperatures:
+        model.config.temperature = temperature
+        for kind, prior in priors.items():
+            out[f"valid_frac_{kind}_t{temperature:g}"] = evaluate_validity(model, n, prior=prior, seed=seed)
+    model.config.temperature = base_temperature
     return out
