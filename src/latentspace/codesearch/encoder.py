@@ -1,11 +1,14 @@
 """Dense encoders for code search: the LTT code encoder trained on the indexed corpus, and sentence encoders.
 
-`CodeEncoder` is the LTT family's bidirectional `DeterministicEncoder` (tokens -> latent path z, (B, T, L))
-over identifier-split words, pooled by a masked mean over the latent path and projected by one head for
-code and one for queries. It is trained self-supervised on the corpus being indexed: each docstring or
-leading comment is a query for the code it documents, the other code in the batch the negatives
-(symmetric InfoNCE). `SentenceEncoder` wraps any sentence-transformers model (default: the packaged
-all-MiniLM-L6-v2, offline).
+`CodeEncoder` embeds identifier-split words (`parseHTTPHeader` -> parse http header) in two paths that are
+summed per token: a word embedding (what the word is) and the LTT family's bidirectional
+`DeterministicEncoder` latent path z (B, T, L) projected to the same width (what it means in context).
+Tokens are pooled by attention whose logits start from each word's log inverse document frequency, so
+an untrained encoder is already a random projection of an IDF-weighted bag of words, and training
+moves it from there; one head, shared by code and queries, projects and normalises. It is trained
+self-supervised on the corpus being indexed: each docstring or leading comment is a query for the code
+it documents, the other code in the batch the negatives (symmetric InfoNCE). `SentenceEncoder` wraps any
+sentence-transformers model (default: the packaged all-MiniLM-L6-v2, offline).
 """
 
 from __future__ import annotations
@@ -36,16 +39,17 @@ class CodeEncoderConfig(Config):
     vocab_size: int = 0  # set from the vocabulary when the encoder is built
     max_words: int = 16000
     hash_buckets: int = 2048
-    d_model: int = 64
-    n_layers: int = 2
+    d_model: int = 64  # width of the LTT DeterministicEncoder (the context path)
+    n_layers: int = 1
     n_heads: int = 4
     latent_dim: int = 64
-    embed_dim: int = 128
+    context: bool = True  # False: word path only (a trained, IDF-pooled bag of words)
+    embed_dim: int = 256  # width of the word path, the pooled vector and the output
     max_code_tokens: int = 64
     max_query_tokens: int = 32
     temperature: float = 0.05
-    dropout: float = 0.1
-    steps: int = 300
+    dropout: float = 0.0
+    steps: int = 800
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
@@ -54,7 +58,7 @@ class CodeEncoderConfig(Config):
         "tiny": {"d_model": 32, "n_layers": 1, "n_heads": 2, "latent_dim": 32, "embed_dim": 32, "steps": 60,
                  "batch_size": 32, "max_code_tokens": 64, "max_words": 2000, "hash_buckets": 256},
         "small": {},
-        "base": {"d_model": 128, "latent_dim": 128, "max_code_tokens": 128, "batch_size": 128},
+        "base": {"d_model": 128, "n_layers": 2, "latent_dim": 128, "max_code_tokens": 128, "batch_size": 128},
     }
 
 
@@ -74,7 +78,7 @@ def ltt_config(config: CodeEncoderConfig):
 
 
 class CodeEncoder(CheckpointMixin, nn.Module):
-    """Identifier words -> LTT DeterministicEncoder -> masked mean of the latent path -> code / query head."""
+    """Identifier words -> word embedding + projected LTT latent path -> IDF-seeded attention pooling -> head."""
 
     family = "codesearch"
     config_class = CodeEncoderConfig
@@ -87,9 +91,21 @@ class CodeEncoder(CheckpointMixin, nn.Module):
         if config.vocab_size != len(self.vocab):
             config = config.replace(vocab_size=len(self.vocab))
         self.config = config
-        self.encoder = DeterministicEncoder(ltt_config(config))
-        self.code_head = nn.Linear(config.latent_dim, config.embed_dim)
-        self.query_head = nn.Linear(config.latent_dim, config.embed_dim)
+        width = config.embed_dim
+        self.word_emb = nn.Embedding(config.vocab_size, width)  # the word path
+        nn.init.normal_(self.word_emb.weight, std=width ** -0.5)  # unit-norm words: near-orthogonal at random
+        self.word_weight = nn.Embedding(config.vocab_size, 1)  # per-word pooling logit, set to log IDF by training
+        nn.init.zeros_(self.word_weight.weight)
+        self.encoder = DeterministicEncoder(ltt_config(config)) if config.context else None  # the context path
+        self.latent_proj = nn.Linear(config.latent_dim, width)
+        nn.init.zeros_(self.latent_proj.weight)  # the context path starts silent and is learned on top
+        nn.init.zeros_(self.latent_proj.bias)
+        self.attn_score = nn.Linear(width, 1)
+        nn.init.zeros_(self.attn_score.weight)
+        nn.init.zeros_(self.attn_score.bias)
+        self.head = nn.Linear(width, width)
+        nn.init.eye_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     # ---- checkpoint ----
     def checkpoint_files(self) -> dict[str, str]:
@@ -103,17 +119,36 @@ class CodeEncoder(CheckpointMixin, nn.Module):
         return cls(config, Vocabulary.from_json(vocab_path.read_text()))
 
     # ---- forward ----
+    def set_idf(self, documents: Sequence[str]) -> None:
+        """Seed the pooling logits with log IDF over `documents`: softmax then weighs words by IDF."""
+        n_docs = len(documents)
+        df = torch.zeros(len(self.vocab))
+        for text in documents:
+            df[torch.tensor(sorted(set(self.vocab.encode(text, self.config.max_code_tokens))))] += 1
+        idf = torch.log((n_docs + 1) / (df + 1)).clamp_min(1e-3)  # (V,)
+        with torch.no_grad():
+            self.word_weight.weight.copy_(idf.log().unsqueeze(-1))
+            self.word_weight.weight[Vocabulary.PAD] = 0.0
+
+    def token_states(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-token vectors (B, T, embed_dim): word embedding + projected LTT latent path."""
+        h = self.word_emb(tokens)  # (B, T, E)
+        if self.encoder is not None:
+            z = self.encoder(tokens, mask)  # (B, T, L)
+            h = h + self.latent_proj(z)  # (B, T, E)
+        return h
+
     def pool(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Masked mean of the latent path: tokens, mask (B, T) -> (B, latent_dim)."""
-        z = self.encoder(tokens, mask)  # (B, T, L)
-        weights = mask.unsqueeze(-1).to(z.dtype)  # (B, T, 1)
-        return (z * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        """Attention pooling of the token states: tokens, mask (B, T) -> (B, embed_dim)."""
+        h = self.token_states(tokens, mask)  # (B, T, E)
+        logits = self.word_weight(tokens) + self.attn_score(h)  # (B, T, 1)
+        logits = logits.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
+        weights = torch.softmax(logits, dim=1)  # (B, T, 1)
+        return (weights * h).sum(1)  # (B, E)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, side: str = "code") -> torch.Tensor:
-        """Unit-norm embeddings (B, embed_dim) of code or query token batches (B, T)."""
-        pooled = self.pool(tokens, mask)
-        head = self.code_head if side == "code" else self.query_head
-        return F.normalize(head(pooled), dim=-1)
+        """Unit-norm embeddings (B, embed_dim) of code or query token batches (B, T); one head for both sides."""
+        return F.normalize(self.head(self.pool(tokens, mask)), dim=-1)
 
     def tokenize(self, texts: Sequence[str], side: str = "code") -> tuple[torch.Tensor, torch.Tensor]:
         """Padded word ids and mask, both (B, T), T = the longest text (at most the side's limit)."""
@@ -172,7 +207,8 @@ def train_code_encoder(pairs: Sequence[tuple[str, str]], config: CodeEncoderConf
         pairs: the self-supervised pairs; at least 2.
         config: sizes and schedule (default CodeEncoderConfig()).
         run: a `core.runs.Run` for metrics.jsonl and checkpoints (optional).
-        vocab_texts: texts the vocabulary is built from (default: both sides of the pairs).
+        vocab_texts: texts the vocabulary is built from (default: both sides of the pairs); they are also the
+            documents of the IDF that seeds the pooling (default: the code side of the pairs).
     """
     from ..core.training import TrainConfig, fit
 
@@ -183,6 +219,7 @@ def train_code_encoder(pairs: Sequence[tuple[str, str]], config: CodeEncoderConf
     vocab = Vocabulary.build(texts, config.max_words, hash_buckets=config.hash_buckets)
     torch.manual_seed(config.seed)
     model = CodeEncoder(config, vocab)
+    model.set_idf(vocab_texts if vocab_texts is not None else [c for _, c in pairs])
     queries, q_mask = model.tokenize([q for q, _ in pairs], "query")  # (N, Tq)
     codes, c_mask = model.tokenize([c for _, c in pairs], "code")  # (N, Tc)
     batch_size = min(config.batch_size, len(pairs))

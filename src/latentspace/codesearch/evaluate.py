@@ -4,7 +4,10 @@ Each documented function or method of the chosen packages (the standard library 
 example: the query is the first sentence of its docstring, the target is the function with the docstring
 removed. Packages are split (a stable hash of the package name) into training packages, whose examples
 train the LTT encoder, and held-out packages, whose functions form the searched pool; so the encoder is
-never trained on the package it is evaluated on. Reported: MRR@10, Recall@1 and Recall@10 of BM25, each
+never trained on the package it is evaluated on. Installed third-party packages (`train_packages`) add
+training examples only: they are never searched. A share of the training packages (`validation_fraction`)
+is kept out of training as a validation pool, on which the weights of the rank fusion are chosen; so no
+choice is ever made on the evaluated packages. Reported: MRR@10, Recall@1 and Recall@10 of BM25, each
 dense encoder, and their reciprocal-rank fusions.
 """
 
@@ -25,7 +28,7 @@ import numpy as np
 
 from ..core.config import Config
 from ..core.errors import DataError
-from .index import BM25Part, DensePart, reciprocal_rank_fusion
+from .index import RRF_K, BM25Part, DensePart
 from .snippets import extract_snippets, first_sentence, read_source, walk_files
 
 log = logging.getLogger("latentspace")
@@ -39,13 +42,17 @@ class EvalConfig(Config):
     """What the retrieval benchmark evaluates, on what, and how big."""
 
     packages: str = "stdlib"  # "stdlib" and/or comma-separated installed package names or folders
+    # installed packages whose functions only train the LTT encoder (never evaluated); missing ones are skipped
+    train_packages: str = "numpy,scipy,pandas,sklearn,sympy,networkx,matplotlib,statsmodels"
     eval_fraction: float = 0.25  # share of packages held out (by a stable hash of the name)
+    validation_fraction: float = 0.2  # share of the other packages kept for choosing the fusion weights
+    max_validation: int = 400
     max_queries: int = 1000
     max_pool: int = 4000  # searched functions: the query targets plus other held-out functions
-    max_train_pairs: int = 30000
+    max_train_pairs: int = 60000
     methods: str = "bm25,minilm,ltt"
     encoder_preset: str = "small"
-    encoder_steps: int = 300
+    encoder_steps: int = 800
     min_query_words: int = 4
     seed: int = 0
 
@@ -112,16 +119,36 @@ def held_out(name: str, fraction: float, seed: int = 0) -> bool:
 def build_dataset(config: EvalConfig) -> tuple[list[Example], list[Example], list[int]]:
     """(training examples, pool, query ids into the pool): the split is by package.
 
-    Queries whose text occurs more than once are dropped (they have no single right answer).
+    The validation examples are among the training ones; `split_validation` takes them out.
+
+    Held-out queries whose text occurs more than once are dropped (they have no single right answer);
+    training keeps one example per query text and none whose text is a held-out query.
     """
     folders = package_folders(config.packages)
     train, held = [], []
     for name, folder in folders.items():
         examples = package_examples(name, folder, config.min_query_words)
         (held if held_out(name, config.eval_fraction, config.seed) else train).extend(examples)
+    extra = []
+    for item in [s.strip() for s in config.train_packages.split(",") if s.strip()]:
+        try:
+            extra_folders = package_folders(item)
+        except DataError:
+            log.info("training package %s is not installed; skipped", item)
+            continue
+        for name, folder in extra_folders.items():
+            if name not in folders:
+                extra.extend(package_examples(name, folder, config.min_query_words))
     counts = Counter(e.query for e in train + held)
-    train = [e for e in train if counts[e.query] == 1]
-    held = [e for e in held if counts[e.query] == 1]
+    held = [e for e in held if counts[e.query] == 1]  # a repeated query has no single right answer
+    held_queries = {e.query for e in held}
+    seen: set[str] = set()
+    train_unique = []
+    for e in train + extra:  # one example per query text: a repeated docstring is a false in-batch negative
+        if e.query not in seen and e.query not in held_queries:
+            seen.add(e.query)
+            train_unique.append(e)
+    train = train_unique
     if not held or not train:
         raise DataError(f"the split of {len(folders)} packages left {len(train)} training and {len(held)} held-out "
                         f"examples; use more packages or another --eval-fraction")
@@ -132,6 +159,59 @@ def build_dataset(config: EvalConfig) -> tuple[list[Example], list[Example], lis
     pool = held[: config.max_pool]
     queries = list(range(min(config.max_queries, len(pool))))
     return train, pool, queries
+
+
+def split_validation(train: Sequence[Example], config: EvalConfig,
+                     base_packages: set[str]) -> tuple[list[Example], list[Example]]:
+    """(examples to train on, validation examples): whole packages of `base_packages` (the evaluated kind,
+    e.g. the standard library) chosen by a stable hash; extra training packages are never validation."""
+    is_validation = [e.package in base_packages and held_out(e.package, config.validation_fraction, config.seed + 1)
+                     for e in train]
+    fit = [e for e, v in zip(train, is_validation, strict=True) if not v]
+    validation = [e for e, v in zip(train, is_validation, strict=True) if v][: config.max_validation]
+    return fit, validation
+
+
+def reciprocal_rank_matrix(rankings: Sequence[Sequence[int]], n_docs: int, k: float) -> np.ndarray:
+    """(Q, n_docs) matrix of 1 / (k + rank) for the ranked ids of each query (0 where not ranked)."""
+    out = np.zeros((len(rankings), n_docs))
+    for row, ranking in enumerate(rankings):
+        ids = np.asarray(ranking, dtype=np.int64)
+        out[row, ids] = 1.0 / (k + np.arange(1, len(ids) + 1))
+    return out
+
+
+def fused_rankings(rankings: dict[str, Sequence[Sequence[int]]], weights: dict[str, float], n_docs: int,
+                   k: float, depth: int = 10) -> list[np.ndarray]:
+    """Weighted reciprocal-rank fusion of every query at once (the batched `reciprocal_rank_fusion`)."""
+    total = sum(w * reciprocal_rank_matrix(rankings[name], n_docs, k) for name, w in weights.items() if w > 0)
+    order = np.argsort(-total, axis=1, kind="stable")[:, :depth]
+    return [row[total[i, row] > 0] for i, row in enumerate(order)]
+
+
+def choose_fusion(rankings: dict[str, Sequence[Sequence[int]]], targets: Sequence[int], n_docs: int,
+                  grid: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), ks: Sequence[float] = (5, 20, 60),
+                  ) -> tuple[dict[str, float], float, float]:
+    """The fusion weights and RRF k with the best MRR@10 on a validation pool: (weights, k, mrr10).
+
+    An exhaustive grid over each ranker's weight (the largest weight is 1); ties go to the simpler fusion
+    (fewer rankers, then the earlier grid point), so a ranker that adds nothing is left out.
+    """
+    import itertools
+
+    names = list(rankings)
+    best = ({names[0]: 1.0}, float(ks[-1]), -1.0)
+    for k in ks:
+        matrices = {name: reciprocal_rank_matrix(rankings[name], n_docs, k) for name in names}
+        combos = [c for c in itertools.product(grid, repeat=len(names)) if max(c) == 1.0]  # scale-free
+        for combo in sorted(combos, key=lambda c: sum(w > 0 for w in c)):
+            total = sum(w * matrices[name] for name, w in zip(names, combo, strict=True) if w > 0)
+            order = np.argsort(-total, axis=1, kind="stable")[:, :10]
+            ranked = [row[total[i, row] > 0] for i, row in enumerate(order)]
+            mrr = retrieval_metrics(ranked, targets)["mrr10"]
+            if mrr > best[2] + 1e-9:
+                best = ({name: w for name, w in zip(names, combo, strict=True) if w > 0}, float(k), mrr)
+    return best
 
 
 def retrieval_metrics(rankings: Sequence[Sequence[int]], targets: Sequence[int]) -> dict[str, float]:
@@ -158,16 +238,23 @@ def run_evaluation(config: EvalConfig, run=None, quiet: bool = True, depth: int 
     timings = {}
     t = time.perf_counter()
     train, pool, queries = build_dataset(config)
+    train, validation = split_validation(train, config, set(package_folders(config.packages)))
     timings["dataset_s"] = time.perf_counter() - t
     codes = [e.code for e in pool]
     query_texts = [pool[i].query for i in queries]
+    val_codes = [e.code for e in validation]
+    val_queries = [e.query for e in validation]
     methods = [m.strip() for m in config.methods.split(",") if m.strip()]
     rankings: dict[str, list[np.ndarray]] = {}
+    val_rankings: dict[str, list[np.ndarray]] = {}
     if "bm25" in methods:
         t = time.perf_counter()
         bm25 = BM25Part.build(codes)
         rankings["bm25"] = [bm25.rank(q, depth) for q in query_texts]
         timings["bm25_s"] = time.perf_counter() - t
+        if validation:
+            val_bm25 = BM25Part.build(val_codes)
+            val_rankings["bm25"] = [val_bm25.rank(q, depth) for q in val_queries]
     for name in methods:
         if name == "bm25":
             continue
@@ -187,9 +274,11 @@ def run_evaluation(config: EvalConfig, run=None, quiet: bool = True, depth: int 
         if encoders_out is not None:
             encoders_out[name] = encoder
         dense = DensePart(encoder.encode_code(codes))
-        query_vectors = encoder.encode_query(query_texts)
-        rankings[name] = [dense.rank(v, depth) for v in query_vectors]
+        rankings[name] = [dense.rank(v, depth) for v in encoder.encode_query(query_texts)]
         timings[f"{name}_embed_s"] = time.perf_counter() - t
+        if validation:
+            val_dense = DensePart(encoder.encode_code(val_codes))
+            val_rankings[name] = [val_dense.rank(v, depth) for v in encoder.encode_query(val_queries)]
     metrics: dict[str, float] = {}
     for name, ranked in rankings.items():
         for key, value in retrieval_metrics(ranked, queries).items():
@@ -200,19 +289,32 @@ def run_evaluation(config: EvalConfig, run=None, quiet: bool = True, depth: int 
             for right in rankings:
                 if left < right:
                     fusions[f"hybrid_{left}_{right}"] = [left, right]
+    chosen = {}
     for fusion, parts in fusions.items():
         if len(parts) < 2:
             continue
-        fused = [[doc for doc, _ in reciprocal_rank_fusion([rankings[p][q] for p in parts])] for q in
-                 range(len(queries))]
+        plain = fused_rankings(rankings, {p: 1.0 for p in parts}, len(pool), RRF_K)
+        for key, value in retrieval_metrics(plain, queries).items():
+            metrics[f"{key}_{fusion}_rrf"] = value
+        weights, k = {p: 1.0 for p in parts}, float(RRF_K)
+        if validation:
+            weights, k, val_mrr = choose_fusion({p: val_rankings[p] for p in parts}, list(range(len(validation))),
+                                                len(validation))
+            chosen[fusion] = {"weights": weights, "k": k, "validation_mrr10": round(val_mrr, 4)}
+        fused = fused_rankings(rankings, weights, len(pool), k)
         for key, value in retrieval_metrics(fused, queries).items():
             metrics[f"{key}_{fusion}"] = value
+    for name, ranked in val_rankings.items():
+        metrics[f"validation_mrr10_{name}"] = retrieval_metrics(ranked, range(len(validation)))["mrr10"]
     held_packages = sorted({e.package for e in pool})
     train_packages = sorted({e.package for e in train})
-    if set(held_packages) & set(train_packages):
-        raise AssertionError("a package is both trained on and evaluated")
+    validation_packages = {e.package for e in validation}
+    if set(held_packages) & set(train_packages) or validation_packages & set(train_packages):
+        raise AssertionError("a package is both trained on and evaluated or validated")
     result = {"metrics": metrics,
-              "sizes": {"train_pairs": len(train), "pool": len(pool), "queries": len(queries),
+              "fusion": chosen,
+              "sizes": {"train_pairs": len(train), "validation": len(validation), "pool": len(pool),
+                        "queries": len(queries),
                         "train_packages": len(train_packages), "held_out_packages": len(held_packages)},
               "seconds": {k: round(v, 2) for k, v in timings.items()},
               "held_out_packages": held_packages,

@@ -35,7 +35,7 @@ from .tokens import bm25_tokens
 log = logging.getLogger("latentspace")
 
 FORMAT_NAME = "latentspace-codesearch-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the LTT encoder with a word path and IDF-seeded pooling
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 RRF_K = 60
@@ -55,11 +55,26 @@ class IndexConfig(Config):
     max_file_bytes: int = 1_000_000
     max_snippet_lines: int = 200
     encoder_preset: str = "small"  # CodeEncoderConfig preset of the LTT encoder
-    encoder_steps: int = 300  # training steps of the LTT encoder on the indexed corpus
+    encoder_steps: int = 800  # training steps of the LTT encoder on the indexed corpus
     min_train_pairs: int = 16  # fewer docstring pairs: add (symbol name, code) pairs
+    # weighted reciprocal-rank fusion: "part=weight,..." (parts not named weigh 1), and RRF's k. The defaults
+    # are the weights chosen on the validation packages of benchmarks/codesearch.py (docs/codesearch.md).
+    fusion_weights: str = "bm25=1,ltt=0.5,minilm=1"
+    rrf_k: float = 20.0
 
     def encoder_names(self) -> list[str]:
         return [canonical_encoder(n) for n in self.encoders.split(",") if n.strip()]
+
+    def weights(self) -> dict[str, float]:
+        """Part name -> fusion weight, from `fusion_weights`."""
+        out = {}
+        for item in [i.strip() for i in self.fusion_weights.split(",") if i.strip()]:
+            name, _, value = item.partition("=")
+            try:
+                out[canonical_encoder(name)] = float(value)
+            except ValueError:
+                raise DataError(f"fusion weight {item!r} is not NAME=NUMBER (e.g. 'bm25=1,ltt=0.5')") from None
+        return out
 
 
 def canonical_encoder(name: str) -> str:
@@ -250,7 +265,9 @@ class CodeIndex:
 
     def fuse(self, rankings: dict[str, np.ndarray], top_k: int, exclude: set[int] = frozenset()) -> list[Hit]:
         ranked = {p: [int(i) for i in r if int(i) not in exclude] for p, r in rankings.items()}
-        fused = reciprocal_rank_fusion(list(ranked.values()))
+        configured = self.config.weights()
+        fused = reciprocal_rank_fusion(list(ranked.values()), self.config.rrf_k,
+                                       [configured.get(p, 1.0) for p in ranked])
         positions = {p: {doc: rank for rank, doc in enumerate(r, start=1)} for p, r in ranked.items()}
         hits = []
         for doc, score in fused[:top_k]:
