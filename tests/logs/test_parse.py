@@ -102,3 +102,18 @@ def test_log_words_fast_path_agrees_with_reference(loghub):
     for system in ("BGL", "OpenStack", "Windows", "Android"):
         for line in (loghub / system / f"{system}_2k.log").read_text(errors="replace").splitlines()[:300]:
             assert log_words(line) == log_words_reference(line)
+
+
+def test_tokenizer_chunk_cache_agrees_with_whole_line_masking(loghub):
+    tok = LogTokenizer(hash_buckets=256, max_len=12)
+    tricky = ["path /10.0.0.1/foo/bar ip 10.0.0.1:80/x hex 0xdeadbeef abc123def x\x1cy",
+              "  a  a 1 2 b b /u/v /u/v", "Ünïcödé İstanbul 1.2.3.4 c:/x/y", ""]
+    lines = tricky
+    for system in ("BGL", "HDFS", "Android", "Windows", "Apache", "Linux", "Mac"):
+        lines = lines + (loghub / system / f"{system}_2k.log").read_text(errors="replace").splitlines()[::4]
+    for _ in range(2):  # cold, then from the chunk cache
+        for line in lines:
+            words = tok.words_reference(line)
+            assert tok.words(line) == words
+            ids = tok.encode(line)
+            assert ids == (tok.CLS, *[tok.word_id(w) for w in words[: tok.max_len - 1]])

@@ -30,9 +30,11 @@ class LogsConfig(Config):
     # replay memory and the continuous update rule
     memory_size: int = 2000
     quality_alpha: float = 1.0
-    replay_ratio: float = 0.5
+    # update rule tuned on the validation stream (benchmarks/logs_tune.py), never on the reported one
+    replay_ratio: float = 0.75
     distill_weight: float = 1.0
-    update_lr: float = 3e-4
+    update_lr: float = 1e-3
+    update_steps: int = 4
     update_batch: int = 16
     # base training
     steps: int = 400

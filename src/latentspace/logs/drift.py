@@ -6,6 +6,7 @@ Every line of the stream is first predicted (prequential accuracy), then learned
 experience every seen experience's test lines are scored, which gives
 - forgetting of experience i: accuracy right after learning it minus accuracy at the end (points);
 - backward transfer (BWT): the mean over all but the last experience of (final - just-learned) accuracy;
+- adaptation: final accuracy on the new systems' test lines, and on each right after it streamed;
 - adaptation speed: prequential accuracy over the first `adapt_window` lines of each new system, and the
   lines it takes a rolling window of that size to reach `adapt_target` accuracy.
 Methods: Raccoon (replay-mixed small steps), naive fine-tuning (the same steps without replay), frozen.
@@ -48,10 +49,27 @@ def _take(examples: Examples, system: str, limit: int) -> Examples:
 
 
 def prepare_drift(config: LogsConfig, base_systems=BASE_SYSTEMS, stream_systems=STREAM_SYSTEMS,
-                  per_system_stream: int = 600, per_system_test: int = 300, data_dir=None):
-    """Splits of the drift experiment: base train, per-experience test sets, and the stream (in order)."""
+                  per_system_stream: int = 600, per_system_test: int = 300, data_dir=None,
+                  validation: bool = False):
+    """Splits of the drift experiment: base train, per-experience test sets, and the stream (in order).
+
+    The reported stream is each stream system's first `per_system_stream` training lines, tested on the
+    held-out test split. `validation=True` builds the stream for tuning the update rule from training lines
+    only, disjoint from both: each system's last `per_system_test` training lines are its test set, the
+    stream takes the training lines after the reported stream's, the systems stream in reverse order and the
+    base model trains on the base systems' remaining training lines.
+    """
     examples = load_examples("severity", [*base_systems, *stream_systems], data_dir)
     train, test = split(examples, config.test_frac, config.seed)
+    if validation:
+        held_out = Examples()
+        kept = []
+        for system in dict.fromkeys(train.systems):
+            index = [i for i, s in enumerate(train.systems) if s == system]
+            held_out.extend(train.subset(index[-per_system_test:]))
+            kept += index[:-per_system_test]
+        train, test = train.subset(sorted(kept)), held_out
+        stream_systems = tuple(reversed(stream_systems))
     base_train = Examples()
     for system in base_systems:
         base_train.extend(_take(train, system, 10**9))
@@ -60,7 +78,9 @@ def prepare_drift(config: LogsConfig, base_systems=BASE_SYSTEMS, stream_systems=
         tests[0].extend(_take(test, system, per_system_test))
     stream = Examples()
     for system in stream_systems:
-        stream.extend(_take(train, system, per_system_stream))
+        lines = _take(train, system, 10**9)
+        offset = per_system_stream if validation else 0
+        stream.extend(lines.subset(list(range(offset, min(len(lines), offset + per_system_stream)))))
         tests.append(_take(test, system, per_system_test))
     return base_train, tests, stream
 
@@ -121,8 +141,12 @@ def drift_metrics(result: DriftResult, tests: list[Examples], adapt_window: int,
                 reached = end
                 break
         first_lines.append(reached)
+    new_sizes = sizes[1:len(final)]
     return {
         "final_acc": final_acc,
+        "final_acc_new": sum(a * n for a, n in zip(final[1:], new_sizes, strict=True)) / max(1, sum(new_sizes)),
+        "just_learned_acc_new": sum(a * n for a, n in zip(just_learned[1:], new_sizes, strict=True))
+        / max(1, sum(new_sizes)),
         "forgetting_base": 100.0 * (just_learned[0] - final[0]),
         "forgetting_mean": 100.0 * -sum(deltas) / max(1, len(deltas)),
         "bwt": 100.0 * sum(deltas) / max(1, len(deltas)),
@@ -137,22 +161,29 @@ def drift_metrics(result: DriftResult, tests: list[Examples], adapt_window: int,
 def run_drift(config: LogsConfig, base_systems=BASE_SYSTEMS, stream_systems=STREAM_SYSTEMS,
               per_system_stream: int = 600, per_system_test: int = 300, eval_every: int = 300,
               methods=("raccoon", "naive", "frozen"), data_dir=None, quiet: bool = True,
-              base_model: LogClassifier | None = None) -> dict[str, DriftResult]:
-    """Train once on the base systems, then stream the others through each method from the same start."""
+              base_model: LogClassifier | None = None, validation: bool = False,
+              learner_options: dict | None = None) -> dict[str, DriftResult]:
+    """Train once on the base systems, then stream the others through each method from the same start.
+
+    `validation`: the tuning stream of `prepare_drift`; `learner_options`: RaccoonLearner keyword arguments
+    (lr, steps, replay_ratio) shared by raccoon and naive, which differ only in the replay.
+    """
     config = config.replace(task="severity")
     base_train, tests, stream = prepare_drift(config, base_systems, stream_systems, per_system_stream,
-                                              per_system_test, data_dir)
+                                              per_system_test, data_dir, validation)
+    stream_systems = list(dict.fromkeys(stream.systems))
     base = base_model or train_classifier(config, base_train, quiet=quiet)
     results = {}
     for method in methods:
         model = copy.deepcopy(base)
         model.invalidate_cache()
-        learner = RaccoonLearner(model, replay_ratio=0.0 if method == "naive" else None,
+        options = {k: v for k, v in (learner_options or {}).items() if method != "naive" or k != "replay_ratio"}
+        learner = RaccoonLearner(model, **{"replay_ratio": 0.0 if method == "naive" else None, **options},
                                  frozen=method == "frozen", seed=config.seed)
         if method == "raccoon":
             fill_memory(learner, base_train, config.seed)
         torch.manual_seed(config.seed)
-        results[method] = run_stream(learner, method, tests, stream, list(stream_systems), eval_every,
+        results[method] = run_stream(learner, method, tests, stream, stream_systems, eval_every,
                                      quiet=quiet)
     return results
 

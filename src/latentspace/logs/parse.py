@@ -221,17 +221,47 @@ class LogTokenizer:
         self._special = {name: 2 + i for i, name in enumerate(MASK_TOKENS)}
         self.offset = 2 + len(MASK_TOKENS)
         self._word_ids: dict[str, int] = {}
+        self._chunk_cache: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}  # chunk -> (words, ids)
+        self.cache_size = 200_000
 
     @property
     def vocab_size(self) -> int:
         return self.offset + self.hash_buckets
 
     def words(self, text: str) -> list[str]:
-        """The masked word tokens of a line (see `log_words`)."""
+        """The masked word tokens of a line (see `log_words`), built from cached whitespace chunks.
+
+        No mask pattern matches across whitespace and every pattern's word boundary sees whitespace as it
+        sees a string's edge, so masking each whitespace-separated chunk on its own gives the same words as
+        masking the whole line (`words_reference`); the chunks of a log repeat, so most are cache hits.
+        """
+        out: list[str] = []
+        for chunk in text.split():
+            out += self._chunk(chunk)[0]
+        return [word for word, _ in itertools.groupby(out)]
+
+    def words_reference(self, text: str) -> list[str]:
+        """Masks applied to the whole line at once: the reference of `words`."""
         text = text.lower()
         for name, pattern in _MASKS:
             text = pattern.sub(f" {name} ", text)
         return log_words(text)
+
+    def _chunk(self, chunk: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """Masked words of one whitespace-free chunk and their ids, cached (cleared at `cache_size` chunks)."""
+        entry = self._chunk_cache.get(chunk)
+        if entry is None:
+            words = tuple(self.words_reference(chunk))
+            entry = words, tuple(self.word_id(w) for w in words)
+            if len(self._chunk_cache) >= self.cache_size:
+                self._chunk_cache.clear()
+            self._chunk_cache[chunk] = entry
+        return entry
+
+    def clear_cache(self) -> None:
+        """Forget cached chunks and word ids (they depend on the text only, never on model weights)."""
+        self._chunk_cache.clear()
+        self._word_ids.clear()
 
     def word_id(self, word: str) -> int:
         wid = self._word_ids.get(word)
@@ -244,9 +274,20 @@ class LogTokenizer:
         return wid
 
     def encode(self, text: str) -> tuple[int, ...]:
-        """One line -> ids ([CLS] first, at most max_len, unpadded)."""
-        known = self._word_ids
-        return (self.CLS, *[known.get(w) or self.word_id(w) for w in self.words(text)[: self.max_len - 1]])
+        """One line -> ids ([CLS] first, at most max_len, unpadded): the ids of `words(text)[: max_len - 1]`."""
+        cache, max_len = self._chunk_cache, self.max_len
+        ids, last = [self.CLS], None
+        for chunk in text.split():
+            entry = cache.get(chunk) or self._chunk(chunk)
+            words = entry[0]
+            if not words:
+                continue
+            # a run of one repeated word is kept once, also across chunks
+            ids += entry[1][1:] if words[0] == last else entry[1]
+            last = words[-1]
+            if len(ids) >= max_len:
+                return tuple(ids[:max_len])
+        return tuple(ids)
 
     def pad(self, sequences: list[tuple[int, ...]]):
         """Pad id tuples into tokens (B, T) LongTensor and mask (B, T) BoolTensor (True = real token)."""

@@ -6,10 +6,12 @@ quality-prioritised experience-replay memory with a size cap, and the continuous
 - `RaccoonMemory`: experiences (token ids, label, quality); `sample` draws proportionally to quality**alpha;
   at the cap the lowest-quality experience of the most frequent label is evicted, so old classes and
   systems keep their share. Saved as one safetensors file written atomically (never a pickle).
-- `RaccoonLearner.continuous_update`: one small optimiser step on new data mixed with replayed memories
-  (`replay_ratio` of the batch), with the replayed logits kept close to those stored (`distill_weight`,
-  dark experience replay, Buzzega et al. 2020); `replay_ratio=0` is naive fine-tuning, `frozen=True`
-  never updates.
+- `RaccoonLearner.continuous_update`: `update_steps` small optimiser steps on the new data, each mixed with
+  a fresh draw of replayed memories (`replay_ratio` of the batch), with the replayed logits kept close to
+  those stored (`distill_weight`, dark experience replay, Buzzega et al. 2020) where the stored logits gave
+  the right label: a stored answer that was wrong is only a pull back toward the old mistake, so those
+  memories are replayed by their label alone. `replay_ratio=0` is naive fine-tuning (the same steps without
+  replay), `frozen=True` never updates.
 """
 
 from __future__ import annotations
@@ -194,16 +196,18 @@ class RaccoonLearner:
         memory: the replay memory (a new one from the model's config when None).
         replay_ratio: share of each update batch drawn from memory (0 = naive fine-tuning).
         lr: the small learning rate of continual updates.
+        steps: optimiser steps per continuous update.
         frozen: never update (the frozen-model baseline).
     """
 
     def __init__(self, model, memory: RaccoonMemory | None = None, replay_ratio: float | None = None,
-                 lr: float | None = None, frozen: bool = False, seed: int = 0):
+                 lr: float | None = None, frozen: bool = False, seed: int = 0, steps: int | None = None):
         config = model.config
         self.model = model
         self.memory = memory or RaccoonMemory(config.memory_size, config.max_len, config.quality_alpha)
         self.replay_ratio = config.replay_ratio if replay_ratio is None else replay_ratio
         self.lr = config.update_lr if lr is None else lr
+        self.steps = config.update_steps if steps is None else steps
         self.frozen = frozen
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
         self.generator = torch.Generator().manual_seed(seed)
@@ -221,8 +225,8 @@ class RaccoonLearner:
         return 0.2 + (1.0 - logits.softmax(-1).gather(1, labels[:, None]).squeeze(1)), logits
 
     def continuous_update(self, tokens: torch.Tensor, labels: torch.Tensor) -> float:
-        """Learn from new labelled experiences tokens (B, T), labels (B,): mix with replay, one small step,
-        then store them in memory. Returns the loss (0.0 when frozen)."""
+        """Learn from new labelled experiences tokens (B, T), labels (B,): `steps` small steps, each on the new
+        lines mixed with a fresh replay draw, then store them in memory. Returns the last loss (0.0 when frozen)."""
         if self.frozen or tokens.shape[0] == 0:
             return 0.0
         pad = self.model.tokenizer.PAD
@@ -231,6 +235,23 @@ class RaccoonLearner:
         n_replay = 0
         if self.replay_ratio > 0 and len(self.memory):
             n_replay = max(1, round(tokens.shape[0] * self.replay_ratio / (1.0 - self.replay_ratio)))
+        self.model.train()
+        for _ in range(self.steps):
+            loss = self._step(tokens, labels, n_replay)
+        self.model.eval()
+        self.model.invalidate_cache()
+        if self.replay_ratio > 0:
+            # store the logits of the updated model: replaying the pre-update ones would pull it back to
+            # its old (wrong) answers on exactly the lines it has just been taught
+            with torch.no_grad():
+                new_logits = self.model.logits(tokens, new_mask)  # (B, C)
+            self.memory.add(tokens, labels, quality, new_logits)
+        self.updates += 1
+        return loss
+
+    def _step(self, tokens: torch.Tensor, labels: torch.Tensor, n_replay: int) -> float:
+        """One optimiser step on new tokens (B, T) + n_replay memories: cross-entropy + masked logit distillation."""
+        pad = self.model.tokenizer.PAD
         old_tokens, old_labels, old_logits = self.memory.sample(n_replay, self.generator)
         width = max(tokens.shape[1], old_tokens.shape[1] if n_replay else 0)
         batch = torch.zeros(tokens.shape[0] + old_tokens.shape[0], width, dtype=torch.long)  # (B + R, T)
@@ -241,24 +262,16 @@ class RaccoonLearner:
         mask = batch != pad
         keep = mask.any(0)
         batch, mask = batch[:, keep], mask[:, keep]
-        self.model.train()
         logits = self.model.logits(batch, mask, stochastic=True)  # (B + R, C)
         loss = F.cross_entropy(logits, batch_labels)
         if n_replay and self.distill_weight > 0:
-            loss = loss + self.distill_weight * F.mse_loss(logits[tokens.shape[0]:], old_logits)
+            right = (old_logits.argmax(-1) == old_labels).unsqueeze(-1)  # (R, 1): stored answer was right
+            squared = (logits[tokens.shape[0]:] - old_logits).pow(2) * right  # (R, C)
+            loss = loss + self.distill_weight * squared.sum() / (right.sum() * old_logits.shape[1]).clamp_min(1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
-        self.model.eval()
-        self.model.invalidate_cache()
-        if self.replay_ratio > 0:
-            # store the logits of the updated model: replaying the pre-update ones would pull it back to
-            # its old (wrong) answers on exactly the lines it has just been taught
-            with torch.no_grad():
-                new_logits = self.model.logits(tokens, new_mask)  # (B, C)
-            self.memory.add(tokens, labels, quality, new_logits)
-        self.updates += 1
         return float(loss.detach())
 
     def save(self, directory: str | Path) -> Path:
@@ -267,7 +280,8 @@ class RaccoonLearner:
         self.model.save(directory / "model", metadata={"updates": self.updates})
         self.memory.save(directory / "memory.safetensors")
         atomic_write_text(directory / "learner.json", json.dumps(
-            {"updates": self.updates, "replay_ratio": self.replay_ratio, "lr": self.lr, "frozen": self.frozen}))
+            {"updates": self.updates, "replay_ratio": self.replay_ratio, "lr": self.lr, "frozen": self.frozen,
+             "steps": self.steps}))
         return directory
 
     @classmethod
@@ -279,6 +293,7 @@ class RaccoonLearner:
             state = json.loads((directory / "learner.json").read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise CheckpointError(f"{directory}/learner.json is missing or not JSON ({err})") from None
-        learner = cls(model, memory, replay_ratio=state["replay_ratio"], lr=state["lr"], frozen=state["frozen"])
+        learner = cls(model, memory, replay_ratio=state["replay_ratio"], lr=state["lr"], frozen=state["frozen"],
+                      steps=state.get("steps"))
         learner.updates = int(state["updates"])
         return learner
