@@ -52,3 +52,33 @@ def test_baseline_is_the_best_scoring_span_over_all_segments(model_and_doc):
     span, text, _ = answer_without_tracker(model, doc)
     best = max(traj.steps, key=lambda s: s.candidate_score)
     assert span == best.candidate_span and text == best.candidate_text
+
+
+def test_halts_needs_confidence_and_no_falling_trend():
+    from latentspace.rbsqa.belief import halts
+
+    assert not halts([], 0.5) and not halts([0.9, 0.4], 0.5)
+    assert halts([0.2, 0.6], 0.5) and halts([0.95, 0.9, 0.8], 0.7)
+    assert not halts([1.0, 0.9, 0.5], 0.5) and halts([1.0, 0.9, 0.5], 0.5, trend_analysis=False)
+
+
+def test_fitted_halting_threshold_trades_segments_for_f1(model_and_doc):
+    """A loose F1 tolerance lets halting stop early; an impossible one keeps reading everything."""
+    from latentspace.rbsqa.train import fit_halting_threshold
+
+    model, doc = model_and_doc
+    tracker = model.tracker
+    saved = (tracker.confidence_threshold, model.config.belief_state_threshold)
+    try:
+        with torch.no_grad():
+            tracker.confidence_bias.fill_(6.0)  # every belief is confident
+        loose = fit_halting_threshold(model, [doc], None, tolerance=1.0)
+        assert loose["halting_threshold"] == tracker.confidence_threshold == model.config.belief_state_threshold
+        assert loose["val_segments_read_frac_halting"] == pytest.approx(1 / doc.num_segments)
+        assert read_document(model, doc, halt=True).segments_read == 1
+        strict = fit_halting_threshold(model, [doc], None, tolerance=-1.0)
+        assert strict["halting_threshold"] > 1.0 and strict["val_segments_read_frac_halting"] == 1.0
+    finally:
+        with torch.no_grad():
+            tracker.confidence_bias.fill_(0.0)
+        tracker.confidence_threshold, model.config.belief_state_threshold = saved

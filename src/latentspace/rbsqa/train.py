@@ -216,8 +216,9 @@ def fit_halting_threshold(model: RBSQAModel, docs: list[EncodedDocument], featur
         return f1 / len(reads), read / len(reads)
 
     full = sum(scores[-1] for _, _, scores in reads) / len(reads)
-    candidates = sorted({c for _, history, _ in reads for c in history if c > 0.5}) + [1.0 + 1e-9]
-    threshold = next(c for c in candidates if halted(c)[0] >= full - tolerance)
+    never = 1.0 + 1e-9  # above any confidence: read everything
+    candidates = sorted({c for _, history, _ in reads for c in history if c > 0.5})
+    threshold = next((c for c in candidates if halted(c)[0] >= full - tolerance), never)
     tracker.confidence_threshold = model.config.belief_state_threshold = min(threshold, 1.0)
     f1, read = halted(threshold)
     return {"halting_threshold": threshold, "val_f1_full_read": full, "val_f1_halting": f1,
