@@ -49,7 +49,7 @@ def test_standardizer_and_windows():
         windows(100, 60, 8, step=0, end=50)
 
 
-@pytest.mark.skipif(find_dataset("time-mmd") is None, reason="Time-MMD is not in ../shared/data")
+@pytest.mark.skipif(find_dataset("time-mmd", required=False) is None, reason="Time-MMD is not in ../shared/data")
 def test_time_mmd_alignment():
     s = load_time_mmd("Economy")
     assert len(s) > 400 and s.period == 12 and s.text_coverage() > 0.9
