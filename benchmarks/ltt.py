@@ -108,7 +108,7 @@ def main() -> None:
         plot_path.write_bytes((run.plots_dir / "training.png").read_bytes())
     device = next(model.parameters()).device
     t0 = time.time()
-    validity = validity_report(model, n=n, prior_steps=prior_steps, extra_temperatures=(0.8,))
+    validity = validity_report(model, n=n, prior_steps=prior_steps, extra_temperatures=(0.8, 0.0))
     usage = latent_usage(model, n)
     validity_s = time.time() - t0
     table = sample_table(model, 4)

@@ -143,6 +143,15 @@ def reciprocal_rank_fusion_reference(rankings, n_docs: int, k: int = RRF_K, weig
     return [(d, float(dense[d])) for d in sorted(np.flatnonzero(seen), key=lambda d: (-dense[d], d))]
 
 
+def _bm25s():
+    """bm25s, imported lazily; it sets its own logger to DEBUG on import, which floods the console, so its
+    logger follows ours (debug messages only with `latentspace --verbose`)."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.getLogger().getEffectiveLevel())
+    return bm25s
+
+
 class BM25Part:
     """BM25 (bm25s, Lucene variant) over identifier-split snippet text."""
 
@@ -152,8 +161,7 @@ class BM25Part:
 
     @classmethod
     def build(cls, texts: Sequence[str]) -> BM25Part:
-        import bm25s
-
+        bm25s = _bm25s()
         retriever = bm25s.BM25()
         retriever.index([bm25_tokens(t) for t in texts], show_progress=False)
         return cls(retriever)
@@ -173,8 +181,7 @@ class BM25Part:
 
     @classmethod
     def load(cls, directory: Path) -> BM25Part:
-        import bm25s
-
+        bm25s = _bm25s()
         return cls(bm25s.BM25.load(str(directory), show_progress=False, verbosity=0))
 
 

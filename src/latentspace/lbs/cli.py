@@ -178,7 +178,7 @@ def steer_command(
     base, _ = rollout(model, x, h, horizon, samples, torch.Generator().manual_seed(0))
     base = base + offset[None]
     if target is not None:
-        goal = model.goal_from_value(float(scaler(target)) - float(offset.mean()), start=x)
+        goal = model.goal_from_value(float(scaler(target)) - float(offset.detach().mean()), start=x)
     else:
         goal = model.goal_from_text(goal_text, h)
     model.set_goal(goal[0], strength)

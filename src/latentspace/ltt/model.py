@@ -164,7 +164,12 @@ class LatentTrajectoryTransformer(CheckpointMixin, nn.Module):
         """w_recon * CE + w_latent * EP + w_ode * prior matching for tokens (B, T) (mask (B, T): True = real)."""
         c = self.config
         z = self.encoder(tokens, mask)  # (B, T, D)
-        logits = self.decoder(self.decoder_path(z), tokens)  # (B, T, V)
+        inputs = self.decoder.shift_right(tokens)  # (B, T)
+        if self.training and c.token_dropout > 0:
+            dropped = torch.rand(inputs.shape, device=inputs.device) < c.token_dropout
+            dropped[:, 0] = False  # START stays
+            inputs = inputs.masked_fill(dropped, tasks.PAD)
+        logits = self.decoder.logits_from_inputs(self.decoder_path(z), inputs)  # (B, T, V)
         targets = tokens if mask is None else tokens.masked_fill(~mask.bool(), -100)
         recon = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         valid_z = z.reshape(-1, z.shape[-1]) if mask is None else z[mask.bool()]  # (N, D)

@@ -61,17 +61,25 @@ def time_grid(T: int, device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.linspace(0.0, 1.0, T, device=device, dtype=dtype)
 
 
-def ode_matching_loss(drift, z_path: torch.Tensor) -> torch.Tensor:
+def ode_matching_loss(drift, z_path: torch.Tensor, relative: bool = False) -> torch.Tensor:
     """Euler increment matching (ltt.md): mean over (B, T-1) of |(z_{t+1} - z_t) - f(z_t, t) dt|^2, summed over D.
 
     Zero exactly when the path follows the drift's Euler steps. z_path: (B, T, D).
+
+    relative: divide by the latents' total variance over (B, T) (not detached). The plain loss falls with
+    the scale of z, so training the encoder through it collapses every latent to one point (where the
+    Epps-Pulley gradient vanishes by symmetry, so nothing pushes back); divided by the variance it is
+    scale-free, and only paths that really follow a drift score well.
     """
     B, T, D = z_path.shape
     t = time_grid(T, z_path.device, z_path.dtype)
     dt = 1.0 / (T - 1)
     z_prev, z_next = z_path[:, :-1], z_path[:, 1:]  # (B, T-1, D)
     f = drift(z_prev.reshape(-1, D), t[:-1].repeat(B)).view(B, T - 1, D)  # (B, T-1, D)
-    return (z_next - z_prev - f * dt).pow(2).sum(-1).mean()
+    loss = (z_next - z_prev - f * dt).pow(2).sum(-1).mean()
+    if relative:
+        loss = loss / (z_path.reshape(-1, D).var(0).sum() + 1e-6)
+    return loss
 
 
 def euler_rollout(drift, z0: torch.Tensor, T: int) -> torch.Tensor:
@@ -124,7 +132,7 @@ class PriorODE(Prior):
     kind = "ode"
 
     def matching_loss(self, z_path):
-        loss = ode_matching_loss(self.drift_net, z_path)
+        loss = ode_matching_loss(self.drift_net, z_path, self.config.ode_relative)
         return loss, {"ode": float(loss.detach())}
 
 
@@ -161,7 +169,7 @@ class PriorSDE(Prior):
         return nll.sum(-1).mean()
 
     def matching_loss(self, z_path):
-        drift_loss = ode_matching_loss(self.drift_net, z_path)
+        drift_loss = ode_matching_loss(self.drift_net, z_path, self.config.ode_relative)
         nll = self.diffusion_nll(z_path.detach())
         return drift_loss + 1e-2 * nll, {"ode": float(drift_loss.detach()), "sde_nll": float(nll.detach())}
 
@@ -199,7 +207,7 @@ class FlowMatchingPrior(Prior):
         return self.velocity_net(x, t)
 
     def matching_loss(self, z_path):
-        drift_loss = ode_matching_loss(self.drift_net, z_path)
+        drift_loss = ode_matching_loss(self.drift_net, z_path, self.config.ode_relative)
         flow_loss = flow_matching_loss(self.velocity, z_path[:, 0].detach(), ot=self.config.flow_ot)
         return drift_loss + flow_loss, {"ode": float(drift_loss.detach()), "flow": float(flow_loss.detach())}
 

@@ -8,6 +8,7 @@ encoder's paths, so every prior is compared on the same encoder and decoder.
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import torch
@@ -30,21 +31,48 @@ def task_batches(config: LTTConfig, batch_size: int, seed: int):
     return data
 
 
-def evaluate_validity(model: LatentTrajectoryTransformer, n: int = 256, prior: Prior | None = None,
-                      z0: torch.Tensor | None = None, seed: int = 0, method: str | None = None,
-                      batch_size: int = 256) -> float:
-    """Fraction of n samples from the prior (or from explicit z0 (n, D)) that pass the validity checker."""
+def evaluate_samples(model: LatentTrajectoryTransformer, n: int = 256, prior: Prior | None = None,
+                     z0: torch.Tensor | None = None, seed: int = 0, method: str | None = None,
+                     batch_size: int = 256) -> dict[str, float]:
+    """Validity and diversity of n samples from the prior (or from explicit z0 (n, D)).
+
+    Returns valid (the fraction passing the validity checker), and over the valid samples the entropy of the
+    block's start position and of its letter, each over its maximum (1 = uniform, as in the data; 0 = one
+    value): a decoder that is valid only because it always writes the same sequence scores 0.
+    """
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    valid = 0
+    c = model.config
+    samples = []
     was_training = model.training
     model.eval()
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         chunk = None if z0 is None else z0[start:start + count]
         tokens, _ = model.sample(count, generator=generator, prior=prior, z0=chunk, method=method)
-        valid += int(tasks.valid_mask(tokens.cpu(), model.config.seq_len, model.config.block_len).sum())
+        samples.append(tokens.cpu())
     model.train(was_training)
-    return valid / n
+    tokens = torch.cat(samples)
+    valid = tasks.valid_mask(tokens, c.seq_len, c.block_len)
+
+    def norm_entropy(values: torch.Tensor, size: int) -> float:
+        if len(values) == 0:
+            return 0.0
+        p = torch.bincount(values, minlength=size).float() / len(values)
+        p = p[p > 0]
+        return float(-(p * p.log()).sum() / math.log(size))
+
+    starts = tasks.block_start(tokens[valid])
+    letters = tokens[valid, 1] - tasks.FIRST_LETTER
+    return {"valid": float(valid.float().mean()),
+            "start_entropy": norm_entropy(starts, c.seq_len - c.block_len + 1),
+            "letter_entropy": norm_entropy(letters, len(tasks.LETTERS))}
+
+
+def evaluate_validity(model: LatentTrajectoryTransformer, n: int = 256, prior: Prior | None = None,
+                      z0: torch.Tensor | None = None, seed: int = 0, method: str | None = None,
+                      batch_size: int = 256) -> float:
+    """Fraction of n samples from the prior (or from explicit z0 (n, D)) that pass the validity checker."""
+    return evaluate_samples(model, n, prior, z0, seed, method, batch_size)["valid"]
 
 
 def encoder_z0(model: LatentTrajectoryTransformer, n: int, seed: int = 0) -> torch.Tensor:
@@ -159,7 +187,8 @@ def validity_report(model: LatentTrajectoryTransformer, n: int = 512, prior_step
     """Validity of n samples for each prior on the same encoder and decoder, plus upper bound and floor.
 
     valid_frac_ode / _sde / _flow: z0 and path from that prior (SDE and flow fitted on the frozen encoder),
-    decoded at the config's temperature; valid_frac_<prior>_t<T>: the same at each extra temperature T;
+    decoded at the config's temperature; valid_frac_<source>_t<T>: the same at each extra temperature T;
+    start_entropy_* / letter_entropy_*: the diversity of the valid samples (`evaluate_samples`);
     valid_frac_encoder_z0: z0 from the encoder of real sequences, path from the ODE drift (upper bound);
     valid_frac_untrained: z0 ~ N(0, I) and an untrained drift (floor).
     """
@@ -168,13 +197,19 @@ def validity_report(model: LatentTrajectoryTransformer, n: int = 512, prior_step
     priors = {"ode": ode}
     for kind in ("sde", "flow"):
         priors[kind] = fit_prior(model, kind, prior_steps, batch_size=prior_batch_size, seed=seed)
-    out = {f"valid_frac_{kind}": evaluate_validity(model, n, prior=prior, seed=seed) for kind, prior in priors.items()}
-    out["valid_frac_encoder_z0"] = evaluate_validity(model, n, prior=ode, z0=encoder_z0(model, n, seed), seed=seed)
-    out["valid_frac_untrained"] = evaluate_validity(model, n, prior=untrained_prior(model, seed), seed=seed)
+    sources = {kind: {"prior": prior} for kind, prior in priors.items()}
+    sources["encoder_z0"] = {"prior": ode, "z0": encoder_z0(model, n, seed)}
+    sources["untrained"] = {"prior": untrained_prior(model, seed)}
+    out = {}
     base_temperature = model.config.temperature
-    for temperature in extra_temperatures:
-        model.config.temperature = temperature
-        for kind, prior in priors.items():
-            out[f"valid_frac_{kind}_t{temperature:g}"] = evaluate_validity(model, n, prior=prior, seed=seed)
+    for temperature in (None, *extra_temperatures):
+        suffix = "" if temperature is None else f"_t{temperature:g}"
+        if temperature is not None:
+            model.config.temperature = temperature
+        for name, source in sources.items():
+            stats = evaluate_samples(model, n, seed=seed, **source)
+            out[f"valid_frac_{name}{suffix}"] = stats["valid"]
+            out[f"start_entropy_{name}{suffix}"] = stats["start_entropy"]
+            out[f"letter_entropy_{name}{suffix}"] = stats["letter_entropy"]
     model.config.temperature = base_temperature
     return out
