@@ -115,3 +115,19 @@ def test_sampling_shapes_shared_and_random_z():
     assert not torch.allclose(random_path[0], random_path[1])
     greedy_a = model.decode(path, temperature=0.0)
     assert torch.equal(greedy_a[0], greedy_a[1])  # greedy decoding of one path is deterministic
+
+
+def test_token_dropout_hides_inputs_in_training_only():
+    from latentspace.ltt import tasks
+    from latentspace.ltt.model import LatentTrajectoryTransformer
+
+    tokens = tasks.generate(8, 16, 4, generator=torch.Generator().manual_seed(0))
+    losses = {}
+    for dropout in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = LatentTrajectoryTransformer(tiny_config(token_dropout=dropout, rollout_frac=0.0, latent_noise=0.0))
+        torch.manual_seed(1)
+        losses[dropout, "train"] = model.train().loss(tokens)[1]["recon"]
+        losses[dropout, "eval"] = model.eval().loss(tokens)[1]["recon"]
+    assert losses[0.0, "eval"] == losses[1.0, "eval"]  # same weights, no dropout at evaluation
+    assert losses[0.0, "train"] != losses[1.0, "train"]  # every previous token hidden in training
