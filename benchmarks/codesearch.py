@@ -109,7 +109,7 @@ def main() -> None:
 
     faiss.omp_set_num_threads(args.threads)
     started = time.time()
-    steps = args.steps or (150 if args.quick else 300)
+    steps = args.steps or (150 if args.quick else EvalConfig().encoder_steps)
     eval_config = EvalConfig(encoder_steps=steps, max_pool=400 if args.quick else 4000,
                              max_queries=200 if args.quick else 1000)
     print(f"[quality] {eval_config}", flush=True)
@@ -187,7 +187,8 @@ def main() -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.rmtree(tree, ignore_errors=True)
 
-    command = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/codesearch.py" + (" --quick" if args.quick else "")
+    command = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/codesearch.py" + (" --quick" if args.quick else "") + (
+        f" --steps {args.steps}" if args.steps else "") + (f" --threads {args.threads}" if args.threads != 1 else "")
     result = {
         "family": "codesearch",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -196,7 +197,7 @@ def main() -> None:
         "metrics": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
         "quality": {"sizes": quality["sizes"], "seconds": quality["seconds"],
                     "held_out_packages": quality["held_out_packages"], "examples": quality["examples"],
-                    "config": eval_config.to_dict()},
+                    "config": eval_config.to_dict(), "fusion_chosen_on_validation": quality.get("fusion")},
         "notes": [
             "Quality: docstring first sentence -> function without docstring, held-out stdlib packages "
             "(split by a stable hash of the package name); the LTT encoder never saw them.",
@@ -207,8 +208,8 @@ def main() -> None:
             "real LTT embeddings of 10K snippets repeated to 100K rows (exact flat search costs the same "
             "whatever the values); the query is encoded by the real LTT encoder each time. With MiniLM: the "
             "query is also encoded by MiniLM and searched over 100K 384-d rows (500 real embeddings repeated).",
-            "All timings on 1 torch/FAISS thread of a 2-core machine shared with other jobs (load average above "
-            "6 at times): expect them to be several times better on a free machine.",
+            f"All timings on {args.threads} torch/FAISS thread(s) of a 2-core machine (the extraction is "
+            "single-threaded Python); other jobs may have shared it.",
         ],
         "seconds_total": round(time.time() - started, 1),
     }
@@ -218,8 +219,8 @@ def main() -> None:
                  title=f"docstring -> function, {quality['sizes']['queries']} queries, held-out stdlib packages")
     rows = [[k, v] for k, v in result["metrics"].items()]
     md = [f"# codesearch benchmark ({result['date']})", "",
-          f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, no GPU; 1 thread; shared with "
-          f"other jobs. Command: `{command}` ({result['seconds_total']} s).", "",
+          f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, no GPU; {args.threads} "
+          f"thread(s). Command: `{command}` ({result['seconds_total']} s).", "",
           markdown_table(["metric", "value"], rows), "",
           markdown_table(["size", "value"], list(quality["sizes"].items())), "",
           *[f"- {note}" for note in result["notes"]], ""]

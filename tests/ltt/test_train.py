@@ -4,6 +4,7 @@ checkpoints round-trip, and planning beats random candidates. One tiny model is 
 import pytest
 import torch
 
+from latentspace.core.regularizers import epps_pulley
 from latentspace.core.runs import Run
 from latentspace.core.training import TrainConfig
 from latentspace.ltt import tasks
@@ -84,3 +85,14 @@ def test_untrained_prior_is_a_fresh_drift(trained):
     model, _ = trained
     floor = untrained_prior(model)
     assert not torch.equal(floor.drift_net.mlp[0].weight, model.prior.drift_net.mlp[0].weight)
+
+
+def test_latents_do_not_collapse_to_a_point(trained):
+    # the plain ODE matching loss drove every latent to 0 (EP then sits at its point-mass value, 0.4088 a term)
+    model, _ = trained
+    c = model.config
+    tokens = tasks.generate(128, c.seq_len, c.block_len, c.noise_p, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        z = model.encoder(tokens)  # (B, T, D)
+    assert float(z[:, 0].std(0).mean()) > 0.2
+    assert float(epps_pulley(z[:, 0], num_slices=64, generator=torch.Generator().manual_seed(0))) < 0.3

@@ -6,6 +6,7 @@ words. A light suffix stripper (`parses`, `parsed`, `parsing` -> `pars`) applies
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import zlib
@@ -35,22 +36,38 @@ def split_identifier(identifier: str) -> list[str]:
     return [part.lower() for part in SUBWORD.findall(identifier)]
 
 
-def code_words(text: str) -> list[str]:
-    """The stemmed subwords of every identifier and word in `text`, in order (the LTT encoder's input)."""
-    out = []
-    for identifier in IDENTIFIER.findall(text):
-        out.extend(stem(part) for part in split_identifier(identifier))
+# Identifiers repeat all over a code base, so their split and stemmed forms are cached: tokenizing for BM25
+# and for the LTT encoder dominates indexing time otherwise.
+@functools.lru_cache(maxsize=1 << 18)
+def _identifier_words(identifier: str) -> tuple[str, ...]:
+    return tuple(stem(part) for part in split_identifier(identifier))
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _identifier_bm25(identifier: str) -> tuple[str, ...]:
+    parts = split_identifier(identifier)
+    out = [stem(part) for part in parts if part not in STOPWORDS]
+    if len(parts) > 1:
+        out.append(identifier.lower())
+    return tuple(out)
+
+
+def code_words(text: str, limit: int | None = None) -> list[str]:
+    """The stemmed subwords of every identifier and word in `text`, in order (the LTT encoder's input);
+    with `limit`, only the first `limit` (the text is not scanned further)."""
+    out: list[str] = []
+    for match in IDENTIFIER.finditer(text):
+        out.extend(_identifier_words(match.group()))
+        if limit is not None and len(out) >= limit:
+            return out[:limit]
     return out
 
 
 def bm25_tokens(text: str) -> list[str]:
     """BM25 terms: stemmed subwords without stopwords, plus each compound identifier whole (`parse_header`)."""
-    out = []
+    out: list[str] = []
     for identifier in IDENTIFIER.findall(text):
-        parts = split_identifier(identifier)
-        out.extend(stem(part) for part in parts if part not in STOPWORDS)
-        if len(parts) > 1:
-            out.append(identifier.lower())
+        out.extend(_identifier_bm25(identifier))
     return out
 
 
@@ -88,7 +105,7 @@ class Vocabulary:
 
     def encode(self, text: str, max_len: int) -> list[int]:
         """[<cls>, word ids...] cut to max_len."""
-        return [self.CLS] + [self.word_id(w) for w in code_words(text)[: max_len - 1]]
+        return [self.CLS] + [self.word_id(w) for w in code_words(text, max_len - 1)]
 
     def to_json(self) -> str:
         return json.dumps({"words": self.words, "hash_buckets": self.hash_buckets})
