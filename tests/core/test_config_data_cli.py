@@ -86,3 +86,32 @@ def test_cli_version_data_and_usage_errors(tmp_path):
     assert result.returncode == 0 and isinstance(json.loads(result.stdout), list)
     result = _cli("demo", "--only", "nosuchfamily", "-o", str(tmp_path / "d"))
     assert result.returncode == 2 and "unknown family" in result.stderr
+
+
+def test_bool_config_fields_switch_both_ways():
+    import dataclasses
+
+    import typer
+    from typer.testing import CliRunner
+
+    from latentspace.core.config import Config, config_command
+
+    @dataclasses.dataclass
+    class FlagConfig(Config):
+        flag: bool = True
+
+    app = typer.Typer()
+    seen = []
+
+    @config_command(app, "go", FlagConfig)
+    def go(config):
+        seen.append(config.flag)
+
+    @app.command("other")
+    def other():
+        pass
+
+    runner = CliRunner()
+    for args in (["go"], ["go", "--no-flag"], ["go", "--flag"]):
+        assert runner.invoke(app, args).exit_code == 0
+    assert seen == [True, False, True]

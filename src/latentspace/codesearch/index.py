@@ -58,9 +58,10 @@ class IndexConfig(Config):
     encoder_steps: int = 800  # training steps of the LTT encoder on the indexed corpus
     min_train_pairs: int = 16  # fewer docstring pairs: add (symbol name, code) pairs
     # weighted reciprocal-rank fusion: "part=weight,..." (parts not named weigh 1), and RRF's k. The defaults
-    # are the weights chosen on the validation packages of benchmarks/codesearch.py (docs/codesearch.md).
-    fusion_weights: str = "bm25=1,ltt=0.5,minilm=1"
-    rrf_k: float = 20.0
+    # are those chosen for the default parts (bm25 + ltt) on the validation packages of benchmarks/codesearch.py
+    # (docs/codesearch.md); minilm, when added, weighs 1.
+    fusion_weights: str = "bm25=1,ltt=0.75,minilm=1"
+    rrf_k: float = 5.0
 
     def encoder_names(self) -> list[str]:
         return [canonical_encoder(n) for n in self.encoders.split(",") if n.strip()]

@@ -125,6 +125,8 @@ def config_command(app: typer.Typer, command_name: str, config_cls: type[Config]
             if annotation is None or field.name in params:
                 continue
             flag = "--" + field.name.replace("_", "-")
+            if annotation is bool:  # both ways, so a field that defaults to True can be switched off
+                flag = f"{flag}/--no-{flag[2:]}"
             default = getattr(defaults, field.name)
             option = typer.Option(default, flag, help=field.metadata.get("help"), rich_help_panel="Config")
             parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option))
