@@ -36,7 +36,7 @@ class LTTConfig(Config):
     w_recon: float = 1.0
     w_latent: float = 0.05  # Epps-Pulley on every latent of the path
     w_latent_z0: float = 1.0  # Epps-Pulley on the initial latents alone: the prior samples z0 ~ N(0, I)
-    w_ode: float = 10.0  # on the relative (scale-free) matching loss, ~1e-3 once fitted; the seed's 1.0 is on the plain one
+    w_ode: float = 10.0  # on the relative (scale-free) matching loss; the seed's 1.0 is on the plain one
     ode_relative: bool = True  # prior matching divided by the latents' variance: no collapse (priors.py)
     ep_slices: int = 32
     latent_noise: float = 0.3  # std of Gaussian noise on the latents the decoder sees in training
