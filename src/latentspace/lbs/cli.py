@@ -185,8 +185,8 @@ def steer_command(
     steered, _ = rollout(model, x, h, horizon, samples, torch.Generator().manual_seed(0))
     steered = steered + offset[None]
     model.clear_goal()
-    before = [float(scaler.inverse(float(v))) for v in base.mean(0)[0]]
-    after = [float(scaler.inverse(float(v))) for v in steered.mean(0)[0]]
+    before = [float(scaler.inverse(float(v))) for v in base.detach().mean(0)[0]]
+    after = [float(scaler.inverse(float(v))) for v in steered.detach().mean(0)[0]]
     payload = {"series": series.name, "strength": strength, "goal": target if target is not None else goal_text,
                "unsteered": before, "steered": after}
     if target is not None:
