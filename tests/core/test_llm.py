@@ -74,11 +74,16 @@ def test_unreachable_endpoint_is_a_clear_error():
 
 
 def test_concurrency_overlaps_requests():
-    with MockOpenAIServer(delay=0.1) as server:
-        client = LLMClient(OpenAIBackend(server.url, "m"), max_concurrency=16)
-        start = time.time()
-        client.generate([f"p{i}" for i in range(16)])
-        assert time.time() - start < 0.1 * 16 / 3  # sequential would take 1.6 s
+    # overlap is asserted from the server's side (requests served at once), not from wall time, which a
+    # loaded CI machine makes flaky; the speedup itself is measured in benchmarks/lipo.py
+    with MockOpenAIServer(delay=0.2) as server:
+        client = LLMClient(OpenAIBackend(server.url, "m"), max_concurrency=8)
+        out = client.generate([f"p{i}" for i in range(16)])
+    assert out == [f"echo: p{i}" for i in range(16)]
+    assert 4 <= server.max_in_flight <= 8  # overlapping, and never more than the configured concurrency
+    with MockOpenAIServer(delay=0.05) as server:
+        LLMClient(OpenAIBackend(server.url, "m"), max_concurrency=1).generate([f"q{i}" for i in range(4)])
+    assert server.max_in_flight == 1
 
 
 def test_cache_key_depends_on_model_prompt_and_params():

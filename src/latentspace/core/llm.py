@@ -400,7 +400,7 @@ class MockOpenAIServer:
         hang: prompts whose requests sleep `hang_seconds` (to trip client timeouts).
 
     Use as a context manager; `url` is the base URL ("http://127.0.0.1:PORT/v1"); `requests` counts
-    requests per prompt.
+    requests per prompt; `max_in_flight` is the most requests it was serving at one time.
     """
 
     def __init__(self, responder: Callable[[str], str] | None = None, delay: float = 0.0,
@@ -413,6 +413,8 @@ class MockOpenAIServer:
         self.hang = set(hang)
         self.hang_seconds = hang_seconds
         self.requests: dict[str, int] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         server = self
 
@@ -428,6 +430,15 @@ class MockOpenAIServer:
                 with server._lock:
                     server.requests[prompt] = server.requests.get(prompt, 0) + 1
                     count = server.requests[prompt]
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._answer(prompt, count, chat, body)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _answer(self, prompt: str, count: int, chat: bool, body: dict) -> None:
                 if prompt in server.hang:
                     time.sleep(server.hang_seconds)
                 if server.delay:
