@@ -108,7 +108,7 @@ def test_bool_config_fields_switch_both_ways():
         seen.append(config.flag)
 
     @app.command("other")
-    def other():
+    def other():  # a second command, so typer keeps `go` as a subcommand instead of the whole app
         pass
 
     runner = CliRunner()

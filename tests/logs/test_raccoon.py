@@ -84,3 +84,11 @@ def test_continuous_update_rules(tiny_severity_model, tmp_path):
     lines = new.lines
     assert [p.label for p in restarted.model.classify_lines(lines)] == [
         p.label for p in raccoon.model.classify_lines(lines)]
+
+
+def test_update_steps_below_one_is_refused():
+    from latentspace.core.errors import ConfigError
+    from latentspace.logs.config import LogsConfig
+
+    with pytest.raises(ConfigError, match="update_steps"):
+        LogsConfig(update_steps=0)

@@ -181,12 +181,18 @@ def reciprocal_rank_matrix(rankings: Sequence[Sequence[int]], n_docs: int, k: fl
     return out
 
 
+def _fuse(matrices: dict[str, np.ndarray], weights: dict[str, float], depth: int) -> list[np.ndarray]:
+    """Top-`depth` ids per query of the weighted sum of reciprocal-rank matrices (Q, n_docs)."""
+    total = sum(w * matrices[name] for name, w in weights.items() if w > 0)
+    order = np.argsort(-total, axis=1, kind="stable")[:, :depth]
+    return [row[total[i, row] > 0] for i, row in enumerate(order)]
+
+
 def fused_rankings(rankings: dict[str, Sequence[Sequence[int]]], weights: dict[str, float], n_docs: int,
                    k: float, depth: int = 10) -> list[np.ndarray]:
     """Weighted reciprocal-rank fusion of every query at once (the batched `reciprocal_rank_fusion`)."""
-    total = sum(w * reciprocal_rank_matrix(rankings[name], n_docs, k) for name, w in weights.items() if w > 0)
-    order = np.argsort(-total, axis=1, kind="stable")[:, :depth]
-    return [row[total[i, row] > 0] for i, row in enumerate(order)]
+    return _fuse({name: reciprocal_rank_matrix(rankings[name], n_docs, k) for name, w in weights.items() if w > 0},
+                 weights, depth)
 
 
 def choose_fusion(rankings: dict[str, Sequence[Sequence[int]]], targets: Sequence[int], n_docs: int,
@@ -205,12 +211,10 @@ def choose_fusion(rankings: dict[str, Sequence[Sequence[int]]], targets: Sequenc
         matrices = {name: reciprocal_rank_matrix(rankings[name], n_docs, k) for name in names}
         combos = [c for c in itertools.product(grid, repeat=len(names)) if max(c) == 1.0]  # scale-free
         for combo in sorted(combos, key=lambda c: sum(w > 0 for w in c)):
-            total = sum(w * matrices[name] for name, w in zip(names, combo, strict=True) if w > 0)
-            order = np.argsort(-total, axis=1, kind="stable")[:, :10]
-            ranked = [row[total[i, row] > 0] for i, row in enumerate(order)]
-            mrr = retrieval_metrics(ranked, targets)["mrr10"]
+            weights = {name: w for name, w in zip(names, combo, strict=True) if w > 0}
+            mrr = retrieval_metrics(_fuse(matrices, weights, 10), targets)["mrr10"]
             if mrr > best[2] + 1e-9:
-                best = ({name: w for name, w in zip(names, combo, strict=True) if w > 0}, float(k), mrr)
+                best = (weights, float(k), mrr)
     return best
 
 

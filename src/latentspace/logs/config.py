@@ -54,6 +54,10 @@ class LogsConfig(Config):
             from ..core.errors import ConfigError
 
             raise ConfigError(f"LogsConfig.task must be one of {TASKS}, got {self.task!r}")
+        if self.update_steps < 1:
+            from ..core.errors import ConfigError
+
+            raise ConfigError(f"LogsConfig.update_steps must be >= 1, got {self.update_steps}")
 
     def system_list(self) -> list[str]:
         if self.systems:

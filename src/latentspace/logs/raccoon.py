@@ -208,6 +208,8 @@ class RaccoonLearner:
         self.replay_ratio = config.replay_ratio if replay_ratio is None else replay_ratio
         self.lr = config.update_lr if lr is None else lr
         self.steps = config.update_steps if steps is None else steps
+        if self.steps < 1:
+            raise ValueError(f"RaccoonLearner: steps must be >= 1, got {self.steps}")
         self.frozen = frozen
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
         self.generator = torch.Generator().manual_seed(seed)

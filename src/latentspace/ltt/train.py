@@ -33,8 +33,9 @@ def task_batches(config: LTTConfig, batch_size: int, seed: int):
 
 def evaluate_samples(model: LatentTrajectoryTransformer, n: int = 256, prior: Prior | None = None,
                      z0: torch.Tensor | None = None, seed: int = 0, method: str | None = None,
-                     batch_size: int = 256) -> dict[str, float]:
-    """Validity and diversity of n samples from the prior (or from explicit z0 (n, D)).
+                     batch_size: int = 256, temperature: float | None = None) -> dict[str, float]:
+    """Validity and diversity of n samples from the prior (or from explicit z0 (n, D)), decoded at
+    `temperature` (default the config's).
 
     Returns valid (the fraction passing the validity checker), and over the valid samples the entropy of the
     block's start position and of its letter, each over its maximum (1 = uniform, as in the data; 0 = one
@@ -48,7 +49,8 @@ def evaluate_samples(model: LatentTrajectoryTransformer, n: int = 256, prior: Pr
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
         chunk = None if z0 is None else z0[start:start + count]
-        tokens, _ = model.sample(count, generator=generator, prior=prior, z0=chunk, method=method)
+        tokens, _ = model.sample(count, generator=generator, prior=prior, z0=chunk, method=method,
+                                 temperature=temperature)
         samples.append(tokens.cpu())
     model.train(was_training)
     tokens = torch.cat(samples)
@@ -201,15 +203,10 @@ def validity_report(model: LatentTrajectoryTransformer, n: int = 512, prior_step
     sources["encoder_z0"] = {"prior": ode, "z0": encoder_z0(model, n, seed)}
     sources["untrained"] = {"prior": untrained_prior(model, seed)}
     out = {}
-    base_temperature = model.config.temperature
     for temperature in (None, *extra_temperatures):
         suffix = "" if temperature is None else f"_t{temperature:g}"
-        if temperature is not None:
-            model.config.temperature = temperature
         for name, source in sources.items():
-            stats = evaluate_samples(model, n, seed=seed, **source)
-            out[f"valid_frac_{name}{suffix}"] = stats["valid"]
-            out[f"start_entropy_{name}{suffix}"] = stats["start_entropy"]
-            out[f"letter_entropy_{name}{suffix}"] = stats["letter_entropy"]
-    model.config.temperature = base_temperature
+            stats = evaluate_samples(model, n, seed=seed, temperature=temperature, **source)
+            for key in ("valid", "start_entropy", "letter_entropy"):
+                out[f"{'valid_frac' if key == 'valid' else key}_{name}{suffix}"] = stats[key]
     return out
