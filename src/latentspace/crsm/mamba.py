@@ -64,10 +64,14 @@ class MambaBlock(nn.Module):
         x, z = xz.chunk(2, dim=-1)  # (B, T, ED) each
         x_t = x.transpose(1, 2)  # (B, ED, T)
         x = F.silu(self.conv1d(x_t)[:, :, :length]).transpose(1, 2)  # causal conv: (B, T, ED)
-        delta, B, C = self._ssm_inputs(x)
+        n, r = self.config.d_state, self.config.dt_rank_
+        delta, B, C = torch.split(self.x_proj(x), [r, n, n], dim=-1)
+        delta = F.linear(delta, self.dt_proj.weight)  # (B, T, ED); the bias and softplus go to the scan
         A = -torch.exp(self.A_log.float())  # (ED, N)
-        y, h = selective_scan(x, delta, A, B, C, self.D, mode=self.config.scan)  # (B, T, ED), (B, ED, N)
-        out = self.out_proj(y * F.silu(z))  # (B, T, D)
+        # y * silu(z) and softplus(delta + bias) happen inside the scan (fused on the triton path)
+        y, h = selective_scan(x, delta, A, B, C, self.D, mode=self.config.scan, z=z, delta_bias=self.dt_proj.bias,
+                              delta_softplus=True)  # (B, T, ED), (B, ED, N)
+        out = self.out_proj(y)  # (B, T, D)
         if not return_cache:
             return out
         k = self.config.d_conv - 1
