@@ -101,33 +101,53 @@ def sweep(batch=8, length=1024, ed=1536, n=16):
         with torch.no_grad():
             selective_scan(*ins[:6], mode="triton", z=ins[6], delta_bias=ins[7], delta_softplus=True)
 
-    def bench(fn, fwd_tile, bwd_tile, block_t, layout):
-        scan_triton.configure(block_t, fwd_tile, bwd_tile, layout)
+    def bench(fn, fwd_tile, bwd_tile, block_t):
+        scan_triton.configure(block_t, fwd_tile, bwd_tile)
         try:
             return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
         except Exception as err:  # a tile that does not compile (registers, shared memory) is skipped
-            print("tile", layout, block_t, fwd_tile, bwd_tile, "failed:", str(err)[:120], flush=True)
+            print("tile", block_t, fwd_tile, bwd_tile, "failed:", str(err)[:120], flush=True)
             return float("inf")
 
     results = []
-    # time-first layout: the best tile of the earlier sweep (docs/crsm.md), for comparison in this run
-    results.append({"layout": "time_first", "block_t": 8, "fwd_tile": (32, 4), "bwd_tile": (8, 2),
-                    "fwd_ms": bench(fwd, (32, 4), (8, 2), 8, "time_first"),
-                    "fwd_bwd_ms": bench(run, (32, 4), (8, 2), 8, "time_first")})
-    print(results[-1], flush=True)
     pass_tiles = [(1, 1), (2, 1), (4, 1), (2, 2), (4, 2), (8, 2), (4, 4), (8, 4), (16, 4)]
     for block_t in (32, 64, 128):
-        fwd_ms = {tile: bench(fwd, tile, (4, 4), block_t, "time_last") for tile in pass_tiles}
+        fwd_ms = {tile: bench(fwd, tile, (4, 4), block_t) for tile in pass_tiles}
         best_fwd = min(fwd_ms, key=fwd_ms.get)
         for tile in pass_tiles:
-            ms = bench(run, best_fwd, tile, block_t, "time_last")
-            results.append({"layout": "time_last", "block_t": block_t, "fwd_tile": best_fwd, "bwd_tile": tile,
+            ms = bench(run, best_fwd, tile, block_t)
+            results.append({"block_t": block_t, "fwd_tile": best_fwd, "bwd_tile": tile,
                             "fwd_ms": fwd_ms[best_fwd], "fwd_bwd_ms": ms})
             print(results[-1], flush=True)
     best = min(results, key=lambda r: r["fwd_bwd_ms"])
-    scan_triton.configure(best["block_t"], best["fwd_tile"], best["bwd_tile"], best["layout"])
+    scan_triton.configure(best["block_t"], best["fwd_tile"], best["bwd_tile"])
     print("best", best, flush=True)
     return {"shape": [batch, length, ed, n], "results": results, "best": best}
+
+
+def scan_ms(batch=8, length=1024, ed=1536, n=16):
+    """Median ms of one 130M-model layer's fused scan (forward; forward + backward) at the current tile."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(batch, ed, length, device="cuda", generator=g).to(torch.bfloat16).transpose(1, 2)
+    z = torch.randn(batch, length, 2 * ed, device="cuda", generator=g).to(torch.bfloat16)[..., ed:]
+    dt = (torch.randn(batch, length, ed, device="cuda", generator=g) - 3).to(torch.bfloat16)
+    A = -torch.exp(torch.log(torch.arange(1, n + 1, device="cuda", dtype=torch.float32)).repeat(ed, 1))
+    _, B, C = torch.randn(batch, length, 48 + 2 * n, device="cuda", generator=g).to(torch.bfloat16).split(
+        [48, n, n], dim=-1)
+    ins = [t.detach().requires_grad_() for t in (x, dt, A, B, C, torch.ones(ed, device="cuda"), z,
+                                                 torch.zeros(ed, device="cuda"))]
+    gy = torch.randn(batch, length, ed, device="cuda", generator=g).to(torch.bfloat16)
+
+    def fwd():
+        with torch.no_grad():
+            selective_scan(*ins[:6], mode="triton", z=ins[6], delta_bias=ins[7], delta_softplus=True)
+
+    def run():
+        y, _ = selective_scan(*ins[:6], mode="triton", z=ins[6], delta_bias=ins[7], delta_softplus=True)
+        torch.autograd.grad(y, ins, gy)
+
+    return {"fwd_ms": triton.testing.do_bench(fwd, warmup=25, rep=200, return_mode="median"),
+            "fwd_bwd_ms": triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median")}
 
 
 def profile_step(batch=8, length=1024, vocab=50280):
@@ -196,7 +216,10 @@ def main():
     result = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     result["correctness"] = correctness()
     print(json.dumps(result["correctness"], indent=1), flush=True)
-    result["tile_sweep"] = sweep()
+    if "--sweep" in sys.argv:  # otherwise the defaults in scan_triton.py (chosen by an earlier sweep)
+        result["tile_sweep"] = sweep()
+    result["tile"] = {"block_t": scan_triton.BLOCK_T, "fwd": scan_triton.FWD_TILE, "bwd": scan_triton.BWD_TILE}
+    result["scan_ms"] = scan_ms()
     result["profile_mamba_step"] = profile_step()
     from transformers import GPT2Config, GPT2LMHeadModel
 
