@@ -230,3 +230,17 @@ def test_tree_buffers_are_reused_between_searches_and_results_stay_intact():
         again = MCTS(model, top_k=4, batch=8, max_depth=7, transition=transition).search(latent + 0.5, caches, 40)
         assert second.visits == again.visits
         torch.testing.assert_close(second.future_latents, again.future_latents, rtol=0, atol=0)
+
+
+def test_a_subclass_that_overrides_the_heads_gets_the_generic_kernels():
+    from latentspace.crsm.config import CRSMConfig
+    from latentspace.crsm.model import CRSM
+
+    class Custom(CRSM):
+        def value(self, latent):
+            return torch.zeros(len(latent))
+
+    model = Custom(CRSMConfig.preset("tiny")).eval()
+    kernels = search_kernels(model)
+    assert isinstance(kernels, GenericKernels)
+    assert kernels.heads(torch.randn(3, 32), 4)[2].tolist() == [0.0, 0.0, 0.0]

@@ -100,6 +100,7 @@ class CRSM(nn.Module, CheckpointMixin):
         state = self.__dict__.copy()
         state["_state_lock"] = None
         state["_kernels"] = None
+        state["latent_state"] = None  # the generating thread's own (it may be replacing it right now)
         return state
 
     def __setstate__(self, state):
@@ -155,8 +156,16 @@ class CRSM(nn.Module, CheckpointMixin):
         """One latent-dynamics step (the fast path): latent (B, D), token (B,) -> next latent (B, D)."""
         return self.dynamics.next_state(latent, self.backbone.embedding(token))
 
-    def search_kernels(self) -> SearchKernels:
-        """The fused per-round functions of the search, rebuilt when any weight they use has changed."""
+    def search_kernels(self):
+        """The fused per-round functions of the search, rebuilt when any weight they use has changed.
+
+        A subclass that overrides `logits`, `value` or `dynamics_step` gets the generic ones, which call its methods.
+        """
+        cls = type(self)
+        if (cls.logits, cls.value, cls.dynamics_step) != (CRSM.logits, CRSM.value, CRSM.dynamics_step):
+            from .mcts import GenericKernels
+
+            return GenericKernels(self)
         params = [self.backbone.embedding.weight, self.backbone.lm_head.weight,
                   *self.dynamics.parameters(), *self.value_head.parameters()]
         key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
