@@ -92,8 +92,9 @@ def reference_search(model, latent, caches, sims, top_k, c_puct, batch, max_dept
     k = min(top_k, model.logits(latent.reshape(1, -1)).shape[-1])
 
     def expand(nodes, latents):
-        top_i, top_p, values = kernels.heads(latents, k)
-        out = values.float().tolist()
+        top_i, top_p, out = kernels.heads(latents, k)
+        top_i = [top_i[j * k : (j + 1) * k] for j in range(len(nodes))]
+        top_p = [top_p[j * k : (j + 1) * k] for j in range(len(nodes))]
         for j, node in enumerate(nodes):
             node.latent = latents[j]
             if node.token == model.eos_id or node.depth >= max_depth:
@@ -101,7 +102,7 @@ def reference_search(model, latent, caches, sims, top_k, c_puct, batch, max_dept
                 if reward_fn is not None and reward_fn(node.line()) is not None:
                     out[j] = float(reward_fn(node.line()))
             else:
-                node.children = [RefNode(t, p, node) for p, t in zip(top_p[j].tolist(), top_i[j].tolist(), strict=True)]
+                node.children = [RefNode(t, p, node) for p, t in zip(top_p[j], top_i[j], strict=True)]
             node.value = out[j]
         return out
 
@@ -204,12 +205,13 @@ def test_fused_search_kernels_match_the_models_own_functions():
         out = torch.empty(6, latent.shape[-1])
         assert fused.dynamics(latents, tokens, out=out) is out
         (ft, fp, fv), (pt, pp, pv) = fused.heads(latents, 4), plain.heads(latents, 4)
-        assert ft.tolist() == pt.tolist()
-        torch.testing.assert_close(fp, pp)
-        torch.testing.assert_close(fv, pv)
+        assert ft == pt and len(ft) == 24
+        torch.testing.assert_close(torch.tensor(fp), torch.tensor(pp))
+        torch.testing.assert_close(torch.tensor(fv), model.value(latents))
+        torch.testing.assert_close(torch.tensor(pv), model.value(latents))
         # priors are the renormalised top-k of the full softmax
         probs = torch.softmax(model.logits(latents), -1).topk(4, -1).values
-        torch.testing.assert_close(fp, probs / probs.sum(-1, keepdim=True))
+        torch.testing.assert_close(torch.tensor(fp).view(6, 4), probs / probs.sum(-1, keepdim=True))
         # the kernels follow the weights: an update rebuilds them
         model.dynamics.net[4].bias.add_(1.0)
         assert model.search_kernels() is not fused
@@ -243,4 +245,4 @@ def test_a_subclass_that_overrides_the_heads_gets_the_generic_kernels():
     model = Custom(CRSMConfig.preset("tiny")).eval()
     kernels = search_kernels(model)
     assert isinstance(kernels, GenericKernels)
-    assert kernels.heads(torch.randn(3, 32), 4)[2].tolist() == [0.0, 0.0, 0.0]
+    assert kernels.heads(torch.randn(3, 32), 4)[2] == [0.0, 0.0, 0.0]

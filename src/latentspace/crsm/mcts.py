@@ -162,9 +162,9 @@ class Tree:
 class GenericKernels:
     """The per-round functions for any duck-typed model: its `dynamics_step`, `logits` and `value`.
 
-    `heads` returns the top-k tokens (N, K), their priors = the softmax over the top-k logits (the renormalised
-    top-k of the full softmax) and the values (N,). A model may offer fused versions of both through
-    `search_kernels()` (the CRSM does); the tree code is the same either way.
+    `heads` returns flat Python lists: the top-k tokens (N*K, row by row), their priors = the softmax over each
+    row's top-k logits (the renormalised top-k of the full softmax) and the values (N). A model may offer fused
+    versions of both through `search_kernels()` (the CRSM does); the tree code is the same either way.
     """
 
     def __init__(self, model):
@@ -174,9 +174,10 @@ class GenericKernels:
         latents = self.model.dynamics_step(state, tokens)
         return latents if out is None else out.copy_(latents)
 
-    def heads(self, latents: torch.Tensor, k: int):
+    def heads(self, latents: torch.Tensor, k: int) -> tuple[list[int], list[float], list[float]]:
         top_logits, top_tokens = self.model.logits(latents).float().topk(k, dim=-1)
-        return top_tokens, torch.softmax(top_logits, dim=-1), self.model.value(latents)
+        return (top_tokens.reshape(-1).tolist(), torch.softmax(top_logits, dim=-1).reshape(-1).tolist(),
+                self.model.value(latents).float().tolist())
 
 
 def search_kernels(model):
@@ -247,9 +248,7 @@ class MCTS:
         Returns the nodes' values (value head, or the verifier's reward at a terminal node when there is one).
         """
         k = tree.k
-        top_tokens, top_priors, values = kernels.heads(latents, k)
-        out = values.float().tolist()
-        tokens, priors = top_tokens.reshape(-1).tolist(), top_priors.reshape(-1).tolist()
+        tokens, priors, out = kernels.heads(latents, k)
         eos, max_depth, token, depth = tree.eos, self.max_depth, tree.token, tree.depth
         ends = [j for j, node in enumerate(nodes) if token[node] == eos or depth[node] >= max_depth]
         if ends:  # rare: take the terminal rows out of the flat lists
@@ -387,8 +386,12 @@ class MCTS:
                     fresh.append(leaf)
                     fresh_paths.append(path)
             if fresh:
+                visits, value_sum, virtual = tree.visits, tree.value_sum, tree.virtual
                 for path, value in zip(fresh_paths, self._evaluate(tree, fresh, prefix, kernels), strict=True):
-                    self._backup(tree, path, value)
+                    for node in path:  # back up (and lift the virtual loss)
+                        virtual[node] -= 1
+                        visits[node] += 1
+                        value_sum[node] += value
                 rounds += 1
                 evaluated += len(fresh)
             for path in collided:

@@ -9,6 +9,7 @@ boundaries). One checkpoint format for every pipeline stage: config.json + model
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -42,9 +43,9 @@ class ValueHead(nn.Module):
 class SearchHeads:
     """The LM head and the value head in one `addmm` over a batch of latents, for frozen weights (the search's).
 
-    Returns the top-k tokens (N, K), their priors (N, K) = the softmax over the top-k logits (equal to the
-    renormalised top-k of the full softmax) and the values (N,) = sigmoid(value_head). Equal to `CRSM.logits`
-    and `CRSM.value` up to float rounding.
+    Returns flat Python lists: the top-k tokens (N*K), their priors (N*K) = the softmax over each row's top-k
+    logits (equal to the renormalised top-k of the full softmax) and the values (N) = sigmoid(value_head), the
+    sigmoid taken in Python on the N numbers. Equal to `CRSM.logits` and `CRSM.value` up to float rounding.
     """
 
     def __init__(self, lm_head: nn.Linear, value_head: ValueHead):
@@ -53,15 +54,17 @@ class SearchHeads:
             self.vocab = lm_head.weight.shape[0]
             self.w_t = torch.cat([lm_head.weight, first.weight]).t().contiguous()  # (D, V + Hv)
             self.bias = torch.cat([first.bias.new_zeros(self.vocab), first.bias])  # (V + Hv,)
-            self.w_value_t, self.b_value = last.weight.t().contiguous(), last.bias.detach().clone()  # (Hv, 1), (1,)
+            self.w_value = last.weight[0].detach().clone()  # (Hv,)
+            self.b_value = float(last.bias[0])
 
-    def __call__(self, latents: torch.Tensor, k: int):
-        """latents (N, D) -> top tokens (N, K), priors (N, K), values (N,)."""
+    def __call__(self, latents: torch.Tensor, k: int) -> tuple[list[int], list[float], list[float]]:
+        """latents (N, D) -> top tokens (N*K), priors (N*K), values (N)."""
         out = torch.addmm(self.bias, latents, self.w_t)  # (N, V + Hv)
         top_logits, top_tokens = out[:, : self.vocab].topk(k, dim=-1)
-        hidden = torch.nn.functional.silu(out[:, self.vocab :])
-        values = torch.sigmoid(torch.addmm(self.b_value, hidden, self.w_value_t)).squeeze(-1)
-        return top_tokens, torch.softmax(top_logits.float(), dim=-1), values
+        hidden = torch.nn.functional.silu(out[:, self.vocab :], inplace=True)  # (N, Hv)
+        b, exp = self.b_value, math.exp
+        values = [1.0 / (1.0 + exp(-(x + b))) for x in hidden.mv(self.w_value).tolist()]
+        return top_tokens.view(-1).tolist(), torch.softmax(top_logits, dim=-1).view(-1).tolist(), values
 
 
 class SearchKernels:
