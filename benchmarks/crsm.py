@@ -158,26 +158,38 @@ def bench_async_cost(model: CRSM, tokens: int, repeats: int, budgets=(16, 64)):
         runs = {mode: [] for mode in ("off", *ASYNC_MODES)}
         searches = {mode: [] for mode in ASYNC_MODES}
         applied = {mode: [] for mode in ASYNC_MODES}
+        cpu = {mode: [] for mode in runs}  # CPU s per generation: (generating process, planner process)
         for _ in range(repeats):
             for mode in runs:
                 settings = ASYNC_MODES.get(mode, {})
+                worker = (planner_worker(model, nice=settings["planner_nice"])
+                          if settings.get("planner_backend") == "process" else None)
+                child = worker.cpu_seconds() if worker else None
+                own = time.process_time()
                 gen = generate(model, prompt, tokens, planner="off" if mode == "off" else "async", stop_at_eos=False,
                                num_simulations=sims, transition="dynamics", time_budget=0.05, **settings)
+                own = time.process_time() - own
+                child = worker.cpu_seconds() - child if worker and child is not None else 0.0
                 runs[mode].append(gen.tokens_per_s)
+                cpu[mode].append((own / gen.seconds, child / gen.seconds))  # cores busy during the generation
                 if mode != "off":
                     searches[mode].append(gen.searches)
                     applied[mode].append(gen.deltas_applied)
         off = statistics.median(runs["off"])
-        row = {"tokens_per_s_off": _spread(runs["off"])}
+        row = {"tokens_per_s_off": _spread(runs["off"]),
+               "cores_busy_off": statistics.median(c[0] for c in cpu["off"])}
         for mode in ASYNC_MODES:
             on = statistics.median(runs[mode])
             cost = [1 - a / o for o, a in zip(runs["off"], runs[mode], strict=True)]  # per interleaved pair
             row[mode] = {"tokens_per_s": _spread(runs[mode]), "cost_frac_of_medians": 1 - on / off,
                          "cost_frac_pairs": _spread(cost), "searches_per_generation": statistics.mean(searches[mode]),
-                         "deltas_applied_per_generation": statistics.mean(applied[mode])}
+                         "deltas_applied_per_generation": statistics.mean(applied[mode]),
+                         "cores_busy_generating_process": statistics.median(c[0] for c in cpu[mode]),
+                         "cores_busy_planner_process": statistics.median(c[1] for c in cpu[mode])}
             print(f"async sims={sims} {mode}: off {off:.1f} tok/s, async {on:.1f} tok/s, cost {1 - on / off:.2f}, "
                   f"{statistics.mean(searches[mode]):.0f} searches", flush=True)
         out[f"sims_{sims}"] = row
+    out["process_submit_poll_us"] = _submit_poll_cost(model, prompt)
     shutdown_planners()
 
     def pure_python(stop):
@@ -207,6 +219,23 @@ def bench_async_cost(model: CRSM, tokens: int, repeats: int, budgets=(16, 64)):
     process.join(10)
     out["control_off_beside_pure_python_process"] = _spread(control)
     return out
+
+
+def _submit_poll_cost(model: CRSM, prompt: list[int], n: int = 2000) -> float:
+    """Microseconds the generating thread spends per token in the process planner's submit + poll (median of 5)."""
+    from latentspace.crsm.planner import ProcessPlanner
+
+    latent, caches = model.prefill(torch.tensor([prompt]))
+    planner = ProcessPlanner(model, 16, 0.05, transition="dynamics").start()
+    out = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for i in range(n):
+            planner.poll()
+            planner.submit(i, latent, caches, prompt)
+        out.append((time.perf_counter() - start) / n * 1e6)
+    planner.close()
+    return statistics.median(out)
 
 
 def _busy_python(stop):
@@ -405,7 +434,8 @@ def main():
                                ", ".join(f"{v:.0f}" for v in r["evaluation_us_per_round"].values())]
                               for r in search]), "",
               markdown_table(["sims per search", "planner", "off tok/s", "async tok/s", "cost (medians)",
-                              "cost per pair", "searches / deltas per generation"],
+                              "cost per pair", "searches / deltas per generation",
+                              "cores busy: generating process, planner process (off: generating)"],
                              [[k.removeprefix("sims_"), mode,
                                f"{fmt(v['tokens_per_s_off']['median'])} [{fmt(v['tokens_per_s_off']['min'])}, "
                                f"{fmt(v['tokens_per_s_off']['max'])}]",
@@ -414,14 +444,18 @@ def main():
                                f"{m['cost_frac_of_medians']:.2f}",
                                f"{m['cost_frac_pairs']['median']:.2f} [{m['cost_frac_pairs']['min']:.2f}, "
                                f"{m['cost_frac_pairs']['max']:.2f}]",
-                               f"{m['searches_per_generation']:.0f} / {m['deltas_applied_per_generation']:.0f}"]
+                               f"{m['searches_per_generation']:.0f} / {m['deltas_applied_per_generation']:.0f}",
+                               f"{m['cores_busy_generating_process']:.2f}, {m['cores_busy_planner_process']:.2f} "
+                               f"({v['cores_busy_off']:.2f})"]
                               for k, v in async_cost.items() if k.startswith("sims_")
                               for mode, m in v.items() if mode in ASYNC_MODES]), "",
               "Planners: `process` = the default `ProcessPlanner` (child process, nice 19); `process_nice0` = the "
               "same at generation's CPU priority; `thread` = `AsyncPlanner` on a thread of the generating process. "
               f"The planner processes took {async_cost['planner_process_start_s']:.1f} s to come up once "
               "(forkserver start included), before the timed generations; each generation opens a session on its "
-              "running process.", "",
+              "running process. The generating thread's own work for the process planner (submit + poll per "
+              f"token) is {async_cost['process_submit_poll_us']:.0f} µs per token. Cores busy = CPU seconds / "
+              "wall seconds of the generation (the thread planner's CPU is inside the generating process's).", "",
               "Controls, planner off: beside a thread of pure Python (holds the GIL, shares no tensors) "
               f"{fmt(c1['median'])} tok/s [{fmt(c1['min'])}, {fmt(c1['max'])}]; beside a thread of 512x512 matrix "
               f"products (mostly without the GIL) {fmt(c2['median'])} tok/s [{fmt(c2['min'])}, {fmt(c2['max'])}]; "

@@ -36,6 +36,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.multiprocessing  # noqa: F401  (registers the shared-memory tensor reductions with the pickler)
@@ -138,8 +139,10 @@ class AsyncPlanner:
 # ---- the process planner ---------------------------------------------------------------------------------------
 # slots of the shared control tensor (int64)
 (_REQ_SEQ, _REQ_SESSION, _REQ_POS, _REQ_LEN, _RES_SEQ, _RES_SESSION, _RES_POS, _RES_ACTION, _RES_SIMS, _RES_ROUNDS,
- _RES_EVALUATED, _RES_K, _SEARCHES, _SEARCH_SESSION, _ACTIVE, _STOP, _READY, _FAILED) = range(18)
-_N_CTRL = 18
+ _RES_EVALUATED, _RES_K, _SEARCHES, _SEARCH_SESSION, _ACTIVE, _STOP, _READY, _FAILED, _CFG_SESSION,
+ _CFG_LEN) = range(20)
+_N_CTRL = 20
+_CONFIG_BYTES = 1 << 20  # most bytes of one session's pickled settings (its reward_fn included)
 _CONTEXT = None
 
 
@@ -231,10 +234,12 @@ def _rebuild_model(cls, config, tokenizer_json: str, flat: torch.Tensor, layout:
     return model.eval()
 
 
-def _worker_main(model_spec: tuple, arena: _Arena, lock, wake, commands, errors, nice: int, n_layers: int) -> None:
-    """The planner process: for each session (settings from `commands`), search from each request, publish results.
+def _worker_main(model_spec: tuple, arena: _Arena, lock, wake, errors, nice: int, n_layers: int) -> None:
+    """The planner process: for each session (settings in shared memory), search from each request, publish results.
 
-    Runs until told to stop or its parent is gone. A search stops early when its session is closed.
+    Runs until told to stop or its parent is gone. A search stops early when its session is closed. `wake` is a
+    semaphore the parent posts once per request (a post never waits, unlike an Event's set, which waits for the
+    woken process to run); the child drains it.
     """
     threading.current_thread().name = "crsm-planner"
     io = arena.views
@@ -252,10 +257,11 @@ def _worker_main(model_spec: tuple, arena: _Arena, lock, wake, commands, errors,
         session, mcts, sims, budget, seen = 0, None, 0, None, 0
         with torch.no_grad():
             while not ctrl[_STOP]:
-                wake.clear()
                 if int(ctrl[_REQ_SEQ]) == seen:
-                    wake.wait(0.1)
-                    if parent is not None and not parent.is_alive():
+                    if wake.acquire(timeout=0.1):
+                        while wake.acquire(False):  # drain the posts of requests already superseded
+                            pass
+                    elif parent is not None and not parent.is_alive():
                         break
                     continue
                 with lock:
@@ -264,12 +270,15 @@ def _worker_main(model_spec: tuple, arena: _Arena, lock, wake, commands, errors,
                     latent = io["latent"].clone()
                     prefix = io["prefix"][:n].tolist()
                     caches = [(conv.clone(), ssm.clone()) for conv, ssm in caches_io]
-                while session < want:  # the session's settings were sent before its first request
-                    session, settings, sims, budget = commands.recv()
+                    config = None
+                    if want != session and int(ctrl[_CFG_SESSION]) == want:  # written with the session's 1st request
+                        config = io["config"][: int(ctrl[_CFG_LEN])].numpy().tobytes()
+                        ctrl[_SEARCHES], ctrl[_SEARCH_SESSION] = 0, want
+                if config is not None:
+                    settings, sims, budget = pickle.loads(config)
+                    session = want
                     model._kernels = None  # the weights may have been updated in the parent since the last session
                     mcts = MCTS(model, **settings)
-                    with lock:
-                        ctrl[_SEARCHES], ctrl[_SEARCH_SESSION] = 0, session
                 if want != session or int(ctrl[_ACTIVE]) != session:
                     continue  # a request of a closed session
                 search = mcts.search(latent, caches if mcts.transition == "backbone" else None, sims, budget,
@@ -322,7 +331,8 @@ class PlannerWorker:
         d, k = c.d_model, min(c.mcts_top_k, c.vocab_size)
         self.k = k
         i64, f64, f32 = torch.int64, torch.float64, self.weights.dtype
-        shapes = {"ctrl": ((_N_CTRL,), i64), "prefix": ((max_prefix,), i64), "actions": ((k,), i64),
+        shapes = {"ctrl": ((_N_CTRL,), i64), "config": ((_CONFIG_BYTES,), torch.uint8),
+                  "prefix": ((max_prefix,), i64), "actions": ((k,), i64),
                   "visits": ((k,), i64), "q_values": ((k,), f64), "priors": ((k,), f64), "seconds": ((1,), f64),
                   "latent": ((d,), f32), "delta": ((d,), f32), "futures": ((k, d), f32)}
         for i, (conv, ssm) in enumerate(model.backbone.empty_caches(1)):
@@ -330,12 +340,11 @@ class PlannerWorker:
         self.arena = _Arena(shapes)
         self.io = self.arena.views
         ctx = _context()
-        self.lock, self.wake = ctx.Lock(), ctx.Event()
-        child_commands, self.commands = ctx.Pipe(duplex=False)
+        self.lock, self.wake = ctx.Lock(), ctx.Semaphore(0)
         self._errors, child_errors = ctx.Pipe(duplex=False)
         spec = (type(model), c, tokenizer_to_json(model.tokenizer), self.weights, layout)
         self.process = ctx.Process(target=_worker_main, name="crsm-planner", daemon=True, args=(
-            spec, self.arena, self.lock, self.wake, child_commands, child_errors, nice, c.n_layers))
+            spec, self.arena, self.lock, self.wake, child_errors, nice, c.n_layers))
         self._starter = threading.Thread(target=self._launch, name="crsm-planner-start", daemon=True)
         self._starter.start()
         self.sessions = 0
@@ -355,6 +364,14 @@ class PlannerWorker:
                 and getattr(model, "_shared_weights", (None,))[0] is self.weights
                 and _shared_weights(model)[0] is self.weights)
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the process has used so far (user + system; Linux /proc), or None where unknown."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, TypeError):
+            return None
+
     @property
     def ready(self) -> bool:
         """Whether the process is up and has built its copy of the model."""
@@ -373,7 +390,7 @@ class PlannerWorker:
     def shutdown(self, timeout: float = 10.0) -> bool:
         """Stop the process after its current round; True when it has ended (killed if it outlives `timeout`)."""
         self.io["ctrl"][_STOP] = 1
-        self.wake.set()
+        self.wake.release()
         deadline = time.monotonic() + timeout
         self._starter.join(timeout)
         if self.process.pid is not None:
@@ -385,33 +402,34 @@ class PlannerWorker:
         return not self.alive
 
 
-_WORKERS: dict[int, PlannerWorker] = {}  # id(model) -> its worker (the worker holds the model: ids stay unique)
+_WORKERS: dict[tuple[int, int], PlannerWorker] = {}  # (id(model), nice) -> worker (it holds the model: ids stay unique)
 _RETIRED: list[PlannerWorker] = []  # told to stop, not yet reaped
-_MAX_WORKERS = 2
+_MAX_WORKERS = 4
 _WORKERS_LOCK = threading.Lock()
 
 
 def _retire(worker: PlannerWorker) -> None:
     worker.io["ctrl"][_STOP] = 1
-    worker.wake.set()
+    worker.wake.release()
     _RETIRED.append(worker)
 
 
 def planner_worker(model, nice: int = 19) -> PlannerWorker:
-    """The model's planner process, started on first use (and again if it died or the model's weights moved).
+    """The model's planner process at this niceness, started on first use (again if it died or the weights moved).
 
     At most two are kept; starting a third retires the oldest (told to stop, without waiting for it).
     """
     with _WORKERS_LOCK:
         _RETIRED[:] = [w for w in _RETIRED if w.alive]
-        worker = _WORKERS.get(id(model))
+        key = (id(model), nice)
+        worker = _WORKERS.get(key)
         if worker is not None and not worker.fits(model, nice):
-            _retire(_WORKERS.pop(id(model)))
+            _retire(_WORKERS.pop(key))
             worker = None
         if worker is None:
             while len(_WORKERS) >= _MAX_WORKERS:
                 _retire(_WORKERS.pop(next(iter(_WORKERS))))
-            worker = _WORKERS[id(model)] = PlannerWorker(model, nice)
+            worker = _WORKERS[key] = PlannerWorker(model, nice)
         return worker
 
 
@@ -449,12 +467,6 @@ class ProcessPlanner:
     def __init__(self, model, num_simulations: int = 32, time_budget: float | None = 0.05,
                  reward_fn: Callable[[list[int]], float | None] | None = None, transition: str | None = None,
                  nice: int = 19, **overrides):
-        if reward_fn is not None:
-            try:
-                pickle.dumps(reward_fn)
-            except Exception as err:
-                raise ValueError(f"the process planner needs a picklable reward_fn ({err}); "
-                                 "use planner_backend='thread' for this one") from err
         c = model.config
         self.settings = dict(top_k=c.mcts_top_k, c_puct=c.mcts_c_puct, batch=c.mcts_batch, max_depth=c.mcts_max_depth,
                              transition=transition or c.transition, reward_fn=reward_fn)
@@ -462,6 +474,14 @@ class ProcessPlanner:
         if self.settings["top_k"] > c.mcts_top_k:
             raise ValueError(f"top_k={self.settings['top_k']} > the model's mcts_top_k={c.mcts_top_k}")
         self.num_simulations, self.time_budget = num_simulations, time_budget
+        try:
+            self._config = pickle.dumps((self.settings, num_simulations, time_budget))
+        except Exception as err:
+            raise ValueError(f"the process planner needs a picklable reward_fn ({err}); "
+                             "use planner_backend='thread' for this one") from err
+        if len(self._config) > _CONFIG_BYTES:
+            raise ValueError(f"the planner's settings pickle to {len(self._config)} bytes (at most {_CONFIG_BYTES})")
+        self._config_pending = False
         self.worker = planner_worker(model, nice)
         self.session = 0
         self._taken = 0
@@ -470,13 +490,16 @@ class ProcessPlanner:
         self.dropped = 0
 
     def start(self) -> ProcessPlanner:
-        """Open the session (waits for no one: a busy worker is taken over, its old session closed)."""
+        """Open the session (waits for no one: a worker busy with another session drops it for this one).
+
+        The settings go to shared memory with the session's first request.
+        """
         worker = self.worker
         with worker.session_lock:
             worker.sessions += 1
             self.session = worker.sessions
             worker.io["ctrl"][_ACTIVE] = self.session
-            worker.commands.send((self.session, self.settings, self.num_simulations, self.time_budget))
+        self._config_pending = True
         self._taken = int(worker.io["ctrl"][_RES_SEQ])
         return self
 
@@ -498,6 +521,11 @@ class ProcessPlanner:
             position, latent, caches, prefix = self._pending
             self._pending = None
             io = worker.io
+            if self._config_pending:
+                io["config"][: len(self._config)] = torch.frombuffer(bytearray(self._config), dtype=torch.uint8)
+                io["ctrl"][_CFG_LEN] = len(self._config)
+                io["ctrl"][_CFG_SESSION] = self.session
+                self._config_pending = False
             if len(prefix) > len(io["prefix"]):
                 self.dropped += 1
                 return
@@ -520,7 +548,7 @@ class ProcessPlanner:
             ctrl[_REQ_SEQ] = worker._seq
         finally:
             worker.lock.release()
-        worker.wake.set()
+        worker.wake.release()
 
     @torch.no_grad()
     def poll(self) -> PlanResult | None:
