@@ -351,7 +351,8 @@ def main():
     torch.manual_seed(0)
     search.append(bench_search_speed(CRSM(CRSMConfig(d_model=512, n_layers=16, mcts_max_depth=64)).eval(), 8, 64,
                                      repeats, 1.0))
-    async_cost = bench_async_cost(cost_model, 64 if quick else 128, repeats)
+    async_repeats = 3 if quick else 7  # generations are short and noisier than the 1 s search windows
+    async_cost = bench_async_cost(cost_model, 64 if quick else 128, async_repeats)
     load_after = os.getloadavg()
     gpu_path = RESULTS / "crsm_gpu.json"
     gpu = json.loads(gpu_path.read_text()) if gpu_path.exists() else None
@@ -398,7 +399,7 @@ def main():
                             if pathstar else "this run, CPU"),
         "planner_cost": {"search": search, "async": async_cost, "torch_threads": 1,
                          "model": "untrained CRSMs (timing only): d_model=256, 8 layers; d_model=512, 16 layers",
-                         "method": f"{repeats} interleaved 1 s windows per transition (search) and {repeats} "
+                         "method": f"{repeats} interleaved 1 s windows per transition (search) and {async_repeats} "
                                    "interleaved off/async generations per budget; medians, min and max"},
         "perplexity": lm, "gpu": gpu, "seconds": time.time() - started,
         "notes": (f"CPU figures on a 2-core machine shared with other jobs (1/5/15-min load average "
