@@ -90,6 +90,8 @@ def bench_search_speed(model: CRSM, batch: int, sims: int, repeats: int, seconds
     out = {f"sims_per_s_{t}": _spread(r) for t, r in rates.items()}
     out["speedup_median"] = out["sims_per_s_dynamics"]["median"] / out["sims_per_s_backbone"]["median"]
     out["evaluation_us_per_round"] = _evaluation_cost(model, batch, latent, caches, repeats)
+    out["in_search_us_per_sim"] = {t: _in_search_breakdown(model, mcts, latent[0], caches, sims, seconds)
+                                   for t, mcts in searches.items()}
     out["mean_leaves_per_round"] = {t: statistics.mean(b) for t, b in batches.items()}
     out.update(batch=batch, simulations_per_search=sims, d_model=model.config.d_model, n_layers=model.config.n_layers,
                params_backbone=sum(p.numel() for p in model.backbone.parameters()),
@@ -105,6 +107,35 @@ ASYNC_MODES = {  # name -> generate() settings of the async planner
     "process_nice0": {"planner_backend": "process", "planner_nice": 0},  # the same at generation's priority
     "thread": {"planner_backend": "thread"},  # a thread of the generating process (the GIL is shared)
 }
+
+
+def _in_search_breakdown(model: CRSM, mcts, latent, caches, sims: int, seconds: float) -> dict:
+    """Microseconds per simulation inside real searches: the transition call, the heads call, the rest (the tree)."""
+    kernels = model.search_kernels()
+    spent = {"transition": 0.0, "heads": 0.0}
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            result = fn(*args, **kwargs)
+            spent[name] += time.perf_counter() - start
+            return result
+        return call
+
+    original = kernels.dynamics, kernels.heads
+    kernels.dynamics, kernels.heads = timed("transition", kernels.dynamics), timed("heads", kernels.heads)
+    model.step = timed("transition", CRSM.step.__get__(model))  # an instance attribute shadows the method
+    try:
+        start, done = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            done += mcts.search(latent, caches, sims).simulations
+        total = time.perf_counter() - start
+    finally:
+        kernels.dynamics, kernels.heads = original
+        del model.step
+    out = {name: t / done * 1e6 for name, t in spent.items()}
+    out["tree"] = total / done * 1e6 - out["transition"] - out["heads"]
+    return out
 
 
 def _evaluation_cost(model: CRSM, batch: int, latent, caches, repeats: int) -> dict:
@@ -414,7 +445,8 @@ def main():
              f"{result['machine']['gpu']}. Command: `{result['command']}`.", "",
              markdown_table(["metric", "value"], [[k, "n/a" if v is None else v] for k, v in metrics.items()]), "",
              "## Path-star (fresh graphs; planner = synchronous MCTS, verifier reward at terminal nodes)", "",
-             f"Source: {result['pathstar_source']}", "",
+             f"Source: {result['pathstar_source']}" + (" (recorded in results/crsm_pathstar.json, not rerun here)"
+                                                       if pathstar else ""), "",
              markdown_table(["degree", "length", "greedy", "planner (backbone)", "planner (dynamics)", "chance",
                              "steps", "samples"],
                             [[r["degree"], r["length"], r["greedy"], r["planner_backbone"], r["planner_dynamics"],
@@ -425,14 +457,17 @@ def main():
     lines += ["## Planner cost (CPU, 1 torch thread; median [min, max] of interleaved repeats)", "",
               result["notes"], "",
               markdown_table(["backbone", "batch", "sims/search", "dynamics sims/s", "backbone sims/s", "ratio",
-                              "leaves/round (dyn, backbone)", "µs/round: dyn transition, backbone transition, heads"],
+                              "leaves/round (dyn, backbone)", "µs/round: dyn transition, backbone transition, heads",
+                              "in-search µs/sim, dyn: transition, heads, tree", "backbone: transition, heads, tree"],
                              [[f"d={r['d_model']}, {r['n_layers']} layers ({r['params_backbone'] / 1e6:.1f}M)",
                                r["batch"], r["simulations_per_search"],
                                *[f"{fmt(r[k]['median'])} [{fmt(r[k]['min'])}, {fmt(r[k]['max'])}]"
                                  for k in ("sims_per_s_dynamics", "sims_per_s_backbone")],
                                fmt(r["speedup_median"]),
                                ", ".join(fmt(v) for v in r["mean_leaves_per_round"].values()),
-                               ", ".join(f"{v:.0f}" for v in r["evaluation_us_per_round"].values())]
+                               ", ".join(f"{v:.0f}" for v in r["evaluation_us_per_round"].values()),
+                               *[", ".join(f"{v:.0f}" for v in r["in_search_us_per_sim"][t].values())
+                                 for t in ("dynamics", "backbone")]]
                               for r in search]), "",
               markdown_table(["sims per search", "planner", "off tok/s", "async tok/s", "cost (medians)",
                               "cost per pair", "searches / deltas per generation",
@@ -465,6 +500,8 @@ def main():
               ""]
     if gpu:
         lines += ["## GPU training throughput (T=1024, bf16 autocast, fwd+bwd+AdamW)", "",
+                  "Recorded in results/crsm_gpu.json (benchmarks/crsm_gpu.py on the device machine), not rerun here.",
+                  "",
                   markdown_table(["model", "params (M)", "batch", "tokens/s", "peak GiB"],
                                  [[k, v.get("params_m", "-"), v.get("batch", "-"),
                                    v.get("tokens_per_s", v.get("error", "")[:60]), v.get("peak_gib", "-")]
