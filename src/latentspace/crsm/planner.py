@@ -205,6 +205,8 @@ def _shared_weights(model) -> tuple[torch.Tensor, dict[str, tuple[int, tuple[int
         lo, hi = flat.data_ptr(), flat.data_ptr() + flat.numel() * flat.element_size()
         if set(layout) == set(state) and all(lo <= t.data_ptr() < hi for t in state.values()):
             return cached
+    if len({t.dtype for t in state.values()}) != 1:
+        raise ValueError("the process planner shares weights of one dtype; use planner_backend='thread' for this model")
     unique: dict[int, tuple[int, torch.Tensor]] = {}  # data_ptr -> (offset, tensor): tied weights once
     total = 0
     for t in state.values():
@@ -269,11 +271,13 @@ def _worker_main(model_spec: tuple, arena: _Arena, lock, wake, errors, nice: int
                                                int(ctrl[_REQ_LEN]))
                     latent = io["latent"].clone()
                     prefix = io["prefix"][:n].tolist()
-                    caches = [(conv.clone(), ssm.clone()) for conv, ssm in caches_io]
                     config = None
                     if want != session and int(ctrl[_CFG_SESSION]) == want:  # written with the session's 1st request
                         config = io["config"][: int(ctrl[_CFG_LEN])].numpy().tobytes()
                         ctrl[_SEARCHES], ctrl[_SEARCH_SESSION] = 0, want
+                    caches = None  # the parent writes them for backbone transitions only
+                    if config is not None or mcts is None or mcts.transition == "backbone":
+                        caches = [(conv.clone(), ssm.clone()) for conv, ssm in caches_io]
                 if config is not None:
                     settings, sims, budget = pickle.loads(config)
                     session = want
@@ -640,7 +644,8 @@ def generate(model, prompt: list[int], max_new_tokens: int = 64, planner: str = 
             or "async" (a background search per token boundary; deltas applied when ready).
         reward_fn: the task's verifier of a finished continuation (generated tokens -> value), if any.
         planner_backend: where the async search runs: "process" (`ProcessPlanner`, no GIL contention; needs a
-            picklable `reward_fn`) or "thread" (`AsyncPlanner`).
+            picklable `reward_fn`; CPU models only, a model on another device uses the thread) or "thread"
+            (`AsyncPlanner`).
         planner_nice: the planner process's CPU niceness.
     """
     if planner not in ("off", "sync", "async"):
@@ -653,6 +658,8 @@ def generate(model, prompt: list[int], max_new_tokens: int = 64, planner: str = 
     device = next(model.parameters()).device
     sims = num_simulations or model.config.mcts_simulations
     budget = model.config.planner_budget_s if time_budget is None else time_budget
+    if device.type != "cpu":
+        planner_backend = "thread"  # the process planner shares CPU memory only
     start = time.perf_counter()
     background = None
     if planner == "async" and planner_backend == "process":  # the model's planner process, started on first use
