@@ -84,7 +84,7 @@ def test_async_planner_never_blocks_generation_and_shuts_down(backend):
     assert time.perf_counter() - start < 5.0
     assert not any(t.name == "crsm-planner" for t in threading.enumerate())
     if backend == "process":
-        assert [p.pid for p in _planner_processes()] == [planner_worker(model).process.pid]  # kept for reuse
+        assert planner_worker(model).process.pid in [p.pid for p in _planner_processes()]  # kept for reuse
         start = time.perf_counter()
         assert shutdown_planners(timeout=10.0)  # stops mid-search (after the leaf in progress)
         assert time.perf_counter() - start < 5.0
