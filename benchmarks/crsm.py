@@ -89,6 +89,9 @@ def bench_search_speed(model: CRSM, batch: int, sims: int, repeats: int, seconds
             batches[transition].append(evaluated / max(rounds, 1))
     out = {f"sims_per_s_{t}": _spread(r) for t, r in rates.items()}
     out["speedup_median"] = out["sims_per_s_dynamics"]["median"] / out["sims_per_s_backbone"]["median"]
+    out["evaluation_us_per_round"] = _evaluation_cost(model, batch, latent, caches, repeats)
+    out["in_search_us_per_sim"] = {t: _in_search_breakdown(model, mcts, latent[0], caches, sims, seconds)
+                                   for t, mcts in searches.items()}
     out["mean_leaves_per_round"] = {t: statistics.mean(b) for t, b in batches.items()}
     out.update(batch=batch, simulations_per_search=sims, d_model=model.config.d_model, n_layers=model.config.n_layers,
                params_backbone=sum(p.numel() for p in model.backbone.parameters()),
@@ -99,34 +102,127 @@ def bench_search_speed(model: CRSM, batch: int, sims: int, repeats: int, seconds
     return out
 
 
+ASYNC_MODES = {  # name -> generate() settings of the async planner
+    "process": {"planner_backend": "process", "planner_nice": 19},  # the default: a child process at nice 19
+    "process_nice0": {"planner_backend": "process", "planner_nice": 0},  # the same at generation's priority
+    "thread": {"planner_backend": "thread"},  # a thread of the generating process (the GIL is shared)
+}
+
+
+def _in_search_breakdown(model: CRSM, mcts, latent, caches, sims: int, seconds: float) -> dict:
+    """Microseconds per simulation inside real searches: the transition call, the heads call, the rest (the tree)."""
+    kernels = model.search_kernels()
+    spent = {"transition": 0.0, "heads": 0.0}
+
+    def timed(name, fn):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            result = fn(*args, **kwargs)
+            spent[name] += time.perf_counter() - start
+            return result
+        return call
+
+    original = kernels.dynamics, kernels.heads
+    kernels.dynamics, kernels.heads = timed("transition", kernels.dynamics), timed("heads", kernels.heads)
+    model.step = timed("transition", CRSM.step.__get__(model))  # an instance attribute shadows the method
+    try:
+        start, done = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            done += mcts.search(latent, caches, sims).simulations
+        total = time.perf_counter() - start
+    finally:
+        kernels.dynamics, kernels.heads = original
+        del model.step
+    out = {name: t / done * 1e6 for name, t in spent.items()}
+    out["tree"] = total / done * 1e6 - out["transition"] - out["heads"]
+    return out
+
+
+def _evaluation_cost(model: CRSM, batch: int, latent, caches, repeats: int) -> dict:
+    """Microseconds of one round's batched evaluation alone (no tree): the transition, then the heads (medians)."""
+    kernels = model.search_kernels()
+    states = latent.expand(batch, -1).contiguous()  # (N, D)
+    batch_caches = [(conv.expand(batch, -1, -1).contiguous(), ssm.expand(batch, -1, -1).contiguous())
+                    for conv, ssm in caches]
+    tokens = torch.arange(batch) % model.config.vocab_size
+    k = min(model.config.mcts_top_k, model.config.vocab_size)
+    calls = {"dynamics_transition": lambda: kernels.dynamics(states, tokens),
+             "backbone_transition": lambda: model.step(tokens, batch_caches),
+             "heads": lambda: kernels.heads(states, k)}
+    times = {name: [] for name in calls}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for name, call in calls.items():
+                n = 20 if name == "backbone_transition" else 200
+                call()
+                start = time.perf_counter()
+                for _ in range(n):
+                    call()
+                times[name].append((time.perf_counter() - start) / n * 1e6)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def bench_async_cost(model: CRSM, tokens: int, repeats: int, budgets=(16, 64)):
     """Generation tokens/s with the async planner off vs on, interleaved repeats, per search budget (simulations).
 
-    Controls run generation (planner off) beside a thread of pure Python (it holds the GIL, shares no tensors)
-    and beside a thread of matrix products (mostly without the GIL): the cost of sharing the interpreter vs the
-    cost of sharing the CPU.
+    Every async mode (`ASYNC_MODES`) runs interleaved with "off" in each repeat. Controls run generation (planner
+    off) beside a thread of pure Python (it holds the GIL, shares no tensors), beside a thread of matrix products
+    (mostly without the GIL) and beside a process of pure Python (no GIL shared, one more busy CPU): the cost of
+    sharing the interpreter vs the cost of sharing the CPU.
     """
+    import multiprocessing
+
+    from latentspace.crsm.planner import planner_worker, shutdown_planners, warm_up
+
     prompt = model.encode("import os\nimport sys\n\n\ndef main(argv):\n    ")
-    generate(model, prompt, 8, planner="async", stop_at_eos=False, num_simulations=8, transition="dynamics")
-    out = {}
+    warm_up()
+    start = time.perf_counter()
+    workers = [planner_worker(model, nice=settings["planner_nice"])
+               for settings in ASYNC_MODES.values() if "planner_nice" in settings]
+    while not all(w.ready for w in workers) and time.perf_counter() - start < 120:
+        time.sleep(0.05)
+    out = {"planner_process_start_s": time.perf_counter() - start}
+    for settings in ASYNC_MODES.values():  # warm-up
+        generate(model, prompt, 8, planner="async", stop_at_eos=False, num_simulations=8, transition="dynamics",
+                 **settings)
     for sims in budgets:
-        runs = {"off": [], "async": []}
-        searches, applied = [], []
+        runs = {mode: [] for mode in ("off", *ASYNC_MODES)}
+        searches = {mode: [] for mode in ASYNC_MODES}
+        applied = {mode: [] for mode in ASYNC_MODES}
+        cpu = {mode: [] for mode in runs}  # CPU s per generation: (generating process, planner process)
         for _ in range(repeats):
-            for mode in ("off", "async"):
-                gen = generate(model, prompt, tokens, planner=mode, stop_at_eos=False, num_simulations=sims,
-                               transition="dynamics", time_budget=0.05)
+            for mode in runs:
+                settings = ASYNC_MODES.get(mode, {})
+                worker = (planner_worker(model, nice=settings["planner_nice"])
+                          if settings.get("planner_backend") == "process" else None)
+                child = worker.cpu_seconds() if worker else None
+                own = time.process_time()
+                gen = generate(model, prompt, tokens, planner="off" if mode == "off" else "async", stop_at_eos=False,
+                               num_simulations=sims, transition="dynamics", time_budget=0.05, **settings)
+                own = time.process_time() - own
+                child = worker.cpu_seconds() - child if worker and child is not None else 0.0
                 runs[mode].append(gen.tokens_per_s)
-                if mode == "async":
-                    searches.append(gen.searches)
-                    applied.append(gen.deltas_applied)
-        off, on = statistics.median(runs["off"]), statistics.median(runs["async"])
-        cost = [1 - a / o for o, a in zip(runs["off"], runs["async"], strict=True)]  # per interleaved pair
-        out[f"sims_{sims}"] = {"tokens_per_s_off": _spread(runs["off"]), "tokens_per_s_async": _spread(runs["async"]),
-                               "cost_frac_of_medians": 1 - on / off, "cost_frac_pairs": _spread(cost),
-                               "searches_per_generation": statistics.mean(searches),
-                               "deltas_applied_per_generation": statistics.mean(applied)}
-        print(f"async sims={sims}: off {off:.1f} tok/s, async {on:.1f} tok/s, cost {1 - on / off:.2f}", flush=True)
+                cpu[mode].append((own / gen.seconds, child / gen.seconds))  # cores busy during the generation
+                if mode != "off":
+                    searches[mode].append(gen.searches)
+                    applied[mode].append(gen.deltas_applied)
+        off = statistics.median(runs["off"])
+        row = {"tokens_per_s_off": _spread(runs["off"]),
+               "cores_busy_off": statistics.median(c[0] for c in cpu["off"])}
+        for mode in ASYNC_MODES:
+            on = statistics.median(runs[mode])
+            cost = [1 - a / o for o, a in zip(runs["off"], runs[mode], strict=True)]  # per interleaved pair
+            row[mode] = {"tokens_per_s": _spread(runs[mode]), "cost_frac_of_medians": 1 - on / off,
+                         "cost_frac_pairs": _spread(cost), "searches_per_generation": statistics.mean(searches[mode]),
+                         "deltas_applied_per_generation": statistics.mean(applied[mode]),
+                         "cores_busy_generating_process": statistics.median(c[0] for c in cpu[mode]),
+                         "cores_busy_planner_process": statistics.median(c[1] for c in cpu[mode])}
+            print(f"async sims={sims} {mode}: off {off:.1f} tok/s, async {on:.1f} tok/s, cost {1 - on / off:.2f}, "
+                  f"{statistics.mean(searches[mode]):.0f} searches", flush=True)
+        out[f"sims_{sims}"] = row
+    out["process_submit_poll_us"] = _submit_poll_cost(model, prompt)
+    shutdown_planners()
+
     def pure_python(stop):
         while not stop.is_set():
             sum(i * i for i in range(1000))
@@ -145,7 +241,37 @@ def bench_async_cost(model: CRSM, tokens: int, repeats: int, budgets=(16, 64)):
         stop.set()
         thread.join()
         out[f"control_off_beside_{name}_thread"] = _spread(control)
+    ctx = multiprocessing.get_context("forkserver")
+    stop = ctx.Event()
+    process = ctx.Process(target=_busy_python, args=(stop,), daemon=True)
+    process.start()
+    control = [generate(model, prompt, tokens, planner="off", stop_at_eos=False).tokens_per_s for _ in range(repeats)]
+    stop.set()
+    process.join(10)
+    out["control_off_beside_pure_python_process"] = _spread(control)
     return out
+
+
+def _submit_poll_cost(model: CRSM, prompt: list[int], n: int = 2000) -> float:
+    """Microseconds the generating thread spends per token in the process planner's submit + poll (median of 5)."""
+    from latentspace.crsm.planner import ProcessPlanner
+
+    latent, caches = model.prefill(torch.tensor([prompt]))
+    planner = ProcessPlanner(model, 16, 0.05, transition="dynamics").start()
+    out = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for i in range(n):
+            planner.poll()
+            planner.submit(i, latent, caches, prompt)
+        out.append((time.perf_counter() - start) / n * 1e6)
+    planner.close()
+    return statistics.median(out)
+
+
+def _busy_python(stop):
+    while not stop.is_set():
+        sum(i * i for i in range(1000))
 
 
 def bench_perplexity(steps: int, work: Path, d_model: int = 96, n_layers: int = 3, seq_len: int = 64,
@@ -256,7 +382,8 @@ def main():
     torch.manual_seed(0)
     search.append(bench_search_speed(CRSM(CRSMConfig(d_model=512, n_layers=16, mcts_max_depth=64)).eval(), 8, 64,
                                      repeats, 1.0))
-    async_cost = bench_async_cost(cost_model, 64 if quick else 128, repeats)
+    async_repeats = 3 if quick else 7  # generations are short and noisier than the 1 s search windows
+    async_cost = bench_async_cost(cost_model, 64 if quick else 128, async_repeats)
     load_after = os.getloadavg()
     gpu_path = RESULTS / "crsm_gpu.json"
     gpu = json.loads(gpu_path.read_text()) if gpu_path.exists() else None
@@ -270,9 +397,14 @@ def main():
         "mcts_speedup_dynamics_batch32": search[1]["speedup_median"],
         "mcts_speedup_dynamics_d512_l16": search[2]["speedup_median"],
         "gen_tokens_per_s_planner_off": async_cost["sims_16"]["tokens_per_s_off"]["median"],
-        "gen_tokens_per_s_planner_async": async_cost["sims_16"]["tokens_per_s_async"]["median"],
-        "async_cost_frac": async_cost["sims_16"]["cost_frac_of_medians"],
-        "async_cost_frac_64_sims": async_cost["sims_64"]["cost_frac_of_medians"],
+        "gen_tokens_per_s_planner_async": async_cost["sims_16"]["process"]["tokens_per_s"]["median"],
+        "async_cost_frac": async_cost["sims_16"]["process"]["cost_frac_of_medians"],
+        "async_cost_frac_64_sims": async_cost["sims_64"]["process"]["cost_frac_of_medians"],
+        "async_searches_per_generation": async_cost["sims_16"]["process"]["searches_per_generation"],
+        "async_cost_frac_nice0": async_cost["sims_16"]["process_nice0"]["cost_frac_of_medians"],
+        "async_cost_frac_nice0_64_sims": async_cost["sims_64"]["process_nice0"]["cost_frac_of_medians"],
+        "async_cost_frac_thread": async_cost["sims_16"]["thread"]["cost_frac_of_medians"],
+        "async_cost_frac_thread_64_sims": async_cost["sims_64"]["thread"]["cost_frac_of_medians"],
         "ppl_mamba": lm["ppl_mamba"], "ppl_transformer": lm["ppl_transformer"],
         "gpu_train_tokens_per_s_mamba": None, "gpu_train_tokens_per_s_gpt2": None,
         "gpu_peak_gib_mamba": None, "gpu_peak_gib_gpt2": None,
@@ -298,7 +430,7 @@ def main():
                             if pathstar else "this run, CPU"),
         "planner_cost": {"search": search, "async": async_cost, "torch_threads": 1,
                          "model": "untrained CRSMs (timing only): d_model=256, 8 layers; d_model=512, 16 layers",
-                         "method": f"{repeats} interleaved 1 s windows per transition (search) and {repeats} "
+                         "method": f"{repeats} interleaved 1 s windows per transition (search) and {async_repeats} "
                                    "interleaved off/async generations per budget; medians, min and max"},
         "perplexity": lm, "gpu": gpu, "seconds": time.time() - started,
         "notes": (f"CPU figures on a 2-core machine shared with other jobs (1/5/15-min load average "
@@ -313,39 +445,63 @@ def main():
              f"{result['machine']['gpu']}. Command: `{result['command']}`.", "",
              markdown_table(["metric", "value"], [[k, "n/a" if v is None else v] for k, v in metrics.items()]), "",
              "## Path-star (fresh graphs; planner = synchronous MCTS, verifier reward at terminal nodes)", "",
-             f"Source: {result['pathstar_source']}", "",
+             f"Source: {result['pathstar_source']}" + (" (recorded in results/crsm_pathstar.json, not rerun here)"
+                                                       if pathstar else ""), "",
              markdown_table(["degree", "length", "greedy", "planner (backbone)", "planner (dynamics)", "chance",
                              "steps", "samples"],
                             [[r["degree"], r["length"], r["greedy"], r["planner_backbone"], r["planner_dynamics"],
                               r["chance"], r["backbone_steps"], r["samples"]] for r in rows]), ""]
     fmt = "{:.1f}".format
     c1, c2 = async_cost["control_off_beside_pure_python_thread"], async_cost["control_off_beside_matmul_thread"]
+    c3 = async_cost["control_off_beside_pure_python_process"]
     lines += ["## Planner cost (CPU, 1 torch thread; median [min, max] of interleaved repeats)", "",
               result["notes"], "",
               markdown_table(["backbone", "batch", "sims/search", "dynamics sims/s", "backbone sims/s", "ratio",
-                              "leaves/round (dyn, backbone)"],
+                              "leaves/round (dyn, backbone)", "µs/round: dyn transition, backbone transition, heads",
+                              "in-search µs/sim, dyn: transition, heads, tree", "backbone: transition, heads, tree"],
                              [[f"d={r['d_model']}, {r['n_layers']} layers ({r['params_backbone'] / 1e6:.1f}M)",
                                r["batch"], r["simulations_per_search"],
                                *[f"{fmt(r[k]['median'])} [{fmt(r[k]['min'])}, {fmt(r[k]['max'])}]"
                                  for k in ("sims_per_s_dynamics", "sims_per_s_backbone")],
                                fmt(r["speedup_median"]),
-                               ", ".join(fmt(v) for v in r["mean_leaves_per_round"].values())] for r in search]), "",
-              markdown_table(["sims per search", "off tok/s", "async tok/s", "cost (medians)", "cost per pair",
-                              "searches / deltas per generation"],
-                             [[k.removeprefix("sims_"),
-                               *[f"{fmt(v[m]['median'])} [{fmt(v[m]['min'])}, {fmt(v[m]['max'])}]"
-                                 for m in ("tokens_per_s_off", "tokens_per_s_async")],
-                               f"{v['cost_frac_of_medians']:.2f}",
-                               f"{v['cost_frac_pairs']['median']:.2f} [{v['cost_frac_pairs']['min']:.2f}, "
-                               f"{v['cost_frac_pairs']['max']:.2f}]",
-                               f"{v['searches_per_generation']:.0f} / {v['deltas_applied_per_generation']:.0f}"]
-                              for k, v in async_cost.items() if k.startswith("sims_")]), "",
+                               ", ".join(fmt(v) for v in r["mean_leaves_per_round"].values()),
+                               ", ".join(f"{v:.0f}" for v in r["evaluation_us_per_round"].values()),
+                               *[", ".join(f"{v:.0f}" for v in r["in_search_us_per_sim"][t].values())
+                                 for t in ("dynamics", "backbone")]]
+                              for r in search]), "",
+              markdown_table(["sims per search", "planner", "off tok/s", "async tok/s", "cost (medians)",
+                              "cost per pair", "searches / deltas per generation",
+                              "cores busy: generating process, planner process (off: generating)"],
+                             [[k.removeprefix("sims_"), mode,
+                               f"{fmt(v['tokens_per_s_off']['median'])} [{fmt(v['tokens_per_s_off']['min'])}, "
+                               f"{fmt(v['tokens_per_s_off']['max'])}]",
+                               f"{fmt(m['tokens_per_s']['median'])} [{fmt(m['tokens_per_s']['min'])}, "
+                               f"{fmt(m['tokens_per_s']['max'])}]",
+                               f"{m['cost_frac_of_medians']:.2f}",
+                               f"{m['cost_frac_pairs']['median']:.2f} [{m['cost_frac_pairs']['min']:.2f}, "
+                               f"{m['cost_frac_pairs']['max']:.2f}]",
+                               f"{m['searches_per_generation']:.0f} / {m['deltas_applied_per_generation']:.0f}",
+                               f"{m['cores_busy_generating_process']:.2f}, {m['cores_busy_planner_process']:.2f} "
+                               f"({v['cores_busy_off']:.2f})"]
+                              for k, v in async_cost.items() if k.startswith("sims_")
+                              for mode, m in v.items() if mode in ASYNC_MODES]), "",
+              "Planners: `process` = the default `ProcessPlanner` (child process, nice 19); `process_nice0` = the "
+              "same at generation's CPU priority; `thread` = `AsyncPlanner` on a thread of the generating process. "
+              f"The planner processes took {async_cost['planner_process_start_s']:.1f} s to come up once "
+              "(forkserver start included), before the timed generations; each generation opens a session on its "
+              "running process. The generating thread's own work for the process planner (submit + poll per "
+              f"token) is {async_cost['process_submit_poll_us']:.0f} µs per token. Cores busy = CPU seconds / "
+              "wall seconds of the generation (the thread planner's CPU is inside the generating process's).", "",
               "Controls, planner off: beside a thread of pure Python (holds the GIL, shares no tensors) "
               f"{fmt(c1['median'])} tok/s [{fmt(c1['min'])}, {fmt(c1['max'])}]; beside a thread of 512x512 matrix "
-              f"products (mostly without the GIL) {fmt(c2['median'])} tok/s [{fmt(c2['min'])}, {fmt(c2['max'])}].",
+              f"products (mostly without the GIL) {fmt(c2['median'])} tok/s [{fmt(c2['min'])}, {fmt(c2['max'])}]; "
+              f"beside a process of pure Python (no GIL shared, one more busy CPU) {fmt(c3['median'])} tok/s "
+              f"[{fmt(c3['min'])}, {fmt(c3['max'])}].",
               ""]
     if gpu:
         lines += ["## GPU training throughput (T=1024, bf16 autocast, fwd+bwd+AdamW)", "",
+                  "Recorded in results/crsm_gpu.json (benchmarks/crsm_gpu.py on the device machine), not rerun here.",
+                  "",
                   markdown_table(["model", "params (M)", "batch", "tokens/s", "peak GiB"],
                                  [[k, v.get("params_m", "-"), v.get("batch", "-"),
                                    v.get("tokens_per_s", v.get("error", "")[:60]), v.get("peak_gib", "-")]

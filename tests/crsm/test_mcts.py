@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from latentspace.crsm.mcts import MCTS
+from latentspace.crsm.mcts import MCTS, GenericKernels, search_kernels
 
 EOS = 3
 VALUES = {-1: 0.5, 0: 0.2, 1: 0.9, 2: 0.1}
@@ -83,13 +83,18 @@ class RefNode:
 
 
 def reference_search(model, latent, caches, sims, top_k, c_puct, batch, max_depth, transition, reward_fn=None):
-    """The search's documented rounds on a tree of node objects (slow, obviously correct)."""
+    """The search's documented rounds on a tree of node objects (slow, obviously correct).
 
-    def expand(nodes, latents, values):
-        probs = torch.softmax(model.logits(latents).float(), -1)
-        top_p, top_i = probs.topk(min(top_k, probs.shape[-1]), -1)
-        top_p = top_p / top_p.sum(-1, keepdim=True)
-        out = values.float().tolist()
+    It evaluates states with the same per-round functions as the search (`search_kernels`: for a CRSM the fused
+    dynamics and heads, tested against the model's own functions separately), so the comparison is of the tree.
+    """
+    kernels = search_kernels(model)
+    k = min(top_k, model.logits(latent.reshape(1, -1)).shape[-1])
+
+    def expand(nodes, latents):
+        top_i, top_p, out = kernels.heads(latents, k)
+        top_i = [top_i[j * k : (j + 1) * k] for j in range(len(nodes))]
+        top_p = [top_p[j * k : (j + 1) * k] for j in range(len(nodes))]
         for j, node in enumerate(nodes):
             node.latent = latents[j]
             if node.token == model.eos_id or node.depth >= max_depth:
@@ -97,7 +102,7 @@ def reference_search(model, latent, caches, sims, top_k, c_puct, batch, max_dept
                 if reward_fn is not None and reward_fn(node.line()) is not None:
                     out[j] = float(reward_fn(node.line()))
             else:
-                node.children = [RefNode(t, p, node) for p, t in zip(top_p[j].tolist(), top_i[j].tolist(), strict=True)]
+                node.children = [RefNode(t, p, node) for p, t in zip(top_p[j], top_i[j], strict=True)]
             node.value = out[j]
         return out
 
@@ -118,7 +123,7 @@ def reference_search(model, latent, caches, sims, top_k, c_puct, batch, max_dept
 
     root = RefNode(-1, 1.0)
     root.caches = caches
-    value = expand([root], latent.reshape(1, -1), model.value(latent.reshape(1, -1)))[0]
+    value = expand([root], latent.reshape(1, -1))[0]
     root.visits, root.value_sum = 1, value
     done = 0
     while done < sims:
@@ -139,14 +144,14 @@ def reference_search(model, latent, caches, sims, top_k, c_puct, batch, max_dept
         if fresh:
             tokens = torch.tensor([leaf.token for leaf in fresh])
             if transition == "dynamics":
-                latents = model.dynamics_step(torch.stack([leaf.parent.latent for leaf in fresh]), tokens)
+                latents = kernels.dynamics(torch.stack([leaf.parent.latent for leaf in fresh]), tokens)
             else:
                 stacked = [tuple(torch.cat([leaf.parent.caches[i][k] for leaf in fresh]) for k in range(2))
                            for i in range(len(caches))]
                 latents, new = model.step(tokens, stacked)
                 for j, leaf in enumerate(fresh):
                     leaf.caches = [(c[j : j + 1], h[j : j + 1]) for c, h in new]
-            for path, value in zip(paths, expand(fresh, latents, model.value(latents)), strict=True):
+            for path, value in zip(paths, expand(fresh, latents), strict=True):
                 backup(path, value)
         for path in collided:
             for n in path:
@@ -188,3 +193,56 @@ def test_array_tree_search_matches_the_object_reference():
             assert result.simulations == 150 and sum(result.visits) == 150
             torch.testing.assert_close(result.future_latents, futures, rtol=0, atol=0)
 
+
+
+def test_fused_search_kernels_match_the_models_own_functions():
+    model, latent, _ = _tiny_crsm()
+    with torch.no_grad():
+        latents = torch.randn(6, latent.shape[-1])
+        tokens = torch.tensor([0, 5, 17, 100, 259, 3])
+        fused, plain = model.search_kernels(), GenericKernels(model)
+        torch.testing.assert_close(fused.dynamics(latents, tokens), model.dynamics_step(latents, tokens))
+        out = torch.empty(6, latent.shape[-1])
+        assert fused.dynamics(latents, tokens, out=out) is out
+        (ft, fp, fv), (pt, pp, pv) = fused.heads(latents, 4), plain.heads(latents, 4)
+        assert ft == pt and len(ft) == 24
+        torch.testing.assert_close(torch.tensor(fp), torch.tensor(pp))
+        torch.testing.assert_close(torch.tensor(fv), model.value(latents))
+        torch.testing.assert_close(torch.tensor(pv), model.value(latents))
+        # priors are the renormalised top-k of the full softmax
+        probs = torch.softmax(model.logits(latents), -1).topk(4, -1).values
+        torch.testing.assert_close(torch.tensor(fp).view(6, 4), probs / probs.sum(-1, keepdim=True))
+        # the kernels follow the weights: an update rebuilds them
+        model.dynamics.net[4].bias.add_(1.0)
+        assert model.search_kernels() is not fused
+        rebuilt = model.search_kernels().dynamics(latents, tokens)
+        torch.testing.assert_close(rebuilt, model.dynamics_step(latents, tokens))
+
+
+def test_tree_buffers_are_reused_between_searches_and_results_stay_intact():
+    model, latent, caches = _tiny_crsm()
+    for transition in ("dynamics", "backbone"):
+        mcts = MCTS(model, top_k=4, batch=8, max_depth=7, transition=transition)
+        first = mcts.search(latent, caches, num_simulations=40)
+        buffer = mcts._tree.latents
+        kept = first.future_latents.clone()
+        second = mcts.search(latent + 0.5, caches, num_simulations=40)
+        assert mcts._tree.latents is buffer  # no new state tensors for a search that fits
+        torch.testing.assert_close(first.future_latents, kept, rtol=0, atol=0)
+        again = MCTS(model, top_k=4, batch=8, max_depth=7, transition=transition).search(latent + 0.5, caches, 40)
+        assert second.visits == again.visits
+        torch.testing.assert_close(second.future_latents, again.future_latents, rtol=0, atol=0)
+
+
+def test_a_subclass_that_overrides_the_heads_gets_the_generic_kernels():
+    from latentspace.crsm.config import CRSMConfig
+    from latentspace.crsm.model import CRSM
+
+    class Custom(CRSM):
+        def value(self, latent):
+            return torch.zeros(len(latent))
+
+    model = Custom(CRSMConfig.preset("tiny")).eval()
+    kernels = search_kernels(model)
+    assert isinstance(kernels, GenericKernels)
+    assert kernels.heads(torch.randn(3, 32), 4)[2] == [0.0, 0.0, 0.0]

@@ -93,6 +93,10 @@ def generate_cmd(
     simulations: int = typer.Option(None, "--simulations", help="MCTS simulations per token."),
     transition: str = typer.Option(None, "--transition", help="backbone | dynamics (default: the config's)."),
     pathstar: bool = typer.Option(False, "--pathstar", help="Verify the answer as a path-star prompt (reward)."),
+    planner_backend: str = typer.Option(
+        "thread", "--planner-backend",
+        help="Where the async search runs: thread (no start-up; right for one generation) or process (no GIL "
+             "shared with generation; its process takes a few seconds to start, worth it for many generations)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -102,6 +106,8 @@ def generate_cmd(
 
     if planner not in ("off", "sync", "async"):
         raise ConfigError(f"--planner {planner!r}: expected off, sync or async")
+    if planner_backend not in ("thread", "process"):
+        raise ConfigError(f"--planner-backend {planner_backend!r}: expected thread or process")
     _quiet_threads()
     model = _load(checkpoint)
     ids = model.encode(prompt)
@@ -109,7 +115,7 @@ def generate_cmd(
         raise ConfigError("--prompt is empty")
     reward = PathStarTask.reward_fn(PathStarTask(), model, prompt) if pathstar else None
     out = generate(model, ids, max_new_tokens, planner=planner, reward_fn=reward, num_simulations=simulations,
-                   transition=transition)
+                   transition=transition, planner_backend=planner_backend)
     record = {"prompt": prompt, "completion": out.text, "tokens": len(out.tokens),
               "tokens_per_s": round(out.tokens_per_s, 2), "planner": planner, "searches": out.searches,
               "deltas_applied": out.deltas_applied, "planned_tokens": out.planned_tokens}
@@ -173,8 +179,8 @@ def demo(out_dir: pathlib.Path, quiet: bool) -> DemoResult:
     prompt, answer = task.sample(__import__("random").Random(7))
     rows = []
     for mode in ("off", "sync", "async"):
-        out = generate(model, model.encode(prompt), task.length + 2, planner=mode,
-                       reward_fn=task.reward_fn(model, prompt), num_simulations=32)
+        out = generate(model, model.encode(prompt), task.length + 2, planner=mode,  # one short generation:
+                       reward_fn=task.reward_fn(model, prompt), num_simulations=32, planner_backend="thread")
         rows.append([mode, out.text, answer, f"{out.tokens_per_s:.1f}"])
     run = Run("crsm", path=Path(out_dir))
     metrics = {"pathstar_acc_greedy": greedy, "pathstar_acc_planner": planned,

@@ -31,3 +31,34 @@ class LatentDynamics(nn.Module):
 def dynamics_loss(dynamics: LatentDynamics, state, action_embedding, next_state) -> torch.Tensor:
     """MSE between the predicted and the observed delta h (all (B, D))."""
     return torch.nn.functional.mse_loss(dynamics(state, action_embedding), next_state - state)
+
+
+class FusedDynamics:
+    """The search's form of h' = h + f(h, e(a)), for frozen weights: the action half of the first layer is a table.
+
+    The first layer W1 [h; e(a)] + b1 splits into W1_h h + (W1_e e(a) + b1); the second term depends on the token
+    only, so it is precomputed for the whole vocabulary (V, H) and a step is one row gather plus three `addmm`s,
+    written straight into the caller's buffer. Equal to `LatentDynamics.next_state` up to float rounding.
+
+    Args:
+        dynamics: the trained dynamics MLP.
+        embedding: the backbone's token embedding (V, D).
+    """
+
+    def __init__(self, dynamics: LatentDynamics, embedding: torch.Tensor):
+        first, second, third = dynamics.net[0], dynamics.net[2], dynamics.net[4]
+        d = embedding.shape[-1]
+        with torch.no_grad():
+            self.action_table = torch.addmm(first.bias, embedding, first.weight[:, d:].t())  # (V, H)
+            self.w1_t = first.weight[:, :d].t().contiguous()  # (D, H)
+            self.w2_t, self.b2 = second.weight.t().contiguous(), second.bias.detach().clone()  # (H, H), (H,)
+            self.w3_t, self.b3 = third.weight.t().contiguous(), third.bias.detach().clone()  # (H, D), (D,)
+
+    def __call__(self, state: torch.Tensor, tokens: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """state (N, D), tokens (N,) -> next state (N, D), into `out` when given."""
+        x = torch.addmm(self.action_table.index_select(0, tokens), state, self.w1_t)  # (N, H)
+        torch.nn.functional.silu(x, inplace=True)
+        x = torch.addmm(self.b2, x, self.w2_t)
+        torch.nn.functional.silu(x, inplace=True)
+        out = torch.addmm(self.b3, x, self.w3_t, out=out)  # f(h, a): (N, D)
+        return out.add_(state)

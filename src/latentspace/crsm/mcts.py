@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -40,17 +41,37 @@ class Tree:
     sum, virtual loss, the id of its first child (-1 until expanded; its children are ids first..first+K-1),
     whether it is terminal, its own value (value head or verifier) and its state slot (-1 until evaluated).
     States live in tensors with one row per slot: latents (S, D) and, for exact transitions, each layer's
-    caches (conv (S, ED, K-1), ssm (S, ED, N)); they grow by doubling.
+    caches (conv (S, ED, K-1), ssm (S, ED, N)); they grow by doubling and are kept for the next search
+    (`reset`), so a search allocates no state tensors once the buffers are large enough.
 
     Args:
-        latent: the root's latent (D,).
-        caches: the root's per-layer caches (batch 1), or None.
+        latent: a latent (D,) giving the state width, dtype and device.
+        caches: per-layer caches (batch 1) giving their shapes, or None.
         k: children per expanded node (min(top_k, vocabulary size)).
         capacity: initial number of state slots.
     """
 
     def __init__(self, latent: torch.Tensor, caches: list | None, k: int, capacity: int):
         self.k = k
+        self.eos = -1  # the model's end-of-sequence token: a node it leads to is terminal
+        self.latents = latent.new_empty(capacity, latent.shape[-1])  # (S, D)
+        self.caches = None if caches is None else [
+            (conv.new_empty((capacity, *conv.shape[1:])), ssm.new_empty((capacity, *ssm.shape[1:])))
+            for conv, ssm in caches]  # per layer: (S, ED, K-1), (S, ED, N)
+        self.reset(latent, caches)
+
+    def fits(self, latent: torch.Tensor, caches: list | None, k: int) -> bool:
+        """Whether this tree's buffers can hold a search from this root (same shapes, dtype, device)."""
+        def same(a, b):
+            return a.shape[1:] == b.shape[1:] and a.dtype == b.dtype and a.device == b.device
+
+        if k != self.k or not same(self.latents, latent.reshape(1, -1)) or (caches is None) != (self.caches is None):
+            return False
+        return caches is None or (len(caches) == len(self.caches) and all(
+            same(a, b) and same(c, d) for (a, c), (b, d) in zip(self.caches, caches, strict=True)))
+
+    def reset(self, latent: torch.Tensor, caches: list | None) -> None:
+        """Empty the tree and make `latent` (D,) (with `caches`) its root."""
         self.token: list[int] = [-1]
         self.prior: list[float] = [1.0]
         self.parent: list[int] = [-1]
@@ -62,47 +83,55 @@ class Tree:
         self.terminal: list[bool] = [False]
         self.value: list[float] = [0.0]
         self.slot: list[int] = [-1]
-        self.latents = latent.new_empty(capacity, latent.shape[-1])  # (S, D)
-        self.caches = None if caches is None else [
-            (conv.new_empty((capacity, *conv.shape[1:])), ssm.new_empty((capacity, *ssm.shape[1:])))
-            for conv, ssm in caches]  # per layer: (S, ED, K-1), (S, ED, N)
         self.n_slots = 0
-        self.store([0], latent.reshape(1, -1), caches)
+        rows = self.reserve([0])
+        self.latents[rows] = latent.reshape(1, -1)
+        if caches is not None:
+            self.write_caches(rows, caches)
 
     def __len__(self) -> int:
         return len(self.token)
 
-    def add_children(self, node: int, tokens: list[int], priors: list[float]) -> None:
-        """Append the K children of `node` (its top-k tokens and their renormalised priors)."""
-        first = len(self.token)
+    def add_children(self, nodes: list[int], tokens: list[int], priors: list[float]) -> None:
+        """Append K children to each of `nodes`: flat lists of their tokens and priors (len(nodes) * K each)."""
         k = self.k
-        self.first_child[node] = first
+        first = len(self.token)
+        parents, depths = [], []
+        first_child, depth = self.first_child, self.depth
+        for node in nodes:
+            first_child[node] = first
+            first += k
+            parents += [node] * k
+            depths += [depth[node] + 1] * k
+        m = len(nodes) * k
         self.token += tokens
         self.prior += priors
-        self.parent += [node] * k
-        self.depth += [self.depth[node] + 1] * k
-        self.visits += [0] * k
-        self.value_sum += [0.0] * k
-        self.virtual += [0] * k
-        self.first_child += [-1] * k
-        self.terminal += [False] * k
-        self.value += [0.0] * k
-        self.slot += [-1] * k
+        self.parent += parents
+        self.depth += depths
+        self.visits += [0] * m
+        self.value_sum += [0.0] * m
+        self.virtual += [0] * m
+        first_child += [-1] * m
+        self.terminal += [False] * m
+        self.value += [0.0] * m
+        self.slot += [-1] * m
 
-    def store(self, nodes: list[int], latents: torch.Tensor, caches: list | None) -> None:
-        """Give `nodes` the next slots and write their latents (N, D) and caches (per layer, batch N)."""
+    def reserve(self, nodes: list[int]) -> slice:
+        """Give `nodes` the next slots (contiguous); the caller writes their states into those rows."""
         n = len(nodes)
         if self.n_slots + n > len(self.latents):
             self._grow(max(2 * len(self.latents), self.n_slots + n))
-        rows = slice(self.n_slots, self.n_slots + n)
-        self.latents[rows] = latents
-        if self.caches is not None:
-            for (conv, ssm), (new_conv, new_ssm) in zip(self.caches, caches, strict=True):
-                conv[rows] = new_conv
-                ssm[rows] = new_ssm
+        first = self.n_slots
+        slot = self.slot
         for j, node in enumerate(nodes):
-            self.slot[node] = self.n_slots + j
+            slot[node] = first + j
         self.n_slots += n
+        return slice(first, first + n)
+
+    def write_caches(self, rows: slice, caches: list) -> None:
+        for (conv, ssm), (new_conv, new_ssm) in zip(self.caches, caches, strict=True):
+            conv[rows] = new_conv
+            ssm[rows] = new_ssm
 
     def _grow(self, capacity: int) -> None:
         def grown(t):
@@ -128,6 +157,33 @@ class Tree:
     def q(self, node: int, default: float = 0.0) -> float:
         n = self.visits[node] + self.virtual[node]
         return (self.value_sum[node] - self.virtual[node]) / n if n else default
+
+
+class GenericKernels:
+    """The per-round functions for any duck-typed model: its `dynamics_step`, `logits` and `value`.
+
+    `heads` returns flat Python lists: the top-k tokens (N*K, row by row), their priors = the softmax over each
+    row's top-k logits (the renormalised top-k of the full softmax) and the values (N). A model may offer fused
+    versions of both through `search_kernels()` (the CRSM does); the tree code is the same either way.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def dynamics(self, state: torch.Tensor, tokens: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        latents = self.model.dynamics_step(state, tokens)
+        return latents if out is None else out.copy_(latents)
+
+    def heads(self, latents: torch.Tensor, k: int) -> tuple[list[int], list[float], list[float]]:
+        top_logits, top_tokens = self.model.logits(latents).float().topk(k, dim=-1)
+        return (top_tokens.reshape(-1).tolist(), torch.softmax(top_logits, dim=-1).reshape(-1).tolist(),
+                self.model.value(latents).float().tolist())
+
+
+def search_kernels(model):
+    """The model's fused search functions when it has them (`search_kernels()`), else `GenericKernels`."""
+    make = getattr(model, "search_kernels", None)
+    return make() if callable(make) else GenericKernels(model)
 
 
 @dataclasses.dataclass
@@ -181,43 +237,57 @@ class MCTS:
         self.max_depth = max_depth
         self.transition = transition
         self.reward_fn = reward_fn
+        self._tree: Tree | None = None  # kept between searches (its state buffers are reused)
+        self._tree_lock = threading.Lock()
+        self._k: int | None = None  # children per node: min(top_k, vocabulary size)
 
     # ---- expansion -------------------------------------------------------------------------------
-    def _expand(self, tree: Tree, nodes: list[int], latents: torch.Tensor, values: torch.Tensor,
-                prefix: list[int]) -> list[float]:
-        """Set the values of evaluated `nodes` (latents (N, D), values (N,)), mark terminals, add children."""
-        logits = self.model.logits(latents).float()  # (N, V)
-        top_p, top_i = torch.softmax(logits, dim=-1).topk(tree.k, dim=-1)  # (N, K)
-        top_p = (top_p / top_p.sum(-1, keepdim=True)).tolist()
-        top_i = top_i.tolist()
-        out = values.float().tolist()
-        eos = self.model.eos_id
-        for j, node in enumerate(nodes):
-            if tree.token[node] == eos or tree.depth[node] >= self.max_depth:
+    def _expand(self, tree: Tree, nodes: list[int], latents: torch.Tensor, prefix: list[int], kernels) -> list[float]:
+        """Evaluate `nodes` from their latents (N, D) (one batched call to the heads), mark terminals, add children.
+
+        Returns the nodes' values (value head, or the verifier's reward at a terminal node when there is one).
+        """
+        k = tree.k
+        tokens, priors, out = kernels.heads(latents, k)
+        eos, max_depth, token, depth = tree.eos, self.max_depth, tree.token, tree.depth
+        ends = [j for j, node in enumerate(nodes) if token[node] == eos or depth[node] >= max_depth]
+        if ends:  # rare: take the terminal rows out of the flat lists
+            for j in ends:
+                node = nodes[j]
                 tree.terminal[node] = True
                 if self.reward_fn is not None:
                     reward = self.reward_fn(prefix + tree.tokens_from_root(node))
                     if reward is not None:
                         out[j] = float(reward)
-            else:
-                tree.add_children(node, top_i[j], top_p[j])
-            tree.value[node] = out[j]
+            keep = [j for j in range(len(nodes)) if not tree.terminal[nodes[j]]]
+            tokens = [t for j in keep for t in tokens[j * k : (j + 1) * k]]
+            priors = [p for j in keep for p in priors[j * k : (j + 1) * k]]
+            expand = [nodes[j] for j in keep]
+        else:
+            expand = nodes
+        tree.add_children(expand, tokens, priors)
+        value = tree.value
+        for node, v in zip(nodes, out, strict=True):
+            value[node] = v
         return out
 
-    def _evaluate(self, tree: Tree, leaves: list[int], prefix: list[int]) -> list[float]:
+    def _evaluate(self, tree: Tree, leaves: list[int], prefix: list[int], kernels) -> list[float]:
         """Compute every leaf's state from its parent's in one batched transition; return the leaves' values."""
-        device = tree.latents.device
-        parents = torch.tensor([tree.slot[tree.parent[leaf]] for leaf in leaves], device=device)  # (N,)
-        tokens = torch.tensor([tree.token[leaf] for leaf in leaves], device=device)  # (N,)
+        n = len(leaves)
+        slot, parent, token = tree.slot, tree.parent, tree.token
+        index = torch.tensor([slot[parent[leaf]] for leaf in leaves] + [token[leaf] for leaf in leaves],
+                             device=tree.latents.device)  # (2N,): parents' slots, then the leaves' tokens
+        parents, tokens = index[:n], index[n:]
+        rows = tree.reserve(leaves)
         if self.transition == "dynamics":
-            latents = self.model.dynamics_step(tree.latents.index_select(0, parents), tokens)  # (N, D)
-            caches = None
+            latents = kernels.dynamics(tree.latents.index_select(0, parents), tokens, out=tree.latents[rows])
         else:
             caches = [(conv.index_select(0, parents), ssm.index_select(0, parents))
                       for conv, ssm in tree.caches]  # per layer: (N, ED, K-1), (N, ED, N_state)
             latents, caches = self.model.step(tokens, caches)
-        tree.store(leaves, latents, caches)
-        return self._expand(tree, leaves, latents, self.model.value(latents), prefix)
+            tree.latents[rows] = latents
+            tree.write_caches(rows, caches)
+        return self._expand(tree, leaves, latents, prefix, kernels)
 
     # ---- selection and backup --------------------------------------------------------------------
     def _select(self, tree: Tree) -> list[int]:
@@ -279,9 +349,18 @@ class MCTS:
         if self.transition == "backbone" and caches is None:
             raise ValueError("transition='backbone' needs the root's caches")
         root = latent.unsqueeze(0)  # (1, D)
-        tree = Tree(latent, caches if self.transition == "backbone" else None,
-                    k=min(self.top_k, self.model.logits(root).shape[-1]), capacity=min(num_simulations, 256) + 1)
-        root_value = self._expand(tree, [0], root, self.model.value(root), prefix)[0]
+        kernels = search_kernels(self.model)
+        tree, kept = self._tree_for(latent, caches if self.transition == "backbone" else None, num_simulations)
+        try:
+            return self._search(tree, root, latent, kernels, num_simulations, time_budget, prefix, stop, start)
+        finally:
+            if kept:
+                self._tree_lock.release()
+
+    def _search(self, tree: Tree, root: torch.Tensor, latent: torch.Tensor, kernels, num_simulations: int,
+                time_budget: float | None, prefix: list[int], stop, start: float) -> SearchResult:
+        tree.eos = self.model.eos_id  # read once per search (a tokenizer attribute is slow to reach)
+        root_value = self._expand(tree, [0], root, prefix, kernels)[0]
         tree.visits[0], tree.value_sum[0] = 1, root_value
         sims = rounds = evaluated = 0
         while sims < num_simulations:
@@ -307,8 +386,12 @@ class MCTS:
                     fresh.append(leaf)
                     fresh_paths.append(path)
             if fresh:
-                for path, value in zip(fresh_paths, self._evaluate(tree, fresh, prefix), strict=True):
-                    self._backup(tree, path, value)
+                visits, value_sum, virtual = tree.visits, tree.value_sum, tree.virtual
+                for path, value in zip(fresh_paths, self._evaluate(tree, fresh, prefix, kernels), strict=True):
+                    for node in path:  # back up (and lift the virtual loss)
+                        virtual[node] -= 1
+                        visits[node] += 1
+                        value_sum[node] += value
                 rounds += 1
                 evaluated += len(fresh)
             for path in collided:
@@ -317,6 +400,23 @@ class MCTS:
         result = self._result(tree, latent, sims, time.perf_counter() - start)
         result.rounds, result.evaluated = rounds, evaluated
         return result
+
+    def _tree_for(self, latent: torch.Tensor, caches: list | None, num_simulations: int) -> tuple[Tree, bool]:
+        """The tree of the last search, emptied and rooted at `latent`, or a new one when it cannot hold this one.
+
+        The kept tree is lent to one search at a time; a concurrent search on the same MCTS gets a fresh tree.
+        Returns the tree and whether it is the kept one (to hand back with `_tree_lock.release()`).
+        """
+        if self._k is None:
+            self._k = min(self.top_k, self.model.logits(latent.unsqueeze(0)).shape[-1])
+        if not self._tree_lock.acquire(blocking=False):
+            return Tree(latent, caches, k=self._k, capacity=min(num_simulations, 256) + 1), False
+        tree = self._tree
+        if tree is not None and tree.fits(latent, caches, self._k):
+            tree.reset(latent, caches)
+        else:
+            tree = self._tree = Tree(latent, caches, k=self._k, capacity=min(num_simulations, 256) + 1)
+        return tree, True
 
     def _result(self, tree: Tree, latent: torch.Tensor, sims: int, seconds: float) -> SearchResult:
         children = tree.children(0)

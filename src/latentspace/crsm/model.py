@@ -9,6 +9,7 @@ boundaries). One checkpoint format for every pipeline stage: config.json + model
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from torch import nn
 from ..core.checkpoint import CheckpointMixin
 from ..core.errors import CheckpointError, ConfigError
 from .config import CRSMConfig
-from .dynamics import LatentDynamics
+from .dynamics import FusedDynamics, LatentDynamics
 from .mamba import LayerCache, MambaLM
 from .tokenizer import make_tokenizer, tokenizer_from_json, tokenizer_to_json
 
@@ -37,6 +38,41 @@ class ValueHead(nn.Module):
 
     def value(self, state: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(state))
+
+
+class SearchHeads:
+    """The LM head and the value head in one `addmm` over a batch of latents, for frozen weights (the search's).
+
+    Returns flat Python lists: the top-k tokens (N*K), their priors (N*K) = the softmax over each row's top-k
+    logits (equal to the renormalised top-k of the full softmax) and the values (N) = sigmoid(value_head), the
+    sigmoid taken in Python on the N numbers. Equal to `CRSM.logits` and `CRSM.value` up to float rounding.
+    """
+
+    def __init__(self, lm_head: nn.Linear, value_head: ValueHead):
+        first, last = value_head.net[0], value_head.net[2]
+        with torch.no_grad():
+            self.vocab = lm_head.weight.shape[0]
+            self.w_t = torch.cat([lm_head.weight, first.weight]).t().contiguous()  # (D, V + Hv)
+            self.bias = torch.cat([first.bias.new_zeros(self.vocab), first.bias])  # (V + Hv,)
+            self.w_value = last.weight[0].detach().clone()  # (Hv,)
+            self.b_value = float(last.bias[0])
+
+    def __call__(self, latents: torch.Tensor, k: int) -> tuple[list[int], list[float], list[float]]:
+        """latents (N, D) -> top tokens (N*K), priors (N*K), values (N)."""
+        out = torch.addmm(self.bias, latents, self.w_t)  # (N, V + Hv)
+        top_logits, top_tokens = out[:, : self.vocab].topk(k, dim=-1)
+        hidden = torch.nn.functional.silu(out[:, self.vocab :], inplace=True)  # (N, Hv)
+        b, exp = self.b_value, math.exp
+        values = [1.0 / (1.0 + exp(-(x + b))) for x in hidden.mv(self.w_value).tolist()]
+        return top_tokens.view(-1).tolist(), torch.softmax(top_logits, dim=-1).view(-1).tolist(), values
+
+
+class SearchKernels:
+    """What the MCTS calls per round, built once for the current weights: `dynamics` (fused) and `heads`."""
+
+    def __init__(self, model: CRSM):
+        self.dynamics = FusedDynamics(model.dynamics, model.backbone.embedding.weight)
+        self.heads = SearchHeads(model.backbone.lm_head, model.value_head)
 
 
 class CRSM(nn.Module, CheckpointMixin):
@@ -60,6 +96,18 @@ class CRSM(nn.Module, CheckpointMixin):
         self.value_head = ValueHead(config.d_model, config.value_hidden)
         self.dynamics = LatentDynamics(config.d_model, config.dynamics_hidden)
         self.latent_state: torch.Tensor | None = None  # canonical state during generation: (B, D)
+        self._state_lock = threading.Lock()
+        self._kernels: tuple | None = None  # (weights' versions, SearchKernels)
+
+    def __getstate__(self):  # picklable (the process planner sends the model, weights in shared memory)
+        state = self.__dict__.copy()
+        state["_state_lock"] = None
+        state["_kernels"] = None
+        state["latent_state"] = None  # the generating thread's own (it may be replacing it right now)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
         self._state_lock = threading.Lock()
 
     # ---- checkpoint -----------------------------------------------------------------------------
@@ -110,6 +158,23 @@ class CRSM(nn.Module, CheckpointMixin):
     def dynamics_step(self, latent: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
         """One latent-dynamics step (the fast path): latent (B, D), token (B,) -> next latent (B, D)."""
         return self.dynamics.next_state(latent, self.backbone.embedding(token))
+
+    def search_kernels(self):
+        """The fused per-round functions of the search, rebuilt when any weight they use has changed.
+
+        A subclass that overrides `logits`, `value` or `dynamics_step` gets the generic ones, which call its methods.
+        """
+        cls = type(self)
+        if (cls.logits, cls.value, cls.dynamics_step) != (CRSM.logits, CRSM.value, CRSM.dynamics_step):
+            from .mcts import GenericKernels
+
+            return GenericKernels(self)
+        params = [self.backbone.embedding.weight, self.backbone.lm_head.weight,
+                  *self.dynamics.parameters(), *self.value_head.parameters()]
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        if self._kernels is None or self._kernels[0] != key:
+            self._kernels = (key, SearchKernels(self))
+        return self._kernels[1]
 
     # ---- the canonical state and the planner's deltas --------------------------------------------
     def set_latent_state(self, latent: torch.Tensor) -> None:

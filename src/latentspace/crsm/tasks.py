@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import DataError
+from .tokenizer import tokenizer_from_json, tokenizer_to_json
 
 ALPHABET = string.ascii_letters  # node labels, one byte each
 
@@ -56,16 +57,9 @@ class PathStarTask:
     def verify(self, prompt: str, completion: str) -> bool:
         return completion == self.solve(prompt)
 
-    def reward_fn(self, model, prompt: str):
+    def reward_fn(self, model, prompt: str) -> PathStarReward:
         """tokens generated after the prompt -> 1.0 if they spell the true path then <eos>, else 0.0."""
-        answer = self.solve(prompt)
-
-        def reward(tokens: list[int]) -> float:
-            if tokens and tokens[-1] == model.eos_id:
-                tokens = tokens[:-1]
-            return float(model.decode(tokens) == answer)
-
-        return reward
+        return PathStarReward(self.solve(prompt), model.eos_id, model.tokenizer)
 
     def batch(self, model, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forcing batch: tokens (B, T) and a loss mask (B, T-1) on the answer and <eos> only."""
@@ -144,6 +138,29 @@ def greedy_pathstar(model, task: PathStarTask, prompts: list[str]) -> list[str]:
         row = row[: row.index(model.eos_id)] if model.eos_id in row else row
         answers.append(model.decode(row))
     return answers
+
+
+class PathStarReward:
+    """The verifier of one path-star prompt: generated tokens -> 1.0 if they decode to `answer` (then <eos>), else 0.0.
+
+    Picklable (it carries its tokenizer as JSON), so a planner process can run it.
+    """
+
+    def __init__(self, answer: str, eos_id: int, tokenizer):
+        self.answer, self.eos_id, self.tokenizer = answer, eos_id, tokenizer
+
+    def __call__(self, tokens: list[int]) -> float:
+        if tokens and tokens[-1] == self.eos_id:
+            tokens = tokens[:-1]
+        return float(self.tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True) == self.answer)
+
+    def __getstate__(self):
+        return {"answer": self.answer, "eos_id": self.eos_id, "tokenizer": tokenizer_to_json(self.tokenizer),
+                "size": len(self.tokenizer)}
+
+    def __setstate__(self, state):
+        self.answer, self.eos_id = state["answer"], state["eos_id"]
+        self.tokenizer = tokenizer_from_json(state["tokenizer"], expected_size=state["size"])
 
 
 def pathstar_accuracy(model, task: PathStarTask, n: int = 100, seed: int = 12345, planner: str = "off",
