@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import threading
@@ -325,15 +326,76 @@ def bench_perplexity(steps: int, work: Path, d_model: int = 96, n_layers: int = 
                              "10% held out"}
 
 
+
+def gpu_metrics(gpu: dict) -> dict:
+    tp = gpu["throughput"]
+    return {
+        "gpu_train_tokens_per_s_mamba": tp["mamba_triton"].get("tokens_per_s"),
+        "gpu_train_tokens_per_s_gpt2": tp["gpt2_sdpa"].get("tokens_per_s"),
+        "gpu_peak_gib_mamba": tp["mamba_triton"].get("peak_gib"),
+        "gpu_peak_gib_gpt2": tp["gpt2_sdpa"].get("peak_gib"),
+        "gpu_train_tokens_per_s_mamba_pscan": tp["mamba_pscan"].get("tokens_per_s"),
+        "gpu_peak_gib_mamba_pscan": tp["mamba_pscan"].get("peak_gib"),
+    }
+
+
+def gpu_lines(gpu: dict) -> list[str]:
+    """The GPU section of crsm.md from results/crsm_gpu.json."""
+    lines = ["## GPU training throughput (T=1024, bf16 autocast, fwd+bwd+AdamW)", "",
+             f"Recorded in results/crsm_gpu.json (benchmarks/crsm_gpu.py on the device machine, one {gpu['gpu']}, "
+             "all rows in one run), not rerun here.", "",
+             markdown_table(["model", "params (M)", "batch", "tokens/s", "peak GiB"],
+                            [[k, v.get("params_m", "-"), v.get("batch", "-"),
+                              v.get("tokens_per_s", v.get("error", "")[:60]), v.get("peak_gib", "-")]
+                             for k, v in gpu["throughput"].items()]), ""]
+    if "scan_ms" in gpu:
+        tile = gpu.get("tile", {})
+        lines += [f"One layer's fused scan at the 130M model's size (B 8, T 1024, ED 1536, N 16, bf16 inputs), tile "
+                  f"{tile}: forward {gpu['scan_ms']['fwd_ms']:.3f} ms, forward + backward "
+                  f"{gpu['scan_ms']['fwd_bwd_ms']:.3f} ms.", ""]
+    for name, prev in gpu.get("previous_kernels", {}).items():
+        lines += [f"- earlier kernel `{name}`: {prev['note']}: Mamba {prev['mamba_tokens_per_s']:.0f} tok/s at "
+                  f"{prev['mamba_peak_gib']:.2f} GiB vs GPT-2 {prev['gpt2_tokens_per_s']:.0f} tok/s at "
+                  f"{prev['gpt2_peak_gib']:.2f} GiB."]
+    if gpu.get("correctness"):
+        worst = {k: max(v.values()) for k, v in gpu["correctness"].items()}
+        lines += ["", "Largest relative error against the float64 reference (values, final state, every gradient): "
+                  + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()) + "."]
+    return lines + [""]
+
+
+def refresh_gpu_section() -> None:
+    """Merge results/crsm_gpu.json into crsm.json/crsm.md without rerunning the CPU parts."""
+    gpu = json.loads((RESULTS / "crsm_gpu.json").read_text())
+    result = json.loads((RESULTS / "crsm.json").read_text())
+    result["metrics"].update(gpu_metrics(gpu))
+    result["gpu"], result["machine"]["gpu"] = gpu, gpu["gpu"]
+    result["notes"] = result["notes"].replace("(one H100)", f"(one {gpu['gpu']})")
+    (RESULTS / "crsm.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = (RESULTS / "crsm.md").read_text()
+    head = md.split("## GPU training throughput")[0]
+    for key in gpu_metrics(gpu):
+        value = result["metrics"][key]
+        head = re.sub(rf"^\| {key} \| .* \|$", f"| {key} | {'n/a' if value is None else value:.4g} |", head,
+                      flags=re.M)
+    head = re.sub(r"GPU figures: [^.]*\.", f"GPU figures: {gpu['gpu']}.", head, count=1)
+    head = head.replace("(one H100)", f"(one {gpu['gpu']})")
+    (RESULTS / "crsm.md").write_text(head + "\n".join(gpu_lines(gpu)))
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--refresh-gpu", action="store_true",
+                        help="Only merge results/crsm_gpu.json into crsm.json/crsm.md (after a device run).")
     parser.add_argument("--work", default="runs/crsm/benchmark")
     parser.add_argument("--pathstar-only", default=None, help="Run only path-star; write its JSON here.")
     parser.add_argument("--steps", type=int, default=None, help="Backbone steps for path-star.")
     parser.add_argument("--lm-only", default=None, help="Run only the perplexity comparison; write its JSON here.")
     parser.add_argument("--settings", default="2x4,3x4", help="Path-star (degree x length) settings.")
     args = parser.parse_args()
+    if args.refresh_gpu:
+        refresh_gpu_section()
+        return
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     work = Path(args.work)
     quick = args.quick
@@ -410,15 +472,7 @@ def main():
         "gpu_peak_gib_mamba": None, "gpu_peak_gib_gpt2": None,
     }
     if gpu is not None:
-        tp = gpu["throughput"]
-        metrics.update({
-            "gpu_train_tokens_per_s_mamba": tp["mamba_triton"].get("tokens_per_s"),
-            "gpu_train_tokens_per_s_gpt2": tp["gpt2_sdpa"].get("tokens_per_s"),
-            "gpu_peak_gib_mamba": tp["mamba_triton"].get("peak_gib"),
-            "gpu_peak_gib_gpt2": tp["gpt2_sdpa"].get("peak_gib"),
-            "gpu_train_tokens_per_s_mamba_pscan": tp["mamba_pscan"].get("tokens_per_s"),
-            "gpu_peak_gib_mamba_pscan": tp["mamba_pscan"].get("peak_gib"),
-        })
+        metrics.update(gpu_metrics(gpu))
     result = {
         "family": "crsm", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu["gpu"] if gpu else None},
@@ -436,7 +490,7 @@ def main():
         "notes": (f"CPU figures on a 2-core machine shared with other jobs (1/5/15-min load average "
                   f"{load_before} before the planner-cost part, {load_after} after): absolute speeds are noisy, "
                   "hence interleaved repeats and medians. GPU figures from benchmarks/crsm_gpu.py on the device "
-                  "machine (one H100)."),
+                  f"machine (one {gpu['gpu'] if gpu else 'GPU'})."),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "crsm.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -499,13 +553,7 @@ def main():
               f"[{fmt(c3['min'])}, {fmt(c3['max'])}].",
               ""]
     if gpu:
-        lines += ["## GPU training throughput (T=1024, bf16 autocast, fwd+bwd+AdamW)", "",
-                  "Recorded in results/crsm_gpu.json (benchmarks/crsm_gpu.py on the device machine), not rerun here.",
-                  "",
-                  markdown_table(["model", "params (M)", "batch", "tokens/s", "peak GiB"],
-                                 [[k, v.get("params_m", "-"), v.get("batch", "-"),
-                                   v.get("tokens_per_s", v.get("error", "")[:60]), v.get("peak_gib", "-")]
-                                  for k, v in gpu["throughput"].items()]), ""]
+        lines += gpu_lines(gpu)
     (RESULTS / "crsm.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
