@@ -2,7 +2,7 @@
 
 Per segment (time-step-major over a batch of documents):
     hidden (B, L, E)  = encoder([CLS] question [SEP] segment [SEP])        frozen encodings may be cached
-    tokens (B, L, D)  = memory.read(project(hidden), memory)               what earlier segments left
+    tokens (B, L, D)  = memory.read(project(hidden) + position, memory)    what earlier segments left
     states (B, L, D)  = reasoning layers(tokens)                           trainable
     start, end (B, L) = qa_head(states)                                    -inf outside the segment, [CLS]=null
     memory (B, K, D)  = memory.write(memory, states)                       gated, carried to the next segment
