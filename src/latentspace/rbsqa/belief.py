@@ -207,10 +207,10 @@ class BeliefStateTracker(nn.Module):
             return torch.sigmoid(z)
         return torch.sigmoid(self.confidence_scaler * z / self.temperature + self.confidence_bias)
 
-    def _calibrate_scalar(self, z: float) -> float:
+    def _calibrate_scalar(self, z: float, params: tuple[np.ndarray, ...] | None = None) -> float:
         """`calibrate` of one Python float, without building tensors (the per-segment path)."""
         if self.confidence_calibration:
-            scale, bias, log_t = self._fast_params()[:3]
+            scale, bias, log_t = (params or self._fast_params())[:3]
             z = float(scale[0]) * z / math.exp(float(log_t[0])) + float(bias[0])
         return _sigmoid(z)
 
@@ -268,15 +268,15 @@ class BeliefStateTracker(nn.Module):
         return candidate
 
     def _candidate(self, logits: tuple[torch.Tensor, torch.Tensor], segment_id: int, global_offset: int,
-                   context: np.ndarray | None) -> tuple[SpanCandidate, int, int]:
+                   context: np.ndarray | None,
+                   params: tuple[np.ndarray, ...] | None = None) -> tuple[SpanCandidate, int, int]:
         """(candidate, start, end in the segment's logits) of one segment, given its memory summary (D,)."""
-        start = np.asarray(logits[0].detach().cpu().float().numpy(), dtype=np.float64)  # (L,)
-        end = np.asarray(logits[1].detach().cpu().float().numpy(), dtype=np.float64)  # (L,)
+        start, end = _as_array(logits[0], np.float64), _as_array(logits[1], np.float64)  # (L,) each
         s, e, best = _best_span(start, end, self.max_answer_len)
         z = best - float(start[0] + end[0])  # span-vs-null logit
         candidate = SpanCandidate(
             span=(global_offset + s - 1, global_offset + e - 1),
-            confidence=self._calibrate_scalar(z),
+            confidence=self._calibrate_scalar(z, params),
             segment_id=segment_id,
             gmm_context_hash=0 if context is None else zlib.crc32(context.tobytes()),
             score=z,
@@ -303,7 +303,8 @@ class BeliefStateTracker(nn.Module):
         revised = self._re_score(past_spans, _context_array(gmm_context))
         return [dataclasses.replace(c, confidence=r) for c, r in zip(past_spans, revised, strict=True)]
 
-    def _re_score(self, past_spans: list[SpanCandidate], now: np.ndarray | None) -> list[float]:
+    def _re_score(self, past_spans: list[SpanCandidate], now: np.ndarray | None,
+                  params: tuple[np.ndarray, ...] | None = None) -> list[float]:
         """Re-scored confidences of `past_spans` given the context summary now, (D,): batched over the P
         spans in a few NumPy ops (the network's weights are read through `_fast_params`)."""
         if not past_spans:
@@ -312,11 +313,12 @@ class BeliefStateTracker(nn.Module):
             if now is None:
                 raise TypeError("no memory context to re-score with")
             if self.re_scoring_method == "learned":
-                w1, b1, w2, b2 = self._fast_params()[3:]
-                embeddings = (_as_array(past_spans[0].span_embedding, np.float32)[None] if len(past_spans) == 1
-                              else np.stack([_as_array(c.span_embedding, np.float32) for c in past_spans]))  # (P, D)
-                half = embeddings.shape[1]  # W1 = [span part | context part], (H, D) each
-                hidden = embeddings @ w1[:, :half].T + (w1[:, half:] @ now + b1)  # (P, H)
+                w1, b1, w2, b2 = (params or self._fast_params())[3:]
+                features = np.empty((len(past_spans), 2 * now.shape[0]), dtype=np.float32)  # (P, 2D)
+                for row, c in zip(features, past_spans, strict=True):
+                    row[: now.shape[0]] = _as_array(c.span_embedding, np.float32)  # [span embedding, context now]
+                features[:, now.shape[0] :] = now
+                hidden = features @ w1.T + b1  # (P, H): one BLAS product with the contiguous W1 (H, 2D)
                 logit = np.maximum(hidden, 0.0, out=hidden) @ w2[0] + b2[0]  # (P,)
                 weight = 1.0 / (1.0 + np.exp(-logit))
             else:
@@ -348,7 +350,8 @@ class BeliefStateTracker(nn.Module):
             Updated BeliefState with potential non-monotonic revisions
         """
         context = _context_array(gmm_context)  # (D,)
-        current, s, e = self._candidate(current_logits, current_segment_id, global_offset, context)
+        params = self._fast_params()  # once per segment
+        current, s, e = self._candidate(current_logits, current_segment_id, global_offset, context, params)
         belief = self.belief
         held = None
         if belief.best_span is not None:
@@ -357,7 +360,7 @@ class BeliefStateTracker(nn.Module):
             held = next((c for c in reversed(belief.span_history) if c.span == belief.best_span), None)
             if held is None:
                 held = SpanCandidate(belief.best_span, belief.confidence, belief.segment_id, 0)
-            revised = self._re_score([held], context)[0] if self.enable_re_scoring else held.confidence
+            revised = self._re_score([held], context, params)[0] if self.enable_re_scoring else held.confidence
             if not 0.0 <= revised <= 1.0:  # also False for NaN
                 revised = held.confidence  # fallback to original belief if the revision is invalid
             if revised > current.confidence:
@@ -465,7 +468,10 @@ def _as_array(tensor: torch.Tensor | np.ndarray, dtype) -> np.ndarray:
     if tensor is None:
         raise TypeError("expected a tensor, got None")
     if isinstance(tensor, torch.Tensor):
-        tensor = tensor.detach().cpu()
+        if tensor.requires_grad:
+            tensor = tensor.detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
         tensor = (tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()).numpy()
     return np.asarray(tensor, dtype=dtype)
 
