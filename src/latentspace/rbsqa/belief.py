@@ -284,12 +284,6 @@ class BeliefStateTracker(nn.Module):
         )
         return candidate, s, e
 
-    @staticmethod
-    def _context_vector(gmm_context: torch.Tensor | None) -> torch.Tensor | None:
-        """Memory summary (D,) from a (K, D) / (1, K, D) / (1, L, D) context: its mean over slots."""
-        context = _context_array(gmm_context)
-        return None if context is None else torch.from_numpy(context)
-
     def re_score_past_spans(self, past_spans: list[SpanCandidate],
                             gmm_context: torch.Tensor) -> list[SpanCandidate]:
         """
