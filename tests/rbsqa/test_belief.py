@@ -185,3 +185,48 @@ def test_history_truncation_keeps_the_held_candidate():
     history = tracker.belief.span_history
     assert tracker.belief.best_span == (1, 1) and len(history) == 3
     assert history[0].segment_id == 0 and [c.segment_id for c in history[1:]] == [4, 5]
+
+
+def test_batched_re_scoring_matches_the_torch_reference():
+    """The per-segment NumPy path re-scores P spans as the torch network and cosine similarity do."""
+    torch.manual_seed(1)
+    spans = [SpanCandidate((i, i), 0.1 + 0.15 * i, i, 0, context_vector=torch.randn(8), span_embedding=torch.randn(8))
+             for i in range(5)]
+    now = torch.randn(3, 8)
+    learned = BeliefStateTracker(context_dim=8, re_scoring_method="learned")
+    features = torch.cat([torch.stack([c.span_embedding for c in spans]), now.mean(0).expand(5, 8)], -1)
+    with torch.no_grad():
+        expected = torch.tensor([c.confidence for c in spans]) * learned.re_score_network(features).squeeze(-1)
+    got = torch.tensor([c.confidence for c in learned.re_score_past_spans(spans, now)])
+    assert torch.allclose(got, expected, rtol=1e-5)
+    weighted = BeliefStateTracker(context_dim=8)
+    cos = torch.nn.functional.cosine_similarity(torch.stack([c.context_vector for c in spans]), now.mean(0)[None])
+    expected = torch.tensor([c.confidence for c in spans]) * (1 + cos) / 2
+    got = torch.tensor([c.confidence for c in weighted.re_score_past_spans(spans, now)])
+    assert torch.allclose(got, expected, rtol=1e-5)
+
+
+def test_per_segment_path_sees_parameter_changes():
+    """The NumPy views of the parameters follow in-place updates, `.data` writes, state dicts and replacement."""
+    tracker = BeliefStateTracker(context_dim=8, re_scoring_method="learned")
+    seg = logits(6, {(2, 2): 2.0})
+
+    def confidence() -> float:
+        return tracker.extract_best_span(seg, 0, 0).confidence
+
+    assert confidence() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), rel=1e-6)
+    tracker.confidence_bias.data.fill_(1.0)  # no version bump: seen through the shared memory
+    assert confidence() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item(), rel=1e-6)
+    state = {k: v.clone() for k, v in tracker.state_dict().items()}
+    state["log_temperature"].fill_(math.log(2.0))
+    tracker.load_state_dict(state)
+    assert confidence() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), rel=1e-6)  # 2 / 2 + 1
+    tracker.confidence_bias = torch.nn.Parameter(torch.full((1,), -1.0))  # a new parameter object
+    assert confidence() == pytest.approx(torch.sigmoid(torch.tensor(0.0)).item(), rel=1e-6)
+    cand = SpanCandidate((1, 1), 0.9, 0, 0, span_embedding=torch.randn(8))
+    ctx = context(2)
+    with torch.no_grad():
+        tracker.re_score_network[2].bias.fill_(30.0)  # the re-scorer now says: it still holds
+    assert tracker.re_score_past_spans([cand], ctx)[0].confidence == pytest.approx(0.9, rel=1e-6)
+    tracker.re_score_network[2].bias.data.fill_(-30.0)
+    assert tracker.re_score_past_spans([cand], ctx)[0].confidence == pytest.approx(0.0, abs=1e-6)

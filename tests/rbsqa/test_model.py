@@ -146,3 +146,29 @@ def test_re_score_loss_matches_per_pair_reference(tiny):
     total, parts = model.training_loss(batch)
     assert set(parts) == {"qa_loss", "re_score_loss"}
     assert total.item() == pytest.approx(parts["qa_loss"] + parts["re_score_loss"], rel=1e-5)
+
+
+def test_position_embedding_is_used_and_old_checkpoints_load(tiny, tmp_path):
+    """The learned positions feed the trainable path; a checkpoint written before the option loads without it."""
+    import json
+
+    config, model, docs = tiny
+    assert model.position is not None and model.position.shape == (config.seq_len, model.dim)
+    batch = collate(docs[:1], None)
+    hidden = model._encode_batch(batch)[:, 0]
+    args = (hidden, batch["attention_mask"][:, 0], batch["context_mask"][:, 0], model.init_memory(1))
+    with torch.no_grad():
+        before = model.segment_forward(*args)["start"]
+        saved = model.position.clone()
+        model.position.zero_()
+        after = model.segment_forward(*args)["start"]
+        model.position.copy_(saved)
+    assert not torch.allclose(before[torch.isfinite(before)], after[torch.isfinite(after)])
+    old = RBSQAModel(config.replace(position_embedding=False))
+    assert old.position is None
+    old.save(tmp_path / "old")
+    header = json.loads((tmp_path / "old" / "config.json").read_text())
+    header["config"].pop("position_embedding")  # as written before the option existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(header))
+    loaded = RBSQAModel.load(tmp_path / "old")
+    assert loaded.position is None and not loaded.config.position_embedding

@@ -51,3 +51,27 @@ def test_collate_pads_documents():
     S = max(d.num_segments for d in docs)
     assert batch["input_ids"].shape == (3, S, config.seq_len)
     assert batch["segment_mask"].sum().item() == sum(d.num_segments for d in docs)
+
+
+def test_revisions_are_measured_on_the_answer():
+    """Detected: the belief changes to the new answer at the segment where the true answer changes. False: the
+    believed answer changes where the true one does not. A move to a newer span of the same answer is neither."""
+    import types
+
+    from latentspace.rbsqa.halting import Trajectory, TrajectoryStep
+    from latentspace.rbsqa.train import _revisions
+
+    def step(s: int, span: tuple[int, int], text: str, revised: bool) -> TrajectoryStep:
+        return TrajectoryStep(s, span, text, 0.9, 3.0, span, text, 0.9, revised, False)
+
+    # truth: kitchen, kitchen (she left and came back: a newer "kitchen"), garden, garden, office
+    doc = types.SimpleNamespace(states=["kitchen", "kitchen", "garden", "garden", "office"], revision_points=[2, 4])
+    steps = [step(0, (3, 3), "kitchen", False), step(1, (20, 20), "kitchen", True),  # span-only move
+             step(2, (30, 30), "garden", True),  # detected
+             step(3, (40, 40), "cellar", True),  # false: the answer changes, the truth does not
+             step(4, (40, 40), "cellar", False)]  # missed: no change at the true revision point
+    traj = Trajectory(steps, (40, 40), "cellar", 5, 5, None, 0.0, 0.0, 0)
+    detected, false, span_only = _revisions(traj, doc)
+    assert detected == [2] and false == [3] and span_only == [1]
+    steps[4] = step(4, (50, 50), "the Office", True)  # revised to the new answer (normalised text)
+    assert _revisions(Trajectory(steps, (50, 50), "the Office", 5, 5, None, 0.0, 0.0, 0), doc)[0] == [2, 4]

@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import operator
 import zlib
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -207,11 +207,35 @@ class BeliefStateTracker(nn.Module):
             return torch.sigmoid(z)
         return torch.sigmoid(self.confidence_scaler * z / self.temperature + self.confidence_bias)
 
-    def _calibrate_scalar(self, z: float) -> float:
+    def _calibrate_scalar(self, z: float, params: tuple[np.ndarray, ...] | None = None) -> float:
         """`calibrate` of one Python float, without building tensors (the per-segment path)."""
         if self.confidence_calibration:
-            z = self.confidence_scaler.item() * z / math.exp(self.log_temperature.item()) + self.confidence_bias.item()
-        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+            scale, bias, log_t = (params or self._fast_params())[:3]
+            z = float(scale[0]) * z / math.exp(float(log_t[0])) + float(bias[0])
+        return _sigmoid(z)
+
+    def _fast_params(self) -> tuple[np.ndarray, ...]:
+        """NumPy arrays of the tracker's parameters for the per-segment path: (scale, bias, log temperature)
+        of shape (1,), then with the learned re-scorer W1 (H, 2D), b1 (H,), w2 (1, H), b2 (1,).
+
+        On CPU in float32 they are views of the parameters themselves, so any in-place update (an optimizer
+        step, `load_state_dict`, `.data.fill_`) is seen at once; a replaced parameter (another data pointer)
+        or, elsewhere, a changed version makes them be fetched again.
+        """
+        own = self._parameters  # direct dict reads: module attribute lookup costs more than the check itself
+        params = [own["confidence_scaler"], own["confidence_bias"], own["log_temperature"]]
+        net = self._modules.get("re_score_network")
+        if net is not None:
+            first, second = net._modules["0"]._parameters, net._modules["2"]._parameters
+            params += [first["weight"], first["bias"], second["weight"], second["bias"]]
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        cached = self.__dict__.get("_fast_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        arrays = tuple(p.detach().numpy() if p.device.type == "cpu" and p.dtype == torch.float32
+                       else p.detach().float().cpu().numpy() for p in params)
+        self.__dict__["_fast_cache"] = (key, arrays)  # a plain attribute: not a parameter, buffer or module
+        return arrays
 
     def compute_confidence(self, start_logits: torch.Tensor, end_logits: torch.Tensor,
                            start_idx: int, end_idx: int) -> float:
@@ -227,9 +251,9 @@ class BeliefStateTracker(nn.Module):
                           token_states: torch.Tensor | None = None) -> SpanCandidate:
         """Extract best span from current segment logits.
 
-        One segment holds a few dozen logits, so the search runs on Python floats after a single copy out
-        of torch: per-op overhead of tiny tensors, not arithmetic, is what the tracker would otherwise cost.
-        It returns what `best_span_scores` (the batched search) returns.
+        One segment holds a few dozen logits, so the search runs in NumPy on one copy out of torch: per-op
+        overhead of tiny tensors, not arithmetic, is what the tracker would otherwise cost. It returns
+        what `best_span_scores` (the batched torch search) returns.
 
         Args:
             logits: (start, end), each (L,): index 0 is the null ([CLS]) score, index i >= 1 the segment's
@@ -238,27 +262,27 @@ class BeliefStateTracker(nn.Module):
             gmm_context: memory after this segment, (K, D) or (1, K, D).
             token_states: (L, D) states aligned with the logits, for the span embedding.
         """
-        start_logits, end_logits = torch.stack([t.detach().reshape(-1) for t in logits]).tolist()  # 2 x (L,)
-        s, e, best = _best_span(start_logits, end_logits, self.max_answer_len)
-        z = best - (start_logits[0] + end_logits[0])  # span-vs-null logit
-        context = self._context_vector(gmm_context)
-        return SpanCandidate(
-            span=(global_offset + s - 1, global_offset + e - 1),
-            confidence=self._calibrate_scalar(z),
-            segment_id=segment_id,
-            gmm_context_hash=_tensor_hash(context),
-            score=z,
-            context_vector=context,
-            span_embedding=None if token_states is None else token_states[s : e + 1].detach().float().mean(0),
-        )
+        candidate, s, e = self._candidate(logits, segment_id, global_offset, _context_array(gmm_context))
+        if token_states is not None:
+            candidate.span_embedding = _span_embedding(token_states, s, e)
+        return candidate
 
-    @staticmethod
-    def _context_vector(gmm_context: torch.Tensor | None) -> torch.Tensor | None:
-        """Memory summary (D,) from a (K, D) / (1, K, D) / (1, L, D) context: its mean over slots."""
-        if gmm_context is None:
-            return None
-        flat = gmm_context.detach().reshape(-1, gmm_context.shape[-1])  # (K, D)
-        return (flat[0] if flat.shape[0] == 1 else flat.mean(0)).float()
+    def _candidate(self, logits: tuple[torch.Tensor, torch.Tensor], segment_id: int, global_offset: int,
+                   context: np.ndarray | None,
+                   params: tuple[np.ndarray, ...] | None = None) -> tuple[SpanCandidate, int, int]:
+        """(candidate, start, end in the segment's logits) of one segment, given its memory summary (D,)."""
+        start, end = _as_array(logits[0], np.float64), _as_array(logits[1], np.float64)  # (L,) each
+        s, e, best = _best_span(start, end, self.max_answer_len)
+        z = best - float(start[0] + end[0])  # span-vs-null logit
+        candidate = SpanCandidate(
+            span=(global_offset + s - 1, global_offset + e - 1),
+            confidence=self._calibrate_scalar(z, params),
+            segment_id=segment_id,
+            gmm_context_hash=0 if context is None else zlib.crc32(context.tobytes()),
+            score=z,
+            context_vector=None if context is None else torch.from_numpy(context),
+        )
+        return candidate, s, e
 
     def re_score_past_spans(self, past_spans: list[SpanCandidate],
                             gmm_context: torch.Tensor) -> list[SpanCandidate]:
@@ -270,28 +294,35 @@ class BeliefStateTracker(nn.Module):
         learned: confidence * re_score_network([span embedding, context now]).
         Falls back to the original confidence (with a warning) when a span lacks what re-scoring needs.
         """
-        return self._re_score(past_spans, self._context_vector(gmm_context))
+        revised = self._re_score(past_spans, _context_array(gmm_context))
+        return [dataclasses.replace(c, confidence=r) for c, r in zip(past_spans, revised, strict=True)]
 
-    def _re_score(self, past_spans: list[SpanCandidate], now: torch.Tensor) -> list[SpanCandidate]:
-        """`re_score_past_spans` given the context summary now, (D,): a handful of tensor ops for any P."""
+    def _re_score(self, past_spans: list[SpanCandidate], now: np.ndarray | None,
+                  params: tuple[np.ndarray, ...] | None = None) -> list[float]:
+        """Re-scored confidences of `past_spans` given the context summary now, (D,): batched over the P
+        spans in a few NumPy ops (the network's weights are read through `_fast_params`)."""
         if not past_spans:
             return []
         try:
+            if now is None:
+                raise TypeError("no memory context to re-score with")
             if self.re_scoring_method == "learned":
-                embeddings = torch.stack([c.span_embedding for c in past_spans])  # (P, D)
-                features = torch.cat([embeddings, now.expand_as(embeddings)], dim=-1)  # (P, 2D)
-                first, _, second, _ = self.re_score_network
-                with torch.no_grad():  # the network's layers called directly: module dispatch costs more here
-                    hidden = F.linear(features, first.weight, first.bias).relu_()  # (P, 256)
-                    weight = torch.sigmoid(F.linear(hidden, second.weight, second.bias)).view(-1)  # (P,)
+                w1, b1, w2, b2 = (params or self._fast_params())[3:]
+                features = np.empty((len(past_spans), 2 * now.shape[0]), dtype=np.float32)  # (P, 2D)
+                for row, c in zip(features, past_spans, strict=True):
+                    row[: now.shape[0]] = _as_array(c.span_embedding, np.float32)  # [span embedding, context now]
+                features[:, now.shape[0] :] = now
+                hidden = features @ w1.T + b1  # (P, H): one BLAS product with the contiguous W1 (H, 2D)
+                logit = np.maximum(hidden, 0.0, out=hidden) @ w2[0] + b2[0]  # (P,)
+                weight = 1.0 / (1.0 + np.exp(-logit))
             else:
-                then = torch.stack([c.context_vector for c in past_spans])  # (P, D)
-                weight = (1 + F.cosine_similarity(then, now[None], dim=-1)) / 2  # (P,)
-            revised = [c.confidence * w for c, w in zip(past_spans, weight.tolist(), strict=True)]
-        except (TypeError, RuntimeError, AttributeError) as err:
+                then = np.stack([_as_array(c.context_vector, np.float32) for c in past_spans])  # (P, D)
+                norms = np.maximum(np.linalg.norm(then, axis=1), 1e-8) * max(float(np.linalg.norm(now)), 1e-8)
+                weight = (1.0 + (then @ now) / norms) / 2  # (P,)
+            return [c.confidence * w for c, w in zip(past_spans, weight.tolist(), strict=True)]
+        except (TypeError, RuntimeError, AttributeError, ValueError, IndexError) as err:
             log.warning("re-scoring failed (%s); keeping the original confidences", err)
-            revised = [c.confidence for c in past_spans]
-        return [dataclasses.replace(c, confidence=float(r)) for c, r in zip(past_spans, revised, strict=True)]
+            return [c.confidence for c in past_spans]
 
     # ---- belief ----------------------------------------------------------------------------------------
 
@@ -312,7 +343,9 @@ class BeliefStateTracker(nn.Module):
         Returns:
             Updated BeliefState with potential non-monotonic revisions
         """
-        current = self.extract_best_span(current_logits, current_segment_id, global_offset, gmm_context)
+        context = _context_array(gmm_context)  # (D,)
+        params = self._fast_params()  # once per segment
+        current, s, e = self._candidate(current_logits, current_segment_id, global_offset, context, params)
         belief = self.belief
         held = None
         if belief.best_span is not None:
@@ -321,11 +354,11 @@ class BeliefStateTracker(nn.Module):
             held = next((c for c in reversed(belief.span_history) if c.span == belief.best_span), None)
             if held is None:
                 held = SpanCandidate(belief.best_span, belief.confidence, belief.segment_id, 0)
-            revised = self._re_score([held], current.context_vector)[0] if self.enable_re_scoring else held
-            if not 0.0 <= revised.confidence <= 1.0 or math.isnan(revised.confidence):
-                revised = held  # fallback to original belief if the revision is invalid
-            if revised.confidence > current.confidence:
-                belief.confidence = revised.confidence  # old belief confirmed by the new context
+            revised = self._re_score([held], context, params)[0] if self.enable_re_scoring else held.confidence
+            if not 0.0 <= revised <= 1.0:  # also False for NaN
+                revised = held.confidence  # fallback to original belief if the revision is invalid
+            if revised > current.confidence:
+                belief.confidence = revised  # old belief confirmed by the new context
             else:
                 if current.span != belief.best_span:
                     belief.revision_count += 1  # new span beats the re-scored old one: belief revision
@@ -338,8 +371,7 @@ class BeliefStateTracker(nn.Module):
             held = current  # the belief's latest candidate: the one re-scored from now on
             if token_states is not None and self.re_scoring_method == "learned":
                 # only the belief's candidate is ever re-scored, so only it needs a span embedding
-                s, e = current.span[0] - global_offset + 1, current.span[1] - global_offset + 1
-                current.span_embedding = token_states[s : e + 1].detach().float().mean(0)  # (D,)
+                current.span_embedding = _span_embedding(token_states, s, e)  # (D,)
         history = belief.span_history
         history.append(current)
         if len(history) > self.max_segments:
@@ -378,9 +410,13 @@ def confidence_slope(history: list[float]) -> float:
     n = len(history)
     if n < 2:
         return 0.0
+    if n == 2:
+        return history[1] - history[0]
+    if n == 3:  # the halting window: x - mean(x) = (-1, 0, 1)
+        return (history[2] - history[0]) / 2
     mean_x, mean_y = (n - 1) / 2, sum(history) / n
     num = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(history))
-    return num / sum((x - mean_x) ** 2 for x in range(n))
+    return num / (n * (n * n - 1) / 12)  # sum of (x - mean_x)^2 over x = 0..n-1
 
 
 def halts(confidence_history: list[float], threshold: float, trend_analysis: bool = True) -> bool:
@@ -390,28 +426,63 @@ def halts(confidence_history: list[float], threshold: float, trend_analysis: boo
     return not trend_analysis or confidence_slope(confidence_history[-3:]) > -0.25
 
 
-def _best_span(start: list[float], end: list[float], max_answer_len: int) -> tuple[int, int, float]:
-    """(start, end, score) of the best non-null span of one segment's logits (Python floats, index 0 = null).
+_BAND_MASKS: dict[tuple[int, int], np.ndarray] = {}
 
-    Scans the band end - start = k < max_answer_len one diagonal at a time; ties go to the smaller start,
-    then the shorter span, as in the flat argmax of `best_span_scores`.
+
+def _band_mask(length: int, max_answer_len: int) -> np.ndarray:
+    """Additive mask (L-1, L-1) over (start, end) of the non-null positions: 0 on spans, -inf elsewhere."""
+    key = (length, max_answer_len)
+    mask = _BAND_MASKS.get(key)
+    if mask is None:
+        i = np.arange(length - 1)
+        allowed = (i[None, :] >= i[:, None]) & (i[None, :] - i[:, None] < max_answer_len)
+        mask = _BAND_MASKS[key] = np.where(allowed, 0.0, -np.inf)
+    return mask
+
+
+def _best_span(start: np.ndarray, end: np.ndarray, max_answer_len: int) -> tuple[int, int, float]:
+    """(start, end, score) of the best non-null span of one segment's logits, (L,) each, index 0 = null.
+
+    The same flat argmax over the (start, end) band as `best_span_scores` (ties go to the smaller start,
+    then the shorter span), on NumPy arrays of one segment.
     """
-    length = len(start)
-    best, best_i, best_j = float("-inf"), 1, 1
-    for k in range(min(max_answer_len, length - 1)):
-        sums = list(map(operator.add, start[1 : length - k], end[1 + k :]))  # span (i, i + k) for i >= 1
-        value = max(sums)
-        i = sums.index(value) + 1
-        if value > best or (value == best and i < best_i):
-            best, best_i, best_j = value, i, i + k
-    return best_i, best_j, best
+    length = start.shape[0]
+    scores = start[1:, None] + end[None, 1:] + _band_mask(length, max_answer_len)  # (L-1, L-1)
+    flat = int(scores.argmax())
+    i, j = divmod(flat, length - 1)
+    return i + 1, j + 1, float(scores.flat[flat])
 
 
-def _tensor_hash(vector: torch.Tensor | None) -> int:
-    """A 32-bit content hash of the memory context (the seed's `gmm_context_hash`)."""
-    if vector is None:
-        return 0
-    return zlib.crc32(vector.numpy().tobytes())
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def _as_array(tensor: torch.Tensor | np.ndarray, dtype) -> np.ndarray:
+    """A NumPy view (or copy, for another dtype or device) of a tensor."""
+    if tensor is None:
+        raise TypeError("expected a tensor, got None")
+    if isinstance(tensor, torch.Tensor):
+        if tensor.requires_grad:
+            tensor = tensor.detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        tensor = (tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()).numpy()
+    return np.asarray(tensor, dtype=dtype)
+
+
+def _context_array(gmm_context: torch.Tensor | None) -> np.ndarray | None:
+    """Memory summary (D,) float32 of a (K, D) / (1, K, D) context: its mean over slots (a new array)."""
+    if gmm_context is None:
+        return None
+    flat = _as_array(gmm_context, np.float32)
+    flat = flat.reshape(-1, flat.shape[-1])  # (K, D)
+    # np.add.reduce / K is what np.mean computes (and torch's mean, bit for bit), without its wrapper
+    return flat[0].copy() if flat.shape[0] == 1 else np.add.reduce(flat, axis=0) / flat.shape[0]
+
+
+def _span_embedding(token_states: torch.Tensor, s: int, e: int) -> torch.Tensor:
+    """Mean token state (D,) over positions s..e of (L, D) states aligned with the logits."""
+    return torch.from_numpy(np.add.reduce(_as_array(token_states, np.float32)[s : e + 1], axis=0) / (e + 1 - s))
 
 
 def fit_temperature(tracker: BeliefStateTracker, z: torch.Tensor, correct: torch.Tensor, steps: int = 100) -> dict:

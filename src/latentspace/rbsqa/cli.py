@@ -194,8 +194,8 @@ def demo(out_dir: pathlib.Path, quiet: bool):
     trained.model.save(run.path / "model")
     metrics, plots = _evaluate_into(trained.model, config, run, quiet)
     plots.append(run.plot_metrics(["loss"], "loss.png"))
-    keys = ["f1_with_tracker", "f1_without_tracker", "revision_detection_rate", "ece_uncalibrated", "ece_calibrated",
-            "segments_read_frac_halting", "f1_halting", "f1_full_read_long"]
+    keys = ["f1_with_tracker", "f1_without_tracker", "revision_detection_rate", "false_revisions_per_doc",
+            "ece_uncalibrated", "ece_calibrated", "segments_read_frac_halting", "f1_halting", "f1_full_read_long"]
     headline = {k: metrics[k] for k in keys}
     summary = (f"RBS-QA reads generated stories (people moving, so the answer changes) and long documents "
                f"(a fact paragraph among {config.distractors} distractors) segment by segment with a frozen MiniLM, "

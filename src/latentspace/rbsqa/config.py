@@ -30,6 +30,9 @@ class RBSQAConfig(Config):
     num_memory_slots: int = 4
     num_heads: int = 4
     reasoning_layers: int = 1
+    # a learned position embedding added to the trainable path: "the *last* move of X in this segment" needs
+    # token order, which the frozen encoder's states hold only entangled with content
+    position_embedding: bool = True
     # belief-state tracker (seed names)
     use_belief_state: bool = True
     belief_state_threshold: float = 0.7

@@ -2,7 +2,7 @@
 
 Per segment (time-step-major over a batch of documents):
     hidden (B, L, E)  = encoder([CLS] question [SEP] segment [SEP])        frozen encodings may be cached
-    tokens (B, L, D)  = memory.read(project(hidden), memory)               what earlier segments left
+    tokens (B, L, D)  = memory.read(project(hidden) + position, memory)    what earlier segments left
     states (B, L, D)  = reasoning layers(tokens)                           trainable
     start, end (B, L) = qa_head(states)                                    -inf outside the segment, [CLS]=null
     memory (B, K, D)  = memory.write(memory, states)                       gated, carried to the next segment
@@ -67,6 +67,8 @@ class RBSQAModel(nn.Module, CheckpointMixin):
             self.encoder.requires_grad_(False)
         # a narrower width D for the trainable layers: they, not the cached encoder, are what training pays for
         self.project = nn.Sequential(nn.Linear(width, dim), nn.LayerNorm(dim)) if dim != width else nn.Identity()
+        # (L, D) learned positions of the segment input, added after the projection (None: off)
+        self.position = nn.Parameter(torch.randn(config.seq_len, dim) * 0.02) if config.position_embedding else None
         self.memory = GatedMemory(dim, config.num_memory_slots, config.num_heads)
         layer = nn.TransformerEncoderLayer(dim, config.num_heads, 2 * dim, dropout=0.1, batch_first=True)
         self.reasoning = nn.TransformerEncoder(layer, config.reasoning_layers, enable_nested_tensor=False)
@@ -104,7 +106,10 @@ class RBSQAModel(nn.Module, CheckpointMixin):
             states: (B, L, D); memory: (B, K, D) after the write.
         """
         padding = attention_mask == 0  # (B, L)
-        tokens = self.memory.read(self.project(hidden), memory)  # (B, L, D)
+        tokens = self.project(hidden)  # (B, L, D)
+        if self.position is not None:
+            tokens = tokens + self.position[: tokens.shape[1]]
+        tokens = self.memory.read(tokens, memory)  # (B, L, D)
         states = self.reasoning(tokens, src_key_padding_mask=padding)  # (B, L, D)
         logits = self.qa_head(states)  # (B, L, 2)
         allowed = context_mask.clone()
@@ -222,7 +227,9 @@ class RBSQAModel(nn.Module, CheckpointMixin):
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> RBSQAModel:
         header, state = load_checkpoint(directory, family=cls.family, device=device)
-        model = cls(RBSQAConfig.from_dict(header["config"]))
+        config = dict(header["config"])
+        config.setdefault("position_embedding", False)  # checkpoints from before the option had none
+        model = cls(RBSQAConfig.from_dict(config))
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if model._saves_encoder() or not k.startswith("encoder.")]
         if missing or unexpected:

@@ -243,7 +243,7 @@ def evaluate_documents(model: RBSQAModel, docs: list[EncodedDocument], features:
         halted = read_document(model, doc, hidden, halt=True)
         _, base_text, _ = answer_without_tracker(model, doc, hidden)
         truth = doc.doc.answer
-        detected, false_revisions = _revisions(full, doc)
+        detected, false_revisions, span_only = _revisions(full, doc)
         for step in full.steps:
             zs.append(step.candidate_score)
             correct.append(exact_match(step.candidate_text, doc.states[step.segment] or "\x00"))
@@ -254,6 +254,7 @@ def evaluate_documents(model: RBSQAModel, docs: list[EncodedDocument], features:
                      "f1_halting": f1_score(halted.answer_text, truth), "segments": doc.num_segments,
                      "segments_read_halting": halted.segments_read, "revision_points": len(doc.revision_points),
                      "revisions_detected": len(detected), "false_revisions": len(false_revisions),
+                     "span_only_revisions": len(span_only),
                      "tracker_bytes": full.bytes, "prediction": full.answer_text, "baseline_prediction": base_text,
                      "trajectory": full.to_dict()})
     z, ok = torch.tensor(zs), torch.tensor(correct)
@@ -278,6 +279,7 @@ def evaluate_documents(model: RBSQAModel, docs: list[EncodedDocument], features:
             "f1_without_tracker_long": mean("f1_baseline", long_docs),
             "revision_detection_rate": frac("revisions_detected", "revision_points", stories),
             "false_revisions_per_doc": mean("false_revisions", stories),
+            "span_only_revisions_per_doc": mean("span_only_revisions", stories),
             "ece_uncalibrated": expected_calibration_error(torch.sigmoid(z), ok),
             "ece_calibrated": expected_calibration_error(model.tracker.calibrate(z), ok),
             "f1_full_read_long": mean("f1_tracker", long_docs),
@@ -289,12 +291,24 @@ def evaluate_documents(model: RBSQAModel, docs: list[EncodedDocument], features:
     return metrics, rows
 
 
-def _revisions(traj: Trajectory, doc: EncodedDocument) -> tuple[list[int], list[int]]:
-    """(detected, false) revisions of a full read: a true answer change at segment p is detected when the
-    belief changes at p to the new answer; a belief change anywhere else is a false revision."""
+def _revisions(traj: Trajectory, doc: EncodedDocument) -> tuple[list[int], list[int], list[int]]:
+    """(detected, false, span-only) revisions of a full read, on the answer as the ground truth is.
+
+    The ground-truth revision points are where the *answer* (text) changes, so the tracker is measured on
+    its answer too: a true change at segment p is detected when the belief changes at p to the new answer;
+    a false revision is a change of the believed answer at a segment where the true answer does not change.
+    A belief that moves to a newer occurrence of the same answer (the person left and came back within one
+    segment: "kitchen" -> "kitchen") follows the evidence without revising the answer, so it is not a false
+    revision; those span-only changes are returned third, so that they can still be reported.
+    """
     detected = [p for p in doc.revision_points
                 if traj.steps[p].revised and exact_match(traj.steps[p].belief_text, doc.states[p] or "")]
-    return detected, [s for s in traj.revisions if s not in doc.revision_points]
+    false, span_only = [], []
+    for prev, step in zip(traj.steps, traj.steps[1:], strict=False):
+        if step.revised and step.segment not in doc.revision_points:
+            same = normalize_answer(step.belief_text) == normalize_answer(prev.belief_text)
+            (span_only if same else false).append(step.segment)
+    return detected, false, span_only
 
 
 def revision_detection(model: RBSQAModel, docs: list[EncodedDocument],
@@ -304,7 +318,7 @@ def revision_detection(model: RBSQAModel, docs: list[EncodedDocument],
     for i, doc in enumerate(docs):
         if doc.doc.kind not in ("story", "babi"):
             continue
-        good, bad = _revisions(read_document(model, doc, None if features is None else features[i]), doc)
+        good, bad, _ = _revisions(read_document(model, doc, None if features is None else features[i]), doc)
         points += len(doc.revision_points)
         detected += len(good)
         false += len(bad)
