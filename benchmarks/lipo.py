@@ -42,7 +42,7 @@ from latentspace.lipo.vae import InstructionVAE, train_vae, vae_quality_metrics
 
 RESULTS = Path(__file__).parent / "results"
 INVBO_STEPS = 4  # LIPO's InvBO steps after each Hyperband round (chosen on table seed 1, see docs/lipo.md)
-INVBO_SELECT = "acq"  # table inversion: the decoded target's nearest unevaluated rows, highest LogEI kept
+INVBO_SELECT = None  # table inversion; None: "acq" when the preset's inversion_select is "acquisition", else "nearest"
 DOCS_IMG = Path(__file__).parent.parent / "docs" / "img"
 
 
@@ -291,7 +291,8 @@ def main() -> None:
                         help="seed of the table (APE writer + validation sample); 0 is the reported table, settings "
                              "of LIPO were chosen on table seed 1")
     parser.add_argument("--invbo-steps", type=int, default=INVBO_STEPS, help="LIPO's InvBO steps after each round")
-    parser.add_argument("--invbo-select", default=INVBO_SELECT, choices=("nearest", "acq"))
+    parser.add_argument("--invbo-select", default=INVBO_SELECT, choices=("nearest", "acq"),
+                        help="acq: of the decoded target's nearest unevaluated rows the one of highest LogEI")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for the (method, seed) runs")
     parser.add_argument("--gp-input", default=None, choices=("latent", "embedding"),
                         help="LIPO's GP input (default: the cpu preset's gp_input)")
@@ -304,6 +305,8 @@ def main() -> None:
     config = LIPOConfig.preset("cpu").replace(validation_size=nvalid)
     if args.gp_input:
         config = config.replace(gp_input=args.gp_input)
+    if args.invbo_select is None:
+        args.invbo_select = "acq" if config.inversion_select == "acquisition" else "nearest"
     t0 = time.time()
     pool, outcomes = build_table(n, nvalid, args.table_seed)
     true_error = outcomes.mean(1)

@@ -13,7 +13,8 @@ from latentspace.lipo.vae import InstructionVAE, VAEWithAdapter
 def test_invbo_iterations_invert_evaluate_and_update_the_gp(pool, pool_embeddings, encoder):
     config = LIPOConfig.preset("debug").replace(embedding_dim=384, iterations=2, num_restarts=2, raw_samples=16,
                                                 acq_maxiter=5, inversion_n_steps=10, gp_retrain_epochs=5,
-                                                max_inversion_iters=2, gap_threshold=0.0)
+                                                max_inversion_iters=2, gap_threshold=0.0, gp_input="latent",
+                                                inversion_select="closest")  # the seed's design
     vae = InstructionVAE(config).eval()
     with torch.no_grad():
         latents = vae.encode_mu(pool_embeddings[:30]).double()
