@@ -13,7 +13,8 @@ from latentspace.lipo.vae import InstructionVAE, VAEWithAdapter
 def test_invbo_iterations_invert_evaluate_and_update_the_gp(pool, pool_embeddings, encoder):
     config = LIPOConfig.preset("debug").replace(embedding_dim=384, iterations=2, num_restarts=2, raw_samples=16,
                                                 acq_maxiter=5, inversion_n_steps=10, gp_retrain_epochs=5,
-                                                max_inversion_iters=2, gap_threshold=0.0)
+                                                max_inversion_iters=2, gap_threshold=0.0, gp_input="latent",
+                                                inversion_select="closest")  # the seed's design
     vae = InstructionVAE(config).eval()
     with torch.no_grad():
         latents = vae.encode_mu(pool_embeddings[:30]).double()
@@ -41,3 +42,45 @@ def test_invbo_iterations_invert_evaluate_and_update_the_gp(pool, pool_embedding
     assert len(evaluated) == len({r["instruction"] for r in new})
     assert gp.n == 30 + len(evaluated)
     assert result["best_error"] == min(inference.known.values())
+
+
+def test_invbo_with_the_gp_on_embeddings_searches_the_latent_and_adds_embeddings(pool, pool_embeddings, encoder):
+    config = LIPOConfig.preset("debug").replace(embedding_dim=384, iterations=2, num_restarts=2, raw_samples=16,
+                                                acq_maxiter=5, inversion_n_steps=10, gp_retrain_epochs=5,
+                                                gp_input="embedding", inversion_select="acquisition")
+    vae = InstructionVAE(config).eval()
+    errors = torch.tensor([1.0 - instruction_quality(t) for t in pool[:30]])
+    gp = GPWithEI(384, gp_latent_dim=4)
+    gp.set_data(pool_embeddings[:30].double(), errors)
+    gp.fit(epochs=10, lr=0.01, patience=5)
+    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none")
+    known = {t: float(e) for t, e in zip(pool[:30], errors, strict=True)}
+    inference = LIPOInference(vae, gp, encoder, inverter, lambda t: 1.0 - instruction_quality(t), config, known=known)
+    result = inference.run()
+    new = [r["instruction"] for r in result["history"] if not r["duplicate"]]
+    assert len(new) == 2  # acquisition selection skips already evaluated candidates
+    assert gp.n == 30 + len(new) and gp.X.shape[1] == 384
+    for k, text in enumerate(new):  # the GP got the re-encoded embedding of each new instruction
+        assert torch.allclose(gp.X[30 + k].float(), encoder.encode_tensor(text), atol=1e-6)
+    assert all(math.isfinite(r["predicted_error"]) for r in result["history"])
+
+
+def test_acquisition_selection_takes_the_unevaluated_candidate_of_highest_log_ei(pool, pool_embeddings, encoder):
+    config = LIPOConfig.preset("debug").replace(embedding_dim=384, gp_input="embedding",
+                                                inversion_select="acquisition", inversion_neighbours=6)
+    vae = InstructionVAE(config).eval()
+    errors = torch.tensor([1.0 - instruction_quality(t) for t in pool[:40]])
+    gp = GPWithEI(384, gp_latent_dim=4)
+    gp.set_data(pool_embeddings[:40].double(), errors)
+    gp.fit(epochs=20, lr=0.01, patience=5)
+    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none", neighbours=6)
+    known = {t: float(e) for t, e in zip(pool[:40], errors, strict=True)}
+    inference = LIPOInference(vae, gp, encoder, inverter, None, config, known=known)
+    target = pool_embeddings[3]  # a known instruction: its own text is the closest candidate
+    candidates = inverter.candidates(target, k=6)
+    assert candidates[0] == pool[3] and len(candidates) == 6
+    fresh = [c for c in candidates if c not in known]
+    chosen = inference.select_candidate(target, fallback=pool[3])
+    assert chosen in fresh
+    scores = gp.log_ei(encoder.encode_batch_tensor(fresh).double())
+    assert chosen == fresh[int(scores.argmax())]

@@ -23,6 +23,7 @@ import math
 
 import gpytorch
 import torch
+from botorch.acquisition import AcquisitionFunction
 from botorch.acquisition.logei import qLogExpectedImprovement
 from botorch.models.gpytorch import GPyTorchModel
 from botorch.models.transforms.input import Normalize
@@ -196,6 +197,21 @@ def get_latent_bounds(X_train: torch.Tensor, margin: float = 0.2) -> torch.Tenso
     return torch.stack([z_min - margin * z_range, z_max + margin * z_range])
 
 
+class DecodedAcquisition(AcquisitionFunction):
+    """acq(decode(z)): an acquisition over GP inputs x, optimised over latents z through a differentiable decoder.
+
+    The seed's CompositeLogEI: when the GP models the error on sentence embeddings, InvBO still searches the
+    VAE latent; z (b, q, latent) -> decode -> x (b, q, E) -> qLogEI.
+    """
+
+    def __init__(self, acq: AcquisitionFunction, decode):
+        super().__init__(model=acq.model)
+        self.acq, self.decode = acq, decode
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.acq(self.decode(X))
+
+
 class GPWithEI:
     """Fits an InstructionDeepKernelGP on (latent, error) pairs, predicts errors, proposes latents by qLogEI.
 
@@ -351,15 +367,24 @@ class GPWithEI:
         return log_expected_improvement(mean, std, self.best_error if best_error is None else best_error)
 
     def optimize(self, num_restarts: int = 64, raw_samples: int = 1024, margin: float = 0.2,
-                 maxiter: int = 200, seed: int = 0, batch_limit: int | None = None) -> tuple[torch.Tensor, float]:
-        """The latent maximising qLogEI (q=1) inside the margin-extended box: ((D,), log EI value).
+                 maxiter: int = 200, seed: int = 0, batch_limit: int | None = None, decode=None,
+                 search_points: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        """The point maximising qLogEI (q=1) inside the margin-extended box: ((D,), log EI value).
 
         batch_limit: restarts optimised together (default: all of them, one posterior call per iteration).
+        decode: a differentiable map z (..., d) -> GP inputs (..., D); the search then runs over z in the box
+            around `search_points` (M, d) (e.g. the training instructions' VAE latents) and returns z (d,).
         """
         if self.model is None:
             raise DataError("GPWithEI.optimize before fit")
         acq = qLogExpectedImprovement(model=self.model, best_f=float(-self.y.min()))
-        bounds = get_latent_bounds(self.X, margin)
+        if decode is not None:
+            if search_points is None:
+                raise DataError("GPWithEI.optimize with decode needs search_points (the latents to search around)")
+            acq = DecodedAcquisition(acq, decode)
+            bounds = get_latent_bounds(torch.as_tensor(search_points, dtype=torch.float64), margin)
+        else:
+            bounds = get_latent_bounds(self.X, margin)
         torch.manual_seed(seed)
         with gpytorch.settings.cholesky_jitter(CHOLESKY_JITTER), gpytorch.settings.max_cholesky_size(MAX_CHOLESKY_SIZE):
             candidate, value = optimize_acqf(acq, bounds=bounds, q=1, num_restarts=num_restarts,

@@ -7,6 +7,12 @@ One iteration (the seed's "Optimalizační tok"):
    decoder(z_inv)); stop when gap <= gap_threshold, else re-decode from z_inv and re-invert (max iterations);
 4. re-encode the text, predict its error with the GP, evaluate it on the validation set (LLM calls), add
    the observation and retrain the GP (gp_retrain_* settings).
+
+With `gp_input="embedding"` the GP models the error on sentence embeddings: step 1 maximises
+qLogEI(GP(decoder(z))) over z in the box around the observed instructions' latents (the seed's CompositeLogEI),
+and step 4 predicts from and adds the re-encoded embedding itself. With `inversion_select="acquisition"` the
+inverter's `inversion_neighbours` candidate texts for the last decoded embedding are re-encoded and the
+unevaluated one of highest LogEI is evaluated (instead of the closest one, which may already be known).
 """
 
 from __future__ import annotations
@@ -58,13 +64,37 @@ class LIPOInference:
         with torch.no_grad():
             return self.vae.encode_mu(self.encoder.encode_batch_tensor([text]))[0]
 
+    def gp_input_of(self, text: str) -> torch.Tensor:
+        """What the GP sees of a text: its VAE latent (latent_dim,) or its embedding (E,) (config.gp_input)."""
+        if self.config.gp_input == "embedding":
+            return self.encoder.encode_batch_tensor([text])[0].double()
+        return self.latent_of(text).double()
+
+    def select_candidate(self, embedding: torch.Tensor, fallback: str) -> str:
+        """Of the inverter's `inversion_neighbours` candidates for a target embedding (E,), the not yet evaluated
+        one of highest LogEI after re-encoding (every candidate is a text, so it is scored where it really lies)."""
+        candidates = self.inverter.candidates(embedding, k=self.config.inversion_neighbours)
+        fresh = [c for c in candidates if c not in self.known]
+        if not fresh:
+            return fallback
+        with torch.no_grad():
+            emb = self.encoder.encode_batch_tensor(fresh)  # (C, E)
+            X = emb.double() if self.config.gp_input == "embedding" else self.vae.encode_mu(emb).double()
+            return fresh[int(self.gp.log_ei(X).argmax())]
+
     def step(self, iteration: int) -> dict:
         cfg = self.config
+        search = {}
+        if cfg.gp_input == "embedding":  # qLogEI(GP(decoder(z))) over the latent box of the observed instructions
+            with torch.no_grad():
+                observed = self.vae.encode_mu(self.gp.X.float()).double()  # (N, latent)
+            search = {"decode": lambda z: self.decode(z).to(z.dtype), "search_points": observed}
         z_opt, log_ei = self.gp.optimize(cfg.num_restarts, cfg.raw_samples, cfg.latent_margin, cfg.acq_maxiter,
-                                         seed=cfg.seed + iteration)
+                                         seed=cfg.seed + iteration, **search)
         with torch.no_grad():
             target = self.decode(z_opt.unsqueeze(0))  # (1, E)
         text = self.inverter.invert(target)[0]
+        last_target = target  # the embedding the text was inverted from
         gap, inversion_iters = float("nan"), 0
         if cfg.use_inversion:
             for attempt in range(1, cfg.max_inversion_iters + 1):
@@ -79,7 +109,10 @@ class LIPOInference:
                 with torch.no_grad():
                     redecoded = self.decode(z_inv)
                 text = self.inverter.invert(redecoded)[0]
-        z_text = self.latent_of(text).double()
+                last_target = redecoded
+        if cfg.inversion_select == "acquisition" and hasattr(self.inverter, "candidates"):
+            text = self.select_candidate(last_target[0], text)
+        z_text = self.gp_input_of(text)
         pred_mean, pred_std = self.gp.predict(z_text.unsqueeze(0))
         duplicate = text in self.known
         if duplicate:

@@ -85,21 +85,24 @@ class NearestNeighbourInverter:
 
         return parse_numbered_list(self.client.generate_one(prompt, GenerationParams(max_tokens=400, temperature=0.7)))
 
+    def candidates(self, embedding: torch.Tensor, k: int | None = None) -> list[str]:
+        """Candidate texts for one target embedding (E,), closest (cosine) first: the nearest pool instructions
+        and, with a rewrite, their rewrites; at most k (default: all)."""
+        target = F.normalize(embedding.reshape(-1).float(), dim=-1)
+        indices, _ = self.nearest(target.unsqueeze(0), k=max(1, self.neighbours, k or 1))
+        neighbours = [self.pool[i] for i in indices[0].tolist()]
+        if self.rewrite == "none":
+            return neighbours[:k]
+        texts = list(dict.fromkeys(neighbours + [c for c in self._candidates(neighbours[: self.neighbours])
+                                                 if c.strip()]))
+        cand_emb = self.encoder.encode_batch_tensor(texts)  # (C, E)
+        sims = F.normalize(cand_emb, dim=-1) @ target  # (C,)
+        return [texts[i] for i in sims.argsort(descending=True).tolist()][:k]
+
     def invert(self, embeddings: torch.Tensor) -> list[str]:
-        """One text per target embedding (B, E)."""
+        """One text per target embedding (B, E): the closest candidate."""
         embeddings = embeddings.reshape(-1, embeddings.shape[-1])
-        indices, _ = self.nearest(embeddings, k=max(1, self.neighbours))
-        texts = []
-        for row, target in zip(indices.tolist(), embeddings, strict=True):
-            neighbours = [self.pool[i] for i in row]
-            if self.rewrite == "none":
-                texts.append(neighbours[0])
-                continue
-            candidates = list(dict.fromkeys(neighbours + [c for c in self._candidates(neighbours) if c.strip()]))
-            cand_emb = self.encoder.encode_batch_tensor(candidates)  # (C, E)
-            sims = F.normalize(cand_emb, dim=-1) @ F.normalize(target.float(), dim=-1)  # (C,)
-            texts.append(candidates[int(sims.argmax())])
-        return texts
+        return [self.candidates(target, k=1)[0] for target in embeddings]
 
 
 class Vec2TextInverter:

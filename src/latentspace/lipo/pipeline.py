@@ -176,6 +176,9 @@ def run_lipo(config: LIPOConfig, run: Run, mode: str = "standard", quiet: bool =
     vae.save(run.checkpoints_dir / "vae", metadata={"vae_training": vae_training, "quality": quality})
     with torch.no_grad():
         latents = vae.encode_mu(embeddings).double()  # (N, latent)
+    # the GP's inputs: the latents (the seed) or the embeddings themselves (config.gp_input)
+    gp_features = embeddings.double() if config.gp_input == "embedding" else latents  # (N, D)
+    gp_dim = int(gp_features.shape[1])
 
     # Phase 3: Hyperband (or the loaded evaluations)
     registry = InstructionRegistry(pool)
@@ -185,10 +188,10 @@ def run_lipo(config: LIPOConfig, run: Run, mode: str = "standard", quiet: bool =
     hyperband_section: dict[str, Any] = {}
     hyperband_history: list[dict] = []
     if mode in ("standard", "hyperband_only"):
-        hb = LIPOHyperband(latents, cache.evaluate_range, nvalid, config.bmin, config.eta,
+        hb = LIPOHyperband(gp_features, cache.evaluate_range, nvalid, config.bmin, config.eta,
                            config.random_interleaving_prob, config.min_fidelity_pct, config.for_hyperband_gp(),
                            cache=cache, seed=config.seed,
-                           gp_factory=lambda: GPWithEI(config.latent_dim, config.gp_latent_dim, seed=config.seed,
+                           gp_factory=lambda: GPWithEI(gp_dim, config.gp_latent_dim, seed=config.seed,
                                                        **config.gp_options()))
         result = hb.run(quiet=quiet)
         hyperband_history = result.history
@@ -221,9 +224,9 @@ def run_lipo(config: LIPOConfig, run: Run, mode: str = "standard", quiet: bool =
     inference_history: list[dict] = []
     if mode != "hyperband_only":
         # Phase 4: GP on the high-fidelity data, then InvBO
-        gp = GPWithEI(config.latent_dim, config.gp_latent_dim, adapter=adapter_model.adapter, seed=config.seed,
-                      **config.gp_options())
-        gp.set_data(latents[observed_ids], torch.tensor(observed_errors))
+        adapter = adapter_model.adapter if config.gp_input == "latent" else None  # None: a fresh E -> k adapter
+        gp = GPWithEI(gp_dim, config.gp_latent_dim, adapter=adapter, seed=config.seed, **config.gp_options())
+        gp.set_data(gp_features[observed_ids], torch.tensor(observed_errors))
         gp.fit(config.gp_epochs, config.gp_lr, config.gp_patience)
         inverter = make_inverter(config.inverter, pool, embeddings, encoder, config.inversion_rewrite,
                                  config.inversion_neighbours, client=writer, model_type=config.vec2text_model,
