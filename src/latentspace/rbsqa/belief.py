@@ -160,6 +160,8 @@ class BeliefStateTracker(nn.Module):
             (a small network on [span embedding, memory context], trained with the model:
             `RBSQAModel.re_score_loss`).
         enable_trend_analysis: `should_halt` also asks the confidence not to be falling.
+        stable_segments: `should_halt` also asks the belief's span to have been the same for this many
+            segments in a row (1: no stability condition).
         context_dim: width D of the memory context and span embeddings.
         max_answer_len: longest span in tokens.
         enable_re_scoring: re-score the old belief before comparing (off: compare raw confidences).
@@ -169,7 +171,7 @@ class BeliefStateTracker(nn.Module):
     def __init__(self, max_segments: int = 32, confidence_threshold: float = 0.7,
                  re_scoring_method: str = "context_weighted", enable_trend_analysis: bool = True,
                  context_dim: int = 384, max_answer_len: int = 4, enable_re_scoring: bool = True,
-                 confidence_calibration: bool = True):
+                 confidence_calibration: bool = True, stable_segments: int = 1):
         super().__init__()
         if re_scoring_method not in ("context_weighted", "learned"):
             raise ConfigError(f"re_scoring_method {re_scoring_method!r}: expected context_weighted or learned")
@@ -177,6 +179,8 @@ class BeliefStateTracker(nn.Module):
         self.confidence_threshold = confidence_threshold
         self.re_scoring_method = re_scoring_method
         self.enable_trend_analysis = enable_trend_analysis
+        self.stable_segments = stable_segments
+        self.stable_for = 0  # segments in a row (the last one included) after which the belief span was the same
         self.max_answer_len = max_answer_len
         self.enable_re_scoring = enable_re_scoring
         self.confidence_calibration = confidence_calibration
@@ -347,6 +351,7 @@ class BeliefStateTracker(nn.Module):
         params = self._fast_params()  # once per segment
         current, s, e = self._candidate(current_logits, current_segment_id, global_offset, context, params)
         belief = self.belief
+        previous_span = belief.best_span
         held = None
         if belief.best_span is not None:
             # the held span as last found, with the confidence it had then: re-scoring weighs it by what the
@@ -382,6 +387,7 @@ class BeliefStateTracker(nn.Module):
         belief.confidence_history.append(belief.confidence)
         belief.confidence_history = belief.confidence_history[-self.max_segments :]
         belief.total_segments += 1
+        self.stable_for = self.stable_for + 1 if belief.best_span == previous_span else 1
         return belief
 
     def confidence_trend(self, window: int = 3) -> float:
@@ -389,11 +395,14 @@ class BeliefStateTracker(nn.Module):
         return confidence_slope(self.belief.confidence_history[-window:])
 
     def should_halt(self) -> bool:
-        """Determine if current belief warrants halting (confident, and with trend analysis, not falling)."""
-        return halts(self.belief.confidence_history, self.confidence_threshold, self.enable_trend_analysis)
+        """Determine if current belief warrants halting (confident, with trend analysis not falling, and the
+        same span for `stable_segments` segments)."""
+        return halts(self.belief.confidence_history, self.confidence_threshold, self.enable_trend_analysis,
+                     self.stable_for, self.stable_segments)
 
     def reset_belief(self) -> None:
         """Reset belief state for new document."""
+        self.stable_for = 0
         self.belief = BeliefState(
             best_span=None,
             confidence=0.0,
@@ -419,9 +428,11 @@ def confidence_slope(history: list[float]) -> float:
     return num / (n * (n * n - 1) / 12)  # sum of (x - mean_x)^2 over x = 0..n-1
 
 
-def halts(confidence_history: list[float], threshold: float, trend_analysis: bool = True) -> bool:
-    """`should_halt` after a belief confidence history: confident, and (with trend analysis) not falling fast."""
-    if not confidence_history or confidence_history[-1] < threshold:
+def halts(confidence_history: list[float], threshold: float, trend_analysis: bool = True, stable_for: int = 1,
+          stable_segments: int = 1) -> bool:
+    """`should_halt` after a belief confidence history: confident, (with trend analysis) not falling fast, and
+    the belief's span unchanged for the last `stable_segments` segments (`stable_for`: how many it has been)."""
+    if not confidence_history or confidence_history[-1] < threshold or stable_for < stable_segments:
         return False
     return not trend_analysis or confidence_slope(confidence_history[-3:]) > -0.25
 

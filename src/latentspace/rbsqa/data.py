@@ -306,17 +306,24 @@ def _real_file(name: str, pattern: str, data_dir: str | None) -> Path | None:
     return files[0] if files else None
 
 
+FACT_CHUNK = 400  # long documents generated per call of generate_fact_paragraphs (at most 440 people)
+
+
 def build_documents(config: RBSQAConfig, split: str) -> list[Document]:
     """The documents of a split ("train", "val", "test"): real bAbI / SQuAD files when present, else generated.
 
     Stories come from `babi/*qa1*train.txt` when found, long documents from `squad/*.json` when found.
     """
-    sizes = {"train": config.train_docs, "val": config.val_docs, "test": config.test_docs}
+    sizes = {"train": config.train_docs, "val": config.val_docs, "test": config.test_docs,
+             "halt": config.halting_val_docs}
     if split not in sizes:
-        raise DataError(f"unknown split {split!r}: expected train, val or test")
+        raise DataError(f"unknown split {split!r}: expected train, val, test or halt")
     n = sizes[split]
     rng = random.Random(f"{config.seed}-{split}")
-    n_stories = n if config.task == "stories" else 0 if config.task == "facts" else n // 2
+    if split == "halt":  # the halting-validation split: long documents only (halting is measured on them)
+        n_stories = 0 if config.task != "stories" else n
+    else:
+        n_stories = n if config.task == "stories" else 0 if config.task == "facts" else n // 2
     n_long = n - n_stories
     docs: list[Document] = []
     if n_stories:
@@ -330,16 +337,21 @@ def build_documents(config: RBSQAConfig, split: str) -> list[Document]:
         squad = _real_file("squad", "*.json", config.data_dir)
         if squad is not None:
             base = _take_split(load_squad(squad), split, n_long + config.distractors + 1)
+            docs += long_documents(base[:n_long], config.distractors, rng, pool_docs=base)
         else:
-            base = parse_squad(generate_fact_paragraphs(n_long + config.distractors + 1, rng), "generated facts")
-        docs += long_documents(base[:n_long], config.distractors, rng, pool_docs=base)
+            # in chunks: the generator has a bounded number of distinct people per call
+            for at in range(0, n_long, FACT_CHUNK):
+                size = min(FACT_CHUNK, n_long - at)
+                base = parse_squad(generate_fact_paragraphs(size + config.distractors + 1, rng), "generated facts")
+                docs += long_documents(base[:size], config.distractors, rng, pool_docs=base)
     return docs
 
 
 def _take_split(docs: list[Document], split: str, n: int) -> list[Document]:
     """A deterministic disjoint split of a real data set by document order (train 80%, val 10%, test 10%)."""
     cut1, cut2 = int(len(docs) * 0.8), int(len(docs) * 0.9)
-    part = {"train": docs[:cut1], "val": docs[cut1:cut2], "test": docs[cut2:]}[split]
+    # the halting-validation split is drawn from the validation part too
+    part = {"train": docs[:cut1], "val": docs[cut1:cut2], "halt": docs[cut1:cut2], "test": docs[cut2:]}[split]
     return part[:n]
 
 

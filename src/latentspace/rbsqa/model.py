@@ -77,7 +77,7 @@ class RBSQAModel(nn.Module, CheckpointMixin):
             max_segments=config.max_segments, confidence_threshold=config.belief_state_threshold,
             re_scoring_method=config.re_scoring_method, enable_trend_analysis=config.enable_trend_analysis,
             context_dim=dim, max_answer_len=config.max_answer_len, enable_re_scoring=config.enable_re_scoring,
-            confidence_calibration=config.confidence_calibration,
+            confidence_calibration=config.confidence_calibration, stable_segments=config.halting_stable_segments,
         ) if config.use_belief_state else None
         positions = torch.arange(config.context_start, config.context_start + config.segment_len)
         self.register_buffer("tracker_index", torch.cat([torch.zeros(1, dtype=torch.long), positions]),

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -156,7 +158,13 @@ def train_model(config: RBSQAConfig, run: Run | None = None, quiet: bool = False
     fit(model, lambda m, batch: m.training_loss(batch), batch_at, train_config, run=run, resume=resume, quiet=quiet,
         parameters=params, description="training rbsqa")
     model.eval()
-    calibration = calibrate(model, val_docs, val_features) if model.tracker is not None else {}
+    calibration = {}
+    if model.tracker is not None:
+        halt_docs = halt_features = None
+        if config.halting_f1_tolerance is not None and config.halting_val_docs:
+            halt_docs = encode_split(model, config, "halt")  # long validation documents for the halting bound
+            halt_features = segment_features(model, halt_docs, cache, quiet)
+        calibration = calibrate(model, val_docs, val_features, halt_docs, halt_features)
     return TrainedModel(model, val_docs, val_features, calibration, time.perf_counter() - t0)
 
 
@@ -172,9 +180,11 @@ def candidate_scores(model: RBSQAModel, docs: list[EncodedDocument],
     return torch.tensor(zs), torch.tensor(correct)
 
 
-def calibrate(model: RBSQAModel, docs: list[EncodedDocument], features: list[torch.Tensor] | None) -> dict:
+def calibrate(model: RBSQAModel, docs: list[EncodedDocument], features: list[torch.Tensor] | None,
+              halting_docs: list[EncodedDocument] | None = None,
+              halting_features: list[torch.Tensor] | None = None) -> dict:
     """Temperature scaling on a validation split, ECE before and after (on that split), then the halting
-    threshold (`fit_halting_threshold`) when the config asks for one."""
+    threshold (`fit_halting_threshold`, on `halting_docs`, default `docs`) when the config asks for one."""
     z, correct = candidate_scores(model, docs, features)
     before = expected_calibration_error(torch.sigmoid(z), correct)
     info = fit_temperature(model.tracker, z, correct) if model.config.confidence_calibration else {}
@@ -182,46 +192,122 @@ def calibrate(model: RBSQAModel, docs: list[EncodedDocument], features: list[tor
         after = expected_calibration_error(model.tracker.calibrate(z), correct)
     info = {**info, "val_ece_uncalibrated": before, "val_ece_calibrated": after, "val_candidates": len(z)}
     if model.config.halting_f1_tolerance is not None:
-        info.update(fit_halting_threshold(model, docs, features, model.config.halting_f1_tolerance))
+        if halting_docs is None:
+            halting_docs, halting_features = docs, features
+        info.update(fit_halting_threshold(model, halting_docs, halting_features, model.config.halting_f1_tolerance,
+                                          model.config.halting_delta))
     return info
 
 
-def fit_halting_threshold(model: RBSQAModel, docs: list[EncodedDocument], features: list[torch.Tensor] | None,
-                          tolerance: float = 0.005) -> dict:
-    """The lowest halting threshold whose F1 on the validation documents with a fixed answer (long documents)
-    stays within `tolerance` of reading everything; sets the tracker's and the config's threshold.
+def hoeffding_bentkus_p_value(mean_loss: float, n: int, alpha: float) -> float:
+    """p-value of "the expected loss exceeds `alpha`" after `n` losses in [0, 1] with mean `mean_loss`.
 
-    Halting is simulated on full-read trajectories: the belief after the first segment at which
-    `should_halt` would hold for a threshold is the answer halting would give.
+    The Hoeffding-Bentkus bound of Learn-then-Test (Angelopoulos et al. 2021, eq. 9; Bates et al. 2021):
+    min(exp(-n h(min(mean, alpha), alpha)), e P(Binomial(n, alpha) <= ceil(n mean))), h the Bernoulli KL
+    divergence. Small p: the risk is at most `alpha` with confidence 1 - p.
     """
-    tracker = model.tracker
+    if n <= 0:
+        return 1.0
+    if mean_loss >= alpha:
+        return 1.0
+    a = min(mean_loss, alpha)
+    kl = (a * math.log(a / alpha) if a > 0 else 0.0) + (1 - a) * math.log((1 - a) / (1 - alpha))
+    k = math.ceil(n * mean_loss - 1e-9)
+    cdf = sum(math.comb(n, i) * alpha ** i * (1 - alpha) ** (n - i) for i in range(k + 1))
+    return min(1.0, math.exp(-n * kl), math.e * cdf)
+
+
+def select_halting_threshold(losses_at: Callable[[float], list[float]], candidates: list[float], alpha: float,
+                             delta: float) -> tuple[float | None, float]:
+    """Learn-then-Test: the lowest threshold, tested from the highest candidate down (fixed-sequence testing),
+    whose halting loss is certified <= `alpha` at level `delta`; stops at the first threshold that fails.
+
+    Args:
+        losses_at: per-document losses in [0, 1] of halting at a threshold (F1 reading everything minus F1
+            halting, clipped at 0).
+        candidates: thresholds to test, any order.
+    Returns:
+        (the selected threshold, None when even the highest one fails; its p-value)
+    """
+    chosen, p_chosen = None, 1.0
+    for threshold in sorted(candidates, reverse=True):
+        losses = losses_at(threshold)
+        p = hoeffding_bentkus_p_value(sum(losses) / len(losses), len(losses), alpha) if losses else 1.0
+        if p > delta:
+            break
+        chosen, p_chosen = threshold, p
+    return chosen, p_chosen
+
+
+def halting_reads(model: RBSQAModel, docs: list[EncodedDocument],
+                  features: list[torch.Tensor] | None) -> list[tuple[list[float], list[int], list[float]]]:
+    """(belief confidence history, segments in a row the belief span has been the same, F1 of the belief)
+    after each segment of full reads of the long documents."""
     reads = []
     for i, doc in enumerate(docs):
         if doc.doc.kind not in ("long", "squad"):
             continue
         traj = read_document(model, doc, None if features is None else features[i])
-        history = [s.confidence for s in traj.steps]
-        reads.append((doc, history, [f1_score(s.belief_text, doc.doc.answer) for s in traj.steps]))
+        stable, run = [], 0
+        for t, step in enumerate(traj.steps):
+            run = run + 1 if t and step.belief_span == traj.steps[t - 1].belief_span else 1
+            stable.append(run)
+        reads.append(([s.confidence for s in traj.steps], stable,
+                      [f1_score(s.belief_text, doc.doc.answer) for s in traj.steps]))
+    return reads
+
+
+def fit_halting_threshold(model: RBSQAModel, docs: list[EncodedDocument], features: list[torch.Tensor] | None,
+                          tolerance: float = 0.01, delta: float = 0.05, method: str = "ltt") -> dict:
+    """The halting threshold, chosen on validation long documents; sets the tracker's and the config's.
+
+    Halting is simulated on full-read trajectories: the belief after the first segment at which
+    `should_halt` would hold for a threshold is the answer halting would give. A document's loss is the F1
+    reading everything minus the F1 halting, clipped at 0.
+
+    method "ltt" (default): risk-controlled selection (`select_halting_threshold`): the lowest threshold whose
+        mean loss is <= `tolerance` with confidence 1 - `delta` (Hoeffding-Bentkus bound, Learn-then-Test).
+    method "empirical": the lowest threshold whose mean F1 on these documents is within `tolerance` of
+        reading everything (the old rule: on 50 documents it picks thresholds that lose F1 on fresh ones).
+    """
+    tracker = model.tracker
+    reads = halting_reads(model, docs, features)
     if not reads:
         return {}
 
+    def stop_at(history: list[float], stable: list[int], threshold: float) -> int:
+        return next((t for t in range(len(history))
+                     if halts(history[: t + 1], threshold, tracker.enable_trend_analysis, stable[t],
+                              tracker.stable_segments)), len(history) - 1)
+
+    def losses_at(threshold: float) -> list[float]:
+        return [max(0.0, scores[-1] - scores[stop_at(history, stable, threshold)])
+                for history, stable, scores in reads]
+
     def halted(threshold: float) -> tuple[float, float]:
         """(mean F1, fraction of segments read) when halting at `threshold`."""
-        f1 = read = 0.0
-        for _, history, scores in reads:
-            stop = next((t for t in range(len(history))
-                         if halts(history[: t + 1], threshold, tracker.enable_trend_analysis)), len(history) - 1)
-            f1 += scores[stop]
-            read += (stop + 1) / len(history)
-        return f1 / len(reads), read / len(reads)
+        stops = [stop_at(history, stable, threshold) for history, stable, _ in reads]
+        return (sum(r[2][t] for t, r in zip(stops, reads, strict=True)) / len(reads),
+                sum((t + 1) / len(r[0]) for t, r in zip(stops, reads, strict=True)) / len(reads))
 
     full = sum(scores[-1] for _, _, scores in reads) / len(reads)
     never = 1.0 + 1e-9  # above any confidence: read everything
-    candidates = sorted({c for _, history, _ in reads for c in history if c > 0.5})
-    threshold = next((c for c in candidates if halted(c)[0] >= full - tolerance), never)
+    candidates = sorted({c for history, _, _ in reads for c in history if c > 0.5})
+    info: dict = {}
+    if method == "ltt":
+        threshold, p = select_halting_threshold(losses_at, candidates, tolerance, delta)
+        threshold = never if threshold is None else threshold
+        losses = losses_at(threshold)
+        info = {"halting_p_value": p, "halting_delta": delta, "val_halting_loss": sum(losses) / len(losses)}
+    elif method == "empirical":
+        threshold = next((c for c in candidates if halted(c)[0] >= full - tolerance), never)
+    else:
+        raise ValueError(f"halting selection method {method!r}: expected ltt or empirical")
     tracker.confidence_threshold = model.config.belief_state_threshold = min(threshold, 1.0)
     f1, read = halted(threshold)
-    return {"halting_threshold": threshold, "val_f1_full_read": full, "val_f1_halting": f1,
+    return {"halting_threshold": threshold, "halting_method": method, "halting_tolerance": tolerance,
+            "halting_stable_segments": tracker.stable_segments,
+            **info, "val_halting_docs": len(reads), "val_f1_full_read": full, "val_f1_halting": f1,
             "val_segments_read_frac_halting": read}
 
 
