@@ -134,8 +134,9 @@ def forecast_command(
     origin = len(series) if origin < 0 else origin
     context = int(meta.get("window", {}).get("context", 24))
     instance_norm = bool(meta.get("window", {}).get("instance_norm", False))
+    point = str(meta.get("window", {}).get("point", "samples"))  # older checkpoints: the sampled mean
     fc = forecast(model, series, scaler, [origin], min(context, origin), horizon, samples, with_text=text,
-                  instance_norm=instance_norm)
+                  instance_norm=instance_norm, point=point)
     payload = {"series": series.name, "origin": origin, "forecast": _forecast_payload(series, scaler, fc, origin,
                                                                                        horizon)}
     if text:
