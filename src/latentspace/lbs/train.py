@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..core.runs import Run
-from ..core.training import TrainConfig, TrainResult, fit
+from ..core.training import StopTraining, TrainConfig, TrainResult, fit
 from .config import WindowConfig
 from .data import Standardizer, TextSeries, windows
 from .model import BaseLBS
@@ -107,12 +107,11 @@ def train_lbs(model: BaseLBS, series: TextSeries, scaler: Standardizer, wcfg: Wi
             def early_stop(step: int, metrics: dict[str, float]) -> None:
                 if step % wcfg.val_every == 0 and selector.since_best >= wcfg.patience:
                     stopped.append(step)
-                    raise KeyboardInterrupt  # fit's documented way for a callback to stop training
+                    raise StopTraining
             callbacks.append(early_stop)
     result = fit(model, loss_fn, data, tcfg, run=run, resume=resume, quiet=quiet, description="lbs train",
                  eval_fn=selector, callbacks=callbacks)
     if stopped:
-        result.interrupted = False
         result.metrics["stopped_at"] = float(stopped[0])
     if selector is not None and selector.best_state is not None:
         model.load_state_dict(selector.best_state)
