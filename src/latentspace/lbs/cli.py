@@ -181,7 +181,8 @@ def steer_command(
     if target is not None:
         goal = model.goal_from_value(float(scaler(target)) - float(offset.detach().mean()), start=x)
     else:
-        goal = model.goal_from_text(goal_text, h)
+        model.fit_text_effects(series, scaler, horizon)  # what past texts preceded, from the series' history
+        goal = model.goal_from_text(goal_text, h, x=x, horizon=horizon)
     model.set_goal(goal[0], strength)
     steered, _ = rollout(model, x, h, horizon, samples, torch.Generator().manual_seed(0))
     steered = steered + offset[None]

@@ -164,16 +164,24 @@ def steer_report(model: GoalLBS, series: TextSeries, scaler: Standardizer, origi
 
 def text_steer_report(model: GoalLBS, series: TextSeries, scaler: Standardizer, origins: list[int],
                       wcfg: WindowConfig, up_text: str, down_text: str, strength: float = 0.5) -> dict[str, float]:
-    """Steer with a goal text: share of origins whose forecast is higher under `up_text` than `down_text`."""
+    """Steer with a goal text: share of origins whose forecast is higher under `up_text` than `down_text`.
+
+    What a text implies is learned from the training part's texts and the changes that followed them
+    (`GoalLBS.fit_text_effects`); the test part is not read.
+    """
+    train_end = series.split(wcfg.train_frac, wcfg.val_frac)[0]
+    model.fit_text_effects(series, scaler, wcfg.horizon, end=train_end)
     x, h = _filtered(model, series, scaler, origins, wcfg.context, wcfg.instance_norm)
     means = []
     for text in (up_text, down_text):
-        model.set_goal(model.goal_from_text(text, h), strength)
+        model.set_goal(model.goal_from_text(text, h, x=x, horizon=wcfg.horizon), strength)
         vals, _ = rollout(model, x, h, wcfg.horizon, wcfg.samples, torch.Generator().manual_seed(0))
         means.append(vals.mean(0).mean(1))
     model.clear_goal()
     return {"steer_text_direction_frac": float((means[0] > means[1]).float().mean()),
-            "steer_text_gap": float((means[0] - means[1]).mean())}
+            "steer_text_gap": float((means[0] - means[1]).mean()),
+            "text_implied_change_up": model.text_implied_change(up_text),
+            "text_implied_change_down": model.text_implied_change(down_text)}
 
 
 def plot_forecast(result: SeriesResult, series: TextSeries, path: Path, wcfg: WindowConfig, n_show: int = 3) -> Path:
