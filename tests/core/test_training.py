@@ -7,7 +7,7 @@ from torch import nn
 from latentspace.core.checkpoint import CheckpointMixin
 from latentspace.core.config import Config
 from latentspace.core.runs import Run
-from latentspace.core.training import TrainConfig, TrainingError, fit, lr_at
+from latentspace.core.training import StopTraining, TrainConfig, TrainingError, fit, lr_at
 
 
 @dataclasses.dataclass
@@ -66,6 +66,19 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
         assert torch.equal(a, b), name
     steps = [r["step"] for r in run.read_metrics() if "loss" in r]
     assert steps == list(range(1, 41))
+
+
+def test_stop_training_ends_normally_with_the_final_eval_and_checkpoint(tmp_path):
+    def stop_at_9(step, metrics):
+        if step == 9:
+            raise StopTraining
+
+    evals = []
+    run = Run("t", path=tmp_path / "s")
+    result = fit(_fresh(), loss_fn, data, CONFIG, run=run, quiet=True, callbacks=[stop_at_9],
+                 eval_fn=lambda m: evals.append(1) or {"x": 1.0})
+    assert result.step == 9 and not result.interrupted and evals == [1]  # the final evaluation ran
+    assert result.checkpoint is not None and (result.checkpoint / "trainer_state.json").exists()
 
 
 def test_loss_falls_and_metrics_and_checkpoints_are_written(tmp_path):

@@ -37,3 +37,21 @@ def test_persistence_reads_the_rollout_as_a_change(tiny_cfg):
         f = forecast(m, s, sc, origins, context=12, horizon=4, samples=4, instance_norm=instance_norm)
         expect = last[:, None].expand(-1, 4) if persistence else torch.full((3, 4), 0.7)
         torch.testing.assert_close(f.mean, expect, atol=1e-5, rtol=0)
+
+
+def test_point_path_is_the_deterministic_prior_mean_rollout(model):
+    s = generated_series(steps=80)
+    sc = Standardizer(s.values[:50])
+    origins = [40, 60]
+    a = forecast(model, s, sc, origins, context=12, horizon=4, samples=8, seed=0, point="path")
+    b = forecast(model, s, sc, origins, context=12, horizon=4, samples=32, seed=1, point="path")
+    torch.testing.assert_close(a.mean, b.mean)  # independent of the samples
+    c = forecast(model, s, sc, origins, context=12, horizon=4, samples=8, seed=0, point="samples")
+    torch.testing.assert_close(c.mean, c.samples.mean(0))
+    torch.testing.assert_close(a.quantiles, c.quantiles)  # the quantiles still come from the samples
+    # with a (near) deterministic prior, the sampled mean and the mean path coincide
+    torch.nn.init.constant_(model.mlp_prior.bias[model.cfg.latent_dim :], -30.0)
+    torch.nn.init.zeros_(model.mlp_prior.weight)
+    d = forecast(model, s, sc, origins, context=12, horizon=4, samples=8, point="path")
+    e = forecast(model, s, sc, origins, context=12, horizon=4, samples=8, point="samples")
+    torch.testing.assert_close(d.mean, e.mean, atol=1e-2, rtol=0)  # prior std >= exp(-5): clamped

@@ -49,3 +49,26 @@ def test_bad_goal(goal_model):
         goal_model.set_goal(torch.zeros(goal_model.cfg.latent_dim), strength=1.5)
     with pytest.raises(ConfigError):
         goal_model.set_goal(torch.zeros(goal_model.cfg.latent_dim + 1))
+
+
+def test_text_goal_moves_forecast_toward_what_the_text_implies(goal_model):
+    """On the generated series a "surge" report precedes a rise and a "slump" report a fall: steering by the
+    surge text must give higher forecasts than steering by the slump text, at every origin."""
+    from latentspace.lbs.data import REGIMES, Standardizer, generated_series
+    from latentspace.lbs.evaluate import _filtered
+
+    series = generated_series(steps=240)
+    scaler = Standardizer(series.values[:160])
+    assert goal_model.fit_text_effects(series, scaler, horizon=4, end=160) > 0
+    up_text, down_text = REGIMES["surge"][0], REGIMES["slump"][0]
+    assert goal_model.text_implied_change(up_text) > 0.3 > -0.3 > goal_model.text_implied_change(down_text)
+    origins = list(range(170, 236, 8))
+    x, h = _filtered(goal_model, series, scaler, origins, 16, False)
+    base, _ = rollout(goal_model, x, h, 4, 1, noise=False)
+    means = {}
+    for text in (up_text, down_text):
+        goal_model.set_goal(goal_model.goal_from_text(text, h, x=x, horizon=4), strength=0.5)
+        means[text] = rollout(goal_model, x, h, 4, 1, noise=False)[0][0].mean(1)  # (B,)
+    goal_model.clear_goal()
+    assert (means[up_text] > base[0].mean(1)).all() and (means[down_text] < base[0].mean(1)).all()
+    assert (means[up_text] - means[down_text]).min() > 0.2

@@ -167,3 +167,49 @@ def test_window_loss_trains_the_highway(tiny_cfg):
                             level=torch.ones(b, 1))
     loss.backward()
     assert m.highway.weight.grad.abs().sum() > 0 and m.highway.bias.grad.abs().sum() > 0
+
+
+def test_highway_inputs_features_and_smoothed_anchor():
+    from latentspace.lbs.model import highway_inputs
+
+    y = torch.tensor([[1.0, 2.0, 4.0, 7.0]])
+    feats, anchor = highway_inputs(y, 2, "level")
+    assert feats.shape == (1, 4, 2) and torch.all(anchor == 0)  # alpha 1: anchored on the last value
+    assert feats[0, -1].tolist() == [4.0, 7.0] and feats[0, 0].tolist() == [1.0, 1.0]  # left padding
+    diff, _ = highway_inputs(y, 2, "diff")
+    assert diff[0, -1].tolist() == [2.0, 3.0] and diff[0, 0].tolist() == [0.0, 0.0]
+    both, anchor = highway_inputs(y, 2, "devdiff", alpha=0.5)
+    levels = [1.0, 1.5, 2.75, 4.875]  # l_t = 0.5 y_t + 0.5 l_{t-1}, started at y_0
+    torch.testing.assert_close(anchor[0], torch.tensor(levels) - y[0])
+    assert both.shape == (1, 4, 4)
+    torch.testing.assert_close(both[0, -1, :2], torch.tensor([4.0, 7.0]) - levels[-1])
+
+
+def test_fit_highway_with_a_window_matches_the_forecast_features(tiny_cfg):
+    # an exactly linear series: the windowed fit recovers its increments for every feature kind and anchor
+    z = torch.cumsum(torch.full((200,), 0.05), 0) + torch.sin(torch.arange(200) * 0.3)
+    for features, alpha in (("level", 1.0), ("deviation", 0.5), ("diff", 1.0), ("devdiff", 0.3)):
+        m = BaseLBS(tiny_cfg.replace(highway=6, overshoot=3, highway_features=features, highway_alpha=alpha))
+        m.fit_highway(z, ridge=1e-8, window=12)
+        ctx = z[100:112][None]  # forecast from the 12 steps before step 112
+        pred = ctx[:, -1:] + m.highway_forecast(ctx, 3)
+        torch.testing.assert_close(pred[0], z[112:115], atol=5e-3, rtol=0)
+
+
+def test_value_zero_init_forecast_is_the_highway_forecast(tiny_cfg):
+    from latentspace.lbs.data import Standardizer, generated_series
+    from latentspace.lbs.forecast import forecast
+
+    s = generated_series(steps=120)
+    sc = Standardizer(s.values[:80])
+    torch.manual_seed(0)
+    m = BaseLBS(tiny_cfg.replace(highway=4, overshoot=3, value_zero_init=True))
+    m.fit_highway(torch.tensor(sc(s.values[:80])), window=12)
+    origins = [90, 100, 110]
+    z = torch.tensor(sc(s.values), dtype=torch.float32)
+    ctx = torch.stack([z[o - 12 : o] for o in origins])
+    expect = ctx[:, -1:] + m.highway_forecast(ctx, 3)
+    for point in ("path", "samples"):
+        f = forecast(m, s, sc, origins, context=12, horizon=3, samples=4, instance_norm=True, point=point)
+        torch.testing.assert_close(f.mean, expect, atol=1e-5, rtol=0)
+    assert BaseLBS(tiny_cfg).mlp_val.weight.abs().sum() > 0  # off by default

@@ -42,7 +42,39 @@ def test_validation_selection_keeps_the_best_weights():
     result = train_lbs(model, s, sc, wcfg, TrainConfig(steps=8, lr=3e-2, log_every=1000), quiet=True)
     origins = forecast_origins(va, tr, 3, max_origins=60)
     z = sc(s.values)
-    mse = errors(forecast(model, s, sc, origins, 12, 3, samples=16, instance_norm=True).mean.numpy(), z, origins, 3)
+    fc = forecast(model, s, sc, origins, 12, 3, samples=16, instance_norm=True, point=wcfg.point)
+    mse = errors(fc.mean.numpy(), z, origins, 3)
     # the loaded weights are the best of the 4 evaluations (steps 2, 4, 6, 8), not simply the last
     assert result.metrics["val_mse_best"] <= result.metrics["eval_val_mse"] + 1e-9
     assert mse["mse"] == pytest.approx(result.metrics["val_mse_best"], rel=1e-4)
+
+
+def test_select_highway_on_validation_prefers_the_true_structure():
+    from latentspace.lbs.data import TextSeries
+    from latentspace.lbs.train import select_highway
+
+    rng = np.random.default_rng(0)
+    z = np.zeros(400)
+    for t in range(2, len(z)):  # AR(2) with strong oscillation: the last value alone forecasts it badly
+        z[t] = 0.5 * z[t - 1] - 0.6 * z[t - 2] + rng.standard_normal()
+    s = TextSeries("ar2", [f"d{i}" for i in range(len(z))], z, [""] * len(z))
+    wcfg = WindowConfig(context=24, horizon=3)
+    choice, rows = select_highway(s, Standardizer(z[:280]), wcfg, steps=3)
+    assert rows[0]["highway"] == 0 and len(rows) > 10
+    best = min(r["val_mse"] for r in rows)
+    assert best < 0.7 * rows[0]["val_mse"] and choice["highway"] >= 2
+    assert choice == {k: v for k, v in min(rows, key=lambda r: r["val_mse"]).items() if k != "val_mse"}
+
+
+def test_patience_stops_training_and_keeps_the_best():
+    torch.manual_seed(0)
+    s = generated_series(steps=160, seed=3)
+    tr, va = s.split(0.6, 0.2)
+    sc = Standardizer(s.values[:tr])
+    model = BaseLBS(LBSConfig.preset("tiny").replace(text_loss_samples=0, highway=4, overshoot=3))
+    wcfg = WindowConfig(window=16, batch=4, bptt=8, context=12, horizon=3, train_frac=0.6, val_frac=0.2,
+                        val_every=1, patience=2)
+    result = train_lbs(model, s, sc, wcfg, TrainConfig(steps=200, lr=1.0, log_every=1000), quiet=True)
+    # lr 1.0 wrecks the model after a step or two: training stops long before 200 steps, not interrupted
+    assert result.metrics["stopped_at"] < 50 and not result.interrupted
+    assert result.metrics["val_mse_best"] <= result.metrics["eval_val_mse"] + 1e-9

@@ -52,6 +52,10 @@ class TrainConfig(Config):
     cpu: bool = False  # force CPU even when a GPU is present
 
 
+class StopTraining(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by a callback to end training normally (early stopping): the final evaluation and checkpoint run."""
+
+
 class TrainingError(LatentspaceError):
     """Training cannot go on (a non-finite loss, a checkpoint that does not fit the model)."""
 
@@ -171,7 +175,8 @@ def fit(
         eval_fn: eval_fn(model) -> metrics, called every `eval_every` steps and at the end (no grad).
         resume: continue from `run`'s last checkpoint (model, optimizer, step, RNG) if there is one.
         parameters: the parameters to optimise (default: all that require grad).
-        callbacks: called as cb(step, metrics) after every step; may raise KeyboardInterrupt to stop.
+        callbacks: called as cb(step, metrics) after every step; may raise StopTraining to end training
+            normally (early stopping), or KeyboardInterrupt to stop as on Ctrl-C.
 
     Returns:
         The final step and metrics; `interrupted` if Ctrl-C stopped it (a checkpoint was written).
@@ -261,8 +266,12 @@ def fit(
                 if config.checkpoint_every and step % config.checkpoint_every == 0:
                     checkpoint(step)
                 bar.update(task, completed=step, info=f"loss {metrics['loss']:.4f}")
-                for callback in callbacks:
-                    callback(step, metrics)
+                try:
+                    for callback in callbacks:
+                        callback(step, metrics)
+                except StopTraining:
+                    log.info("training stopped by a callback at step %d", step)
+                    break
     except KeyboardInterrupt:
         path = checkpoint(step)
         log.warning("interrupted at step %d; checkpoint saved to %s; continue with --resume", step, path)

@@ -134,8 +134,9 @@ def forecast_command(
     origin = len(series) if origin < 0 else origin
     context = int(meta.get("window", {}).get("context", 24))
     instance_norm = bool(meta.get("window", {}).get("instance_norm", False))
+    point = str(meta.get("window", {}).get("point", "samples"))  # older checkpoints: the sampled mean
     fc = forecast(model, series, scaler, [origin], min(context, origin), horizon, samples, with_text=text,
-                  instance_norm=instance_norm)
+                  instance_norm=instance_norm, point=point)
     payload = {"series": series.name, "origin": origin, "forecast": _forecast_payload(series, scaler, fc, origin,
                                                                                        horizon)}
     if text:
@@ -180,7 +181,8 @@ def steer_command(
     if target is not None:
         goal = model.goal_from_value(float(scaler(target)) - float(offset.detach().mean()), start=x)
     else:
-        goal = model.goal_from_text(goal_text, h)
+        model.fit_text_effects(series, scaler, horizon)  # what past texts preceded, from the series' history
+        goal = model.goal_from_text(goal_text, h, x=x, horizon=horizon)
     model.set_goal(goal[0], strength)
     steered, _ = rollout(model, x, h, horizon, samples, torch.Generator().manual_seed(0))
     steered = steered + offset[None]

@@ -8,6 +8,7 @@ from ..core.config import Config
 from ..core.errors import ConfigError
 
 _DTYPES = ("float32", "bfloat16", "float16")
+HIGHWAY_FEATURES = ("level", "deviation", "diff", "devdiff")
 
 
 @dataclasses.dataclass
@@ -37,7 +38,13 @@ class LBSConfig(Config):
     overshoot: int = 6  # ... of 1..overshoot steps from every filtered state
     persistence: bool = True  # forecast = last value + the latent's predicted change (rollout minus its start)
     highway: int = 8  # order q of the linear autoregressive skip added to forecasts (LSTNet's highway); 0 = off
+    # what the highway reads from the last q values: "level" (the standardised values), "deviation" (values
+    # minus the smoothed level), "diff" (first differences) or "devdiff" (deviation and differences)
+    highway_features: str = "level"
+    highway_alpha: float = 1.0  # exponential smoothing of the level forecasts are anchored on; 1 = the last value
+    highway_ridge: float = 0.01  # ridge of the highway's least-squares initialisation (fit_highway)
     dtype: str = "float32"
+    value_zero_init: bool = False  # mlp_val starts at 0: with persistence the latent adds nothing until trained
     use_text: bool = True  # False: text embeddings zeroed (the no-text ablation)
     max_text_chars: int = 384  # text is cut to this many characters before encoding
     max_target_tokens: int = 96  # text_loss: tokens of the target text scored per step
@@ -61,6 +68,11 @@ class LBSConfig(Config):
         for name in ("latent_dim", "prefix_tokens", "sum_tokens", "gru_layers", "overshoot"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"LBSConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.highway_features not in HIGHWAY_FEATURES:
+            raise ConfigError(f"LBSConfig.highway_features must be one of {list(HIGHWAY_FEATURES)}, "
+                              f"got {self.highway_features!r}")
+        if not 0.0 < self.highway_alpha <= 1.0:
+            raise ConfigError(f"LBSConfig.highway_alpha must be in (0, 1], got {self.highway_alpha}")
         if self.highway < 0:
             raise ConfigError(f"LBSConfig.highway must be >= 0 (0 = off), got {self.highway}")
 
@@ -89,3 +101,11 @@ class WindowConfig(Config):
     train_frac: float = 0.7
     val_frac: float = 0.1
     val_every: int = 0  # > 0: forecast MSE on the validation part every this many steps; the best weights are kept
+    val_at_start: bool = False  # the untrained model is a candidate of the validation selection too
+    patience: int = 0  # > 0: stop after this many validation checks without improvement (needs val_every)
+    point: str = "path"  # point forecast: "path" (the prior-mean rollout, the path overshoot_loss trains) or
+    # "samples" (the mean of the N sampled trajectories); quantiles always come from the samples
+
+    def __post_init__(self) -> None:
+        if self.point not in ("path", "samples"):
+            raise ConfigError(f"WindowConfig.point must be path or samples, got {self.point!r}")

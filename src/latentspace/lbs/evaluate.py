@@ -31,7 +31,7 @@ from .forecast import (
     seasonal_naive_forecast,
 )
 from .goal import GoalLBS
-from .train import train_lbs
+from .train import select_highway, train_lbs
 
 
 @dataclasses.dataclass
@@ -46,8 +46,14 @@ class SeriesResult:
 
 def evaluate_series(series: TextSeries, cfg: LBSConfig, wcfg: WindowConfig, tcfg: TrainConfig,
                     max_origins: int = 60, run: Run | None = None, quiet: bool = True,
-                    steer: bool = True) -> SeriesResult:
-    """Train LBS with and without text on series[:train_end], forecast the test part, compare baselines."""
+                    steer: bool = True, select_highway_on_val: bool = False, seeds: int = 1) -> SeriesResult:
+    """Train LBS with and without text on series[:train_end], forecast the test part, compare baselines.
+
+    With `select_highway_on_val` the highway (features, order, ridge, level smoothing) is first chosen on the
+    validation part (`select_highway`), the same for both variants. With `seeds` > 1 each variant is an
+    ensemble of that many models (head initialisation and window order differ; the frozen sensor is shared):
+    the point forecast is the members' mean, the quantiles pool their samples.
+    """
     train_end, val_end = series.split(wcfg.train_frac, wcfg.val_frac)
     scaler = Standardizer(series.values[:train_end])
     z = scaler(series.values)
@@ -55,24 +61,51 @@ def evaluate_series(series: TextSeries, cfg: LBSConfig, wcfg: WindowConfig, tcfg
     origins = forecast_origins(len(series), start, wcfg.horizon, max_origins)
     metrics: dict[str, float] = {"steps": float(len(series)), "origins": float(len(origins)),
                                  "text_coverage": series.text_coverage()}
+    if select_highway_on_val:
+        choice, table = select_highway(series, scaler, wcfg, cfg.overshoot)
+        cfg = cfg.replace(**choice)
+        metrics["highway_choice"] = (f"q={choice['highway']} {choice['highway_features']} "
+                                     f"alpha={choice['highway_alpha']:.2f} ridge={choice['highway_ridge']}")
+        metrics["val_mse_highway"] = min(r["val_mse"] for r in table)
+        metrics["val_mse_last_value"] = table[0]["val_mse"]
     forecasts: dict[str, np.ndarray] = {}
     models = {}
+    cache = None
+    val_origins = forecast_origins(val_end, max(train_end, wcfg.context), wcfg.horizon, max_origins)
+    val_truth = np.stack([z[o : o + wcfg.horizon] for o in val_origins])
     for name, use_text in (("text", True), ("notext", False)):
-        torch.manual_seed(tcfg.seed)
-        model = GoalLBS(cfg.replace(use_text=use_text))
-        t0 = time.perf_counter()
-        sub_run = Run(run.family, path=run.path / name) if run is not None else None
-        result = train_lbs(model, series, scaler, wcfg, tcfg, run=sub_run, quiet=quiet, end=train_end)
+        means, samples, val_means, val_mses, t0 = [], [], [], [], time.perf_counter()
+        for k in range(max(1, seeds)):
+            torch.manual_seed(tcfg.seed + k)
+            model = GoalLBS(cfg.replace(use_text=use_text))
+            if cache is not None:
+                model.cache = cache  # same sensor and namespace: each text meets the LM once per series
+            cache = model.cache
+            sub_run = Run(run.family, path=run.path / (name if k == 0 else f"{name}_{k}")) if run is not None else None
+            result = train_lbs(model, series, scaler, wcfg, tcfg.replace(seed=tcfg.seed + k), run=sub_run,
+                               quiet=quiet, end=train_end)
+            if "val_mse_best" in result.metrics:
+                val_mses.append(result.metrics["val_mse_best"])
+            model.eval()
+            fc = forecast(model, series, scaler, origins, wcfg.context, wcfg.horizon, wcfg.samples, seed=tcfg.seed,
+                          instance_norm=wcfg.instance_norm, point=wcfg.point)
+            means.append(fc.mean)
+            samples.append(fc.samples)
+            val_means.append(forecast(model, series, scaler, val_origins, wcfg.context, wcfg.horizon, wcfg.samples,
+                                      seed=tcfg.seed, instance_norm=wcfg.instance_norm, point=wcfg.point).mean)
+            if k == 0:
+                models[name] = model
+                metrics[f"best_step_{name}"] = result.metrics.get("best_step", float(result.step))
         metrics[f"train_s_{name}"] = time.perf_counter() - t0
-        if "val_mse_best" in result.metrics:
-            metrics[f"val_mse_{name}"] = result.metrics["val_mse_best"]
-        model.eval()
-        fc = forecast(model, series, scaler, origins, wcfg.context, wcfg.horizon, wcfg.samples, seed=tcfg.seed,
-                      instance_norm=wcfg.instance_norm)
-        forecasts[f"lbs_{name}"] = fc.mean.numpy()
+        if val_mses:
+            metrics[f"val_mse_{name}"] = float(np.mean(val_mses))
+        forecasts[f"lbs_{name}"] = torch.stack(means).mean(0).numpy()
+        # validation MSE of the ensemble's point forecast and of its first member alone (the test part is unread)
+        metrics[f"val_mse_{name}_ensemble"] = float(np.mean((torch.stack(val_means).mean(0).numpy() - val_truth) ** 2))
+        metrics[f"val_mse_{name}_member0"] = float(np.mean((val_means[0].numpy() - val_truth) ** 2))
         if use_text:
-            quantiles = fc.quantiles.numpy()
-        models[name] = model
+            pooled = torch.cat(samples, 0).float()  # (seeds * N, B, H)
+            quantiles = torch.quantile(pooled, torch.tensor([0.1, 0.5, 0.9]), dim=0).numpy()
     forecasts["naive"] = naive_forecast(z, origins, wcfg.horizon)
     forecasts["seasonal_naive"] = seasonal_naive_forecast(z, origins, wcfg.horizon, series.period)
     forecasts["arima"], order = arima_forecast(z, train_end, origins, wcfg.horizon)
@@ -131,16 +164,24 @@ def steer_report(model: GoalLBS, series: TextSeries, scaler: Standardizer, origi
 
 def text_steer_report(model: GoalLBS, series: TextSeries, scaler: Standardizer, origins: list[int],
                       wcfg: WindowConfig, up_text: str, down_text: str, strength: float = 0.5) -> dict[str, float]:
-    """Steer with a goal text: share of origins whose forecast is higher under `up_text` than `down_text`."""
+    """Steer with a goal text: share of origins whose forecast is higher under `up_text` than `down_text`.
+
+    What a text implies is learned from the training part's texts and the changes that followed them
+    (`GoalLBS.fit_text_effects`); the test part is not read.
+    """
+    train_end = series.split(wcfg.train_frac, wcfg.val_frac)[0]
+    model.fit_text_effects(series, scaler, wcfg.horizon, end=train_end)
     x, h = _filtered(model, series, scaler, origins, wcfg.context, wcfg.instance_norm)
     means = []
     for text in (up_text, down_text):
-        model.set_goal(model.goal_from_text(text, h), strength)
+        model.set_goal(model.goal_from_text(text, h, x=x, horizon=wcfg.horizon), strength)
         vals, _ = rollout(model, x, h, wcfg.horizon, wcfg.samples, torch.Generator().manual_seed(0))
         means.append(vals.mean(0).mean(1))
     model.clear_goal()
     return {"steer_text_direction_frac": float((means[0] > means[1]).float().mean()),
-            "steer_text_gap": float((means[0] - means[1]).mean())}
+            "steer_text_gap": float((means[0] - means[1]).mean()),
+            "text_implied_change_up": model.text_implied_change(up_text),
+            "text_implied_change_down": model.text_implied_change(down_text)}
 
 
 def plot_forecast(result: SeriesResult, series: TextSeries, path: Path, wcfg: WindowConfig, n_show: int = 3) -> Path:

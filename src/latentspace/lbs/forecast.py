@@ -40,8 +40,12 @@ def filter_context(model: BaseLBS, y: torch.Tensor, s: torch.Tensor):
 
 @torch.no_grad()
 def rollout(model: BaseLBS, x: torch.Tensor, h: torch.Tensor, horizon: int, samples: int,
-            generator: torch.Generator | None = None):
-    """Roll the (possibly steered) prior forward: returns values (N, B, H) and prior means (N, B, H, D)."""
+            generator: torch.Generator | None = None, noise: bool = True):
+    """Roll the (possibly steered) prior forward: returns values (N, B, H) and prior means (N, B, H, D).
+
+    noise=False follows the prior means (the path `overshoot_loss` trains); with N = 1 that is the
+    deterministic mean path.
+    """
     b, d = x.shape
     x = x.repeat(samples, 1)  # (N*B, D)
     h = h.repeat(1, samples, 1)  # (layers, N*B, D)
@@ -49,8 +53,11 @@ def rollout(model: BaseLBS, x: torch.Tensor, h: torch.Tensor, horizon: int, samp
     for _ in range(horizon):
         _, h = model.gru(x.unsqueeze(1), h)
         prior = model.prior(h[-1])
-        eps = torch.randn(prior.mu.shape, generator=generator, dtype=prior.mu.dtype).to(prior.mu.device)
-        x = prior.mu + eps * prior.std
+        if noise:
+            eps = torch.randn(prior.mu.shape, generator=generator, dtype=prior.mu.dtype).to(prior.mu.device)
+            x = prior.mu + eps * prior.std
+        else:
+            x = prior.mu
         values.append(model.mlp_val(x).squeeze(-1))
         means.append(prior.mu)
     vals = torch.stack(values, -1).view(samples, b, horizon)
@@ -77,23 +84,31 @@ def context_tensors(model: BaseLBS, series: TextSeries, scaler: Standardizer, or
 @torch.no_grad()
 def forecast(model: BaseLBS, series: TextSeries, scaler: Standardizer, origins: Sequence[int], context: int,
              horizon: int, samples: int = 64, levels: tuple[float, ...] = (0.1, 0.5, 0.9), seed: int = 0,
-             with_text: bool = False, instance_norm: bool = False) -> Forecast:
+             with_text: bool = False, instance_norm: bool = False, point: str = "samples") -> Forecast:
     """Forecasts (standardised units) of `horizon` steps from each origin (the first unseen step).
 
     `instance_norm` must match the training windows' (WindowConfig.instance_norm): the model then works on
-    values relative to the last context value, added back here.
+    values relative to the last context value, added back here. `point` is what `Forecast.mean` holds:
+    "samples", the mean of the N sampled trajectories, or "path", the prior-mean rollout (deterministic,
+    the path `overshoot_loss` trains; WindowConfig.point).
     """
+    if point not in ("path", "samples"):
+        raise DataError(f"point must be path or samples, got {point!r}")
     y, s, ref = context_tensors(model, series, scaler, origins, context, instance_norm)
     x, h = filter_context(model, y, s)
     gen = torch.Generator().manual_seed(seed)
     vals, means = rollout(model, x, h, horizon, samples, gen)
-    vals = vals + model.forecast_offset(x, y, ref.to(vals.device), horizon)[None]  # (N, B, H) + (1, B, H)
+    offset = model.forecast_offset(x, y, ref.to(vals.device), horizon)  # (B, H)
+    vals = vals + offset[None]  # (N, B, H) + (1, B, H)
+    mean = vals.mean(0)
+    if point == "path":
+        mean = rollout(model, x, h, horizon, 1, noise=False)[0][0] + offset  # (B, H)
     q = torch.quantile(vals.float().cpu(), torch.tensor(levels), dim=0)  # (Q, B, H)
     texts = None
     if with_text:
         dates = [series.dates[o] if o < len(series) else series.dates[-1] for o in origins]
         texts = generate_text(model, means.mean(0)[:, 0], dates)
-    return Forecast(vals.cpu(), vals.mean(0).cpu(), q, tuple(levels), texts)
+    return Forecast(vals.cpu(), mean.cpu(), q, tuple(levels), texts)
 
 
 @torch.no_grad()

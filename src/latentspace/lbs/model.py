@@ -21,7 +21,7 @@ from torch import nn
 from ..core import gaussian
 from ..core.backbones import EmbeddingCache, byte_tokenizer, load_causal_lm, tiny_causal_lm
 from ..core.checkpoint import CheckpointMixin
-from ..core.errors import CheckpointError, DataError
+from ..core.errors import CheckpointError, ConfigError, DataError
 from ..core.gaussian import DiagGaussian
 from .config import LBSConfig
 
@@ -55,6 +55,64 @@ def build_backbone(cfg: LBSConfig, sum_tokens: Sequence[str]):
     return model.eval(), tokenizer
 
 
+def highway_inputs(y: torch.Tensor, q: int, features: str = "level", alpha: float = 1.0):
+    """The highway's inputs at every step of standardised series y (B, L), causally.
+
+    Returns:
+        feats (B, L, F): at step t, from y[t - q .. t] (padded on the left with y[:, 0]): the values
+            ("level"), the values minus the smoothed level ("deviation"), the first differences ("diff"),
+            or deviation and differences ("devdiff"; F = 2q, else q);
+        anchor (B, L): the smoothed level minus y[t] (exponential smoothing with `alpha`, started at
+            y[:, 0]; 0 for alpha = 1), the step from the last value to where forecasts are anchored.
+    """
+    b, length = y.shape
+    if alpha < 1.0:
+        levels, lv = [], y[:, 0]
+        for t in range(length):  # exponential smoothing: l_t = alpha y_t + (1 - alpha) l_{t-1}
+            lv = y[:, 0] if t == 0 else alpha * y[:, t] + (1.0 - alpha) * lv
+            levels.append(lv)
+        level = torch.stack(levels, 1)  # (B, L)
+    else:
+        level = y
+    lags = torch.cat([y[:, :1].expand(b, q), y], dim=1).unfold(1, q + 1, 1)  # (B, L, q + 1): y[t - q .. t]
+    parts = []
+    if features == "level":
+        parts.append(lags[..., 1:])
+    if features in ("deviation", "devdiff"):
+        parts.append(lags[..., 1:] - level[..., None])
+    if features in ("diff", "devdiff"):
+        parts.append(lags[..., 1:] - lags[..., :-1])
+    if not parts:
+        raise ConfigError(f"unknown highway features {features!r}")
+    return torch.cat(parts, -1), level - y
+
+
+def fit_highway_coef(z: torch.Tensor, q: int, features: str, alpha: float, steps: int, ridge: float,
+                     window: int | None = None) -> torch.Tensor | None:
+    """Ridge least squares of the highway on a series z (T,): (F + 1, steps) weights and bias, or None if short.
+
+    Target of step k at origin t: z[t + k] minus the anchor (see `highway_inputs`); the bias is not shrunk.
+    """
+    if window is not None and window < len(z):
+        rows = z.unfold(0, window, 1)  # (n, W): row i ends at t = i + W - 1
+        feats, anchor = highway_inputs(rows, q, features, alpha)
+        feats, anchor = feats[:, -1], anchor[:, -1]  # (n, F), (n,)
+        ends = torch.arange(window - 1, len(z))
+    else:
+        feats, anchor = highway_inputs(z[None], q, features, alpha)
+        feats, anchor, ends = feats[0], anchor[0], torch.arange(len(z))
+    keep = (ends >= q) & (ends + steps < len(z))
+    feats, anchor, ends = feats[keep], anchor[keep], ends[keep]
+    n = len(ends)
+    if n < 2 * (feats.shape[1] + 1):
+        return None
+    targets = torch.stack([z[ends + k] - z[ends] - anchor for k in range(1, steps + 1)], 1)  # (n, K)
+    x = torch.cat([feats, torch.ones(n, 1, dtype=z.dtype)], 1)  # (n, F + 1)
+    gram = x.T @ x + ridge * n * torch.eye(x.shape[1], dtype=z.dtype)
+    gram[-1, -1] -= ridge * n  # the bias is not shrunk
+    return torch.linalg.solve(gram, x.T @ targets)  # (F + 1, K)
+
+
 class BaseLBS(CheckpointMixin, nn.Module):
     """LLM-integrated Bayesian state space: GRU prior, text+value posterior, value and text decoders.
 
@@ -86,6 +144,8 @@ class BaseLBS(CheckpointMixin, nn.Module):
         self.mlp_post = nn.Linear(d * 2 + 1, d * 2)
         # VALUE DECODER x_t -> y_t (standardised)
         self.mlp_val = nn.Linear(d, 1)
+        if self.cfg.value_zero_init:  # the forecast starts as the highway's; the latent learns a correction
+            nn.init.zeros_(self.mlp_val.weight)
         # SEMANTIC COMPRESSION HEAD: LM hidden -> d
         self.proj_sum = nn.Linear(hidden, d)
         # SEMANTIC GENERATION HEAD: d -> prefix_tokens * LM hidden (the soft prompt)
@@ -93,7 +153,8 @@ class BaseLBS(CheckpointMixin, nn.Module):
         # LINEAR HIGHWAY (LSTNet): the last q standardised values -> a correction for each of `overshoot`
         # steps ahead. Zero at init, so training starts from the pure state-space forecast; it gives the
         # model the linear (ARIMA-like) structure a few hundred steps cannot teach the GRU reliably.
-        self.highway = nn.Linear(self.cfg.highway, self.cfg.overshoot) if self.cfg.highway else None
+        width = self.cfg.highway * (2 if self.cfg.highway_features == "devdiff" else 1)
+        self.highway = nn.Linear(width, self.cfg.overshoot) if self.cfg.highway else None
         if self.highway is not None:
             nn.init.zeros_(self.highway.weight)
             nn.init.zeros_(self.highway.bias)
@@ -243,16 +304,16 @@ class BaseLBS(CheckpointMixin, nn.Module):
         """The linear highway's additive correction from the last q values of y_abs (B, L): (B, horizon).
 
         y_abs are standardised values on the absolute scale (not instance-normalised), so the highway can
-        learn mean reversion as well as momentum. Steps beyond `overshoot` reuse the last step's weights;
-        without a highway (q = 0) the correction is 0.
+        learn mean reversion as well as momentum. The correction is relative to the last value: with
+        `highway_alpha` < 1 it includes the step from the last value to the smoothed level. Steps beyond
+        `overshoot` reuse the last step's weights; without a highway (q = 0) the correction is 0.
         """
-        b, length = y_abs.shape
+        b = y_abs.shape[0]
         if self.highway is None:
             return torch.zeros(b, horizon, device=y_abs.device)
-        q = self.cfg.highway
-        if length < q:  # pad on the left with the first value
-            y_abs = torch.cat([y_abs[:, :1].expand(b, q - length), y_abs], dim=1)
-        out = self.highway(y_abs[:, -q:].to(self.highway.weight.dtype))  # (B, overshoot)
+        feats, anchor = highway_inputs(y_abs.to(self.highway.weight.dtype), self.cfg.highway,
+                                       self.cfg.highway_features, self.cfg.highway_alpha)
+        out = self.highway(feats[:, -1]) + anchor[:, -1:]  # (B, overshoot)
         idx = torch.arange(horizon, device=out.device).clamp(max=self.cfg.overshoot - 1)
         return out[:, idx]  # (B, H)
 
@@ -273,27 +334,22 @@ class BaseLBS(CheckpointMixin, nn.Module):
         return offset
 
     @torch.no_grad()
-    def fit_highway(self, z: torch.Tensor, ridge: float = 1e-2) -> None:
+    def fit_highway(self, z: torch.Tensor, ridge: float | None = None, window: int | None = None) -> None:
         """Initialise the highway by ridge least squares on a training series z (T,) (standardised).
 
-        Step k's weights predict the change z[t + k] - z[t] from the last q values z[t - q + 1 .. t], so the
-        forecast starts as a direct linear autoregression on top of the state-space model's persistence;
-        training then adjusts both together.
+        Step k's weights predict z[t + k] minus the anchor (the last value z[t], or the smoothed level with
+        `highway_alpha` < 1) from the highway's features at t, so the forecast starts as a direct linear
+        autoregression on top of the state-space model's persistence; training then adjusts both together.
+        With `window`, the features at t are computed from the `window` steps ending at t only, exactly as a
+        forecast with that context sees them; otherwise from the whole series before t.
         """
         if self.highway is None:
             return
-        q, k_max = self.cfg.highway, self.cfg.overshoot
-        z = torch.as_tensor(z, dtype=torch.float64).flatten()
-        n = len(z) - q - k_max + 1
-        if n < 2 * (q + 1):
+        coef = fit_highway_coef(torch.as_tensor(z, dtype=torch.float64).flatten(), self.cfg.highway,
+                                self.cfg.highway_features, self.cfg.highway_alpha, self.cfg.overshoot,
+                                self.cfg.highway_ridge if ridge is None else ridge, window)
+        if coef is None:
             return  # too short for a stable fit: stay at zero
-        lags = z.unfold(0, q, 1)[:n]  # (n, q): windows ending at t = q - 1 .. q - 2 + n
-        ends = torch.arange(q - 1, q - 1 + n)
-        targets = torch.stack([z[ends + k] - z[ends] for k in range(1, k_max + 1)], 1)  # (n, K)
-        feats = torch.cat([lags, torch.ones(n, 1, dtype=z.dtype)], 1)  # (n, q + 1)
-        gram = feats.T @ feats + ridge * n * torch.eye(q + 1, dtype=z.dtype)
-        gram[-1, -1] -= ridge * n  # the bias is not shrunk
-        coef = torch.linalg.solve(gram, feats.T @ targets)  # (q + 1, K)
         self.highway.weight.copy_(coef[:-1].T.to(self.highway.weight.dtype))
         self.highway.bias.copy_(coef[-1].to(self.highway.bias.dtype))
 
@@ -450,11 +506,10 @@ class BaseLBS(CheckpointMixin, nn.Module):
         start = y - self.mlp_val(x).view(b, t_len) if self.cfg.persistence else None
         highway = None
         if self.highway is not None:
-            q = self.cfg.highway
             y_abs = y if y_abs is None else y_abs
-            padded = torch.cat([y_abs[:, :1].expand(b, q - 1), y_abs], dim=1)  # (B, q - 1 + T)
-            lags = padded.unfold(1, q, 1)  # (B, T, q): the last q values at each origin
-            highway = self.highway(lags)  # (B, T, overshoot)
+            feats, anchor = highway_inputs(y_abs, self.cfg.highway, self.cfg.highway_features,
+                                           self.cfg.highway_alpha)  # (B, T, F), (B, T)
+            highway = self.highway(feats) + anchor[..., None]  # (B, T, overshoot)
         losses = []
         for k in range(1, min(self.cfg.overshoot, t_len - 1) + 1):
             _, h = self.gru(x.unsqueeze(1), h)

@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..core.runs import Run
-from ..core.training import TrainConfig, TrainResult, fit
+from ..core.training import StopTraining, TrainConfig, TrainResult, fit
 from .config import WindowConfig
 from .data import Standardizer, TextSeries, windows
 from .model import BaseLBS
@@ -59,17 +59,18 @@ class ValidationSelector:
         self.origins = forecast_origins(val_end, start, wcfg.horizon, max_origins=60)
         idx = torch.tensor(self.origins)[:, None] + torch.arange(wcfg.horizon)[None]  # (B, H)
         self.truth = torch.as_tensor(scaler(series.values), dtype=torch.float32)[idx]
-        self.best_mse, self.best_state, self.calls = float("inf"), None, 0
+        self.best_mse, self.best_state, self.calls, self.since_best, self.best_call = float("inf"), None, 0, 0, 0
 
     def __call__(self, model: BaseLBS) -> dict[str, float]:
         from .forecast import forecast
 
         fc = forecast(model, self.series, self.scaler, self.origins, self.wcfg.context, self.wcfg.horizon,
-                      self.samples, instance_norm=self.wcfg.instance_norm)
+                      self.samples, instance_norm=self.wcfg.instance_norm, point=self.wcfg.point)
         mse = float((fc.mean - self.truth).pow(2).mean())
         self.calls += 1
+        self.since_best += 1
         if mse < self.best_mse:
-            self.best_mse = mse
+            self.best_mse, self.since_best, self.best_call = mse, 0, self.calls
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return {"val_mse": mse, "val_mse_best": self.best_mse}
 
@@ -92,17 +93,93 @@ def train_lbs(model: BaseLBS, series: TextSeries, scaler: Standardizer, wcfg: Wi
                              level=batch["level"])
 
     if not resume:
-        model.fit_highway(data.z[:end])
+        model.fit_highway(data.z[:end], window=wcfg.context)
     selector = None
+    callbacks = []
+    stopped = []
     if wcfg.val_every > 0 and val_end - end >= wcfg.horizon and end >= wcfg.context:
         selector = ValidationSelector(series, scaler, wcfg, end, val_end)
         tcfg = tcfg.replace(eval_every=wcfg.val_every)
+        if wcfg.val_at_start and not resume:  # the untrained model (highway + initial latent) is a candidate
+            model.eval()
+            selector(model)
+        if wcfg.patience > 0:
+            def early_stop(step: int, metrics: dict[str, float]) -> None:
+                if step % wcfg.val_every == 0 and selector.since_best >= wcfg.patience:
+                    stopped.append(step)
+                    raise StopTraining
+            callbacks.append(early_stop)
     result = fit(model, loss_fn, data, tcfg, run=run, resume=resume, quiet=quiet, description="lbs train",
-                 eval_fn=selector)
+                 eval_fn=selector, callbacks=callbacks)
+    if stopped:
+        result.metrics["stopped_at"] = float(stopped[0])
     if selector is not None and selector.best_state is not None:
         model.load_state_dict(selector.best_state)
         result.metrics["val_mse_best"] = selector.best_mse
+        first = 0 if wcfg.val_at_start and not resume else 1  # the step of the first evaluation, in val_every units
+        result.metrics["best_step"] = float((selector.best_call - 1 + first) * wcfg.val_every)
     return result
+
+
+def es_alpha(z, grid: int = 39) -> float:
+    """Smoothing weight of simple exponential smoothing with least one-step squared error on z (T,)."""
+    z = torch.as_tensor(z, dtype=torch.float64)
+    best = (float("inf"), 1.0)
+    for alpha in torch.linspace(0.05, 1.0, grid).tolist():
+        level = z[0]
+        sse = 0.0
+        for t in range(1, len(z)):
+            sse += float(z[t] - level) ** 2
+            level = alpha * z[t] + (1 - alpha) * level
+        best = min(best, (sse, alpha))
+    return best[1]
+
+
+HIGHWAY_GRID = {"features": ("level", "deviation", "diff", "devdiff"), "q": (2, 4, 8, 16), "ridge": (0.01, 0.1, 1.0)}
+
+
+def select_highway(series: TextSeries, scaler: Standardizer, wcfg: WindowConfig, steps: int,
+                   grid: dict | None = None) -> tuple[dict, list[dict]]:
+    """Choose the highway (features, order q, ridge, level smoothing) on the validation part.
+
+    Every candidate is fitted in closed form on the training part (`fit_highway_coef`, features from the
+    `context` steps before each origin, as a forecast sees them) and scored by its forecast MSE at the
+    validation origins `ValidationSelector` uses; the test part is never read. Candidates: highway off
+    (the last value), and each (features, q, ridge) with the level anchored on the last value (alpha 1) or on
+    the exponentially smoothed level (alpha of least one-step error on the training part).
+
+    Returns:
+        the LBSConfig fields of the best candidate ({"highway", "highway_features", "highway_alpha",
+        "highway_ridge"}), and every candidate with its validation MSE.
+    """
+    from .forecast import forecast_origins
+    from .model import fit_highway_coef, highway_inputs
+
+    grid = grid or HIGHWAY_GRID
+    train_end, val_end = series.split(wcfg.train_frac, wcfg.val_frac)
+    z = torch.as_tensor(scaler(series.values), dtype=torch.float64)
+    origins = forecast_origins(val_end, max(train_end, wcfg.context), wcfg.horizon, max_origins=60)
+    ctx = torch.stack([z[o - wcfg.context : o] for o in origins])  # (B, L)
+    truth = torch.stack([z[o : o + wcfg.horizon] for o in origins])  # (B, H)
+    last = ctx[:, -1:]
+    idx = torch.arange(wcfg.horizon).clamp(max=steps - 1)
+    alpha_fit = round(es_alpha(z[:train_end]), 4)
+    rows = [{"highway": 0, "highway_features": "level", "highway_alpha": 1.0, "highway_ridge": 0.01,
+             "val_mse": float((last - truth).pow(2).mean())}]
+    for alpha in sorted({1.0, alpha_fit}):
+        for features in grid["features"]:
+            for q in grid["q"]:
+                for ridge in grid["ridge"]:
+                    coef = fit_highway_coef(z[:train_end], q, features, alpha, steps, ridge, wcfg.context)
+                    if coef is None:
+                        continue
+                    feats, anchor = highway_inputs(ctx, q, features, alpha)
+                    x = torch.cat([feats[:, -1], torch.ones(len(origins), 1, dtype=z.dtype)], 1)
+                    pred = last + anchor[:, -1:] + (x @ coef)[:, idx]  # (B, H)
+                    rows.append({"highway": q, "highway_features": features, "highway_alpha": alpha,
+                                 "highway_ridge": ridge, "val_mse": float((pred - truth).pow(2).mean())})
+    best = min(rows, key=lambda r: r["val_mse"])
+    return {k: v for k, v in best.items() if k != "val_mse"}, rows
 
 
 def seed_loop(model: BaseLBS, series: TextSeries, scaler: Standardizer, steps: int, lr: float = 3e-4,
