@@ -74,32 +74,38 @@ def correctness():
     return out
 
 
+def layer_scan(batch=8, length=1024, ed=1536, n=16, seed=0, device="cuda"):
+    """(forward, forward + backward) closures of one 130M-model layer's fused scan on bf16 inputs laid out as
+    MambaBlock passes them (x a transposed view, z half of in_proj's output, B and C slices of x_proj's)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(batch, ed, length, device=device, generator=g).to(torch.bfloat16).transpose(1, 2)
+    z = torch.randn(batch, length, 2 * ed, device=device, generator=g).to(torch.bfloat16)[..., ed:]
+    dt = (torch.randn(batch, length, ed, device=device, generator=g) - 3).to(torch.bfloat16)
+    A = -torch.exp(torch.log(torch.arange(1, n + 1, device=device, dtype=torch.float32)).repeat(ed, 1))
+    _, B, C = torch.randn(batch, length, 48 + 2 * n, device=device, generator=g).to(torch.bfloat16).split(
+        [48, n, n], dim=-1)
+    ins = [t.detach().requires_grad_() for t in (x, dt, A, B, C, torch.ones(ed, device=device), z,
+                                                 torch.zeros(ed, device=device))]
+    gy = torch.randn(batch, length, ed, device=device, generator=g).to(torch.bfloat16)
+
+    def fwd():
+        with torch.no_grad():
+            return selective_scan(*ins[:6], mode="triton", z=ins[6], delta_bias=ins[7], delta_softplus=True)
+
+    def run():
+        y, _ = selective_scan(*ins[:6], mode="triton", z=ins[6], delta_bias=ins[7], delta_softplus=True)
+        return torch.autograd.grad(y, ins, gy)
+
+    return fwd, run
+
+
 def sweep(batch=8, length=1024, ed=1536, n=16):
     """Forward and forward + backward ms of one 130M-model layer's fused scan for several tile shapes.
 
     For each chunk length, the forward's (channels per program, warps) is picked on forward time, then the
     backward's on forward + backward time; the best overall is kept (`scan_triton.configure`).
     """
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = torch.randn(batch, ed, length, device="cuda", generator=g).to(torch.bfloat16).transpose(1, 2)
-    xz = torch.randn(batch, length, 2 * ed, device="cuda", generator=g).to(torch.bfloat16)
-    z = xz[..., ed:]
-    dt = (torch.randn(batch, length, ed, device="cuda", generator=g) - 3).to(torch.bfloat16)
-    bias = torch.zeros(ed, device="cuda")
-    A = -torch.exp(torch.log(torch.arange(1, n + 1, device="cuda", dtype=torch.float32)).repeat(ed, 1))
-    bc = torch.randn(batch, length, 48 + 2 * n, device="cuda", generator=g).to(torch.bfloat16)
-    _, B, C = bc.split([48, n, n], dim=-1)
-    D = torch.ones(ed, device="cuda")
-    ins = [t.detach().requires_grad_() for t in (x, dt, A, B, C, D, z, bias)]
-    gy = torch.randn(batch, length, ed, device="cuda", generator=g).to(torch.bfloat16)
-
-    def run():
-        y, _ = selective_scan(*ins[:6], mode="triton", z=ins[6], delta_bias=ins[7], delta_softplus=True)
-        torch.autograd.grad(y, ins, gy)
-
-    def fwd():
-        with torch.no_grad():
-            selective_scan(*ins[:6], mode="triton", z=ins[6], delta_bias=ins[7], delta_softplus=True)
+    fwd, run = layer_scan(batch, length, ed, n, seed=0)
 
     def bench(fn, fwd_tile, bwd_tile, block_t):
         scan_triton.configure(block_t, fwd_tile, bwd_tile)
@@ -127,25 +133,7 @@ def sweep(batch=8, length=1024, ed=1536, n=16):
 
 def scan_ms(batch=8, length=1024, ed=1536, n=16):
     """Median ms of one 130M-model layer's fused scan (forward; forward + backward) at the current tile."""
-    g = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.randn(batch, ed, length, device="cuda", generator=g).to(torch.bfloat16).transpose(1, 2)
-    z = torch.randn(batch, length, 2 * ed, device="cuda", generator=g).to(torch.bfloat16)[..., ed:]
-    dt = (torch.randn(batch, length, ed, device="cuda", generator=g) - 3).to(torch.bfloat16)
-    A = -torch.exp(torch.log(torch.arange(1, n + 1, device="cuda", dtype=torch.float32)).repeat(ed, 1))
-    _, B, C = torch.randn(batch, length, 48 + 2 * n, device="cuda", generator=g).to(torch.bfloat16).split(
-        [48, n, n], dim=-1)
-    ins = [t.detach().requires_grad_() for t in (x, dt, A, B, C, torch.ones(ed, device="cuda"), z,
-                                                 torch.zeros(ed, device="cuda"))]
-    gy = torch.randn(batch, length, ed, device="cuda", generator=g).to(torch.bfloat16)
-
-    def fwd():
-        with torch.no_grad():
-            selective_scan(*ins[:6], mode="triton", z=ins[6], delta_bias=ins[7], delta_softplus=True)
-
-    def run():
-        y, _ = selective_scan(*ins[:6], mode="triton", z=ins[6], delta_bias=ins[7], delta_softplus=True)
-        torch.autograd.grad(y, ins, gy)
-
+    fwd, run = layer_scan(batch, length, ed, n, seed=1)
     return {"fwd_ms": triton.testing.do_bench(fwd, warmup=25, rep=200, return_mode="median"),
             "fwd_bwd_ms": triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median")}
 

@@ -32,12 +32,17 @@ def test_seed_loop_runs():
     assert seed_loop(model, s, Standardizer(s.values), steps=3) > 0
 
 
-def test_validation_selection_keeps_the_best_weights():
+def _small_setup():
+    """A 160-step generated series split 60/20/20, its scaler and a tiny model with a highway."""
     torch.manual_seed(0)
     s = generated_series(steps=160, seed=3)
     tr, va = s.split(0.6, 0.2)
     sc = Standardizer(s.values[:tr])
-    model = BaseLBS(LBSConfig.preset("tiny").replace(text_loss_samples=0, highway=4, overshoot=3))
+    return s, tr, va, sc, BaseLBS(LBSConfig.preset("tiny").replace(text_loss_samples=0, highway=4, overshoot=3))
+
+
+def test_validation_selection_keeps_the_best_weights():
+    s, tr, va, sc, model = _small_setup()
     wcfg = WindowConfig(window=16, batch=4, bptt=8, context=12, horizon=3, train_frac=0.6, val_frac=0.2, val_every=2)
     result = train_lbs(model, s, sc, wcfg, TrainConfig(steps=8, lr=3e-2, log_every=1000), quiet=True)
     origins = forecast_origins(va, tr, 3, max_origins=60)
@@ -67,11 +72,7 @@ def test_select_highway_on_validation_prefers_the_true_structure():
 
 
 def test_patience_stops_training_and_keeps_the_best():
-    torch.manual_seed(0)
-    s = generated_series(steps=160, seed=3)
-    tr, va = s.split(0.6, 0.2)
-    sc = Standardizer(s.values[:tr])
-    model = BaseLBS(LBSConfig.preset("tiny").replace(text_loss_samples=0, highway=4, overshoot=3))
+    s, _, _, sc, model = _small_setup()
     wcfg = WindowConfig(window=16, batch=4, bptt=8, context=12, horizon=3, train_frac=0.6, val_frac=0.2,
                         val_every=1, patience=2)
     result = train_lbs(model, s, sc, wcfg, TrainConfig(steps=200, lr=1.0, log_every=1000), quiet=True)

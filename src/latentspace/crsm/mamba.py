@@ -49,13 +49,15 @@ class MambaBlock(nn.Module):
         self.D = nn.Parameter(torch.ones(ed))
         self.out_proj = nn.Linear(ed, config.d_model, bias=False)
 
-    def _ssm_inputs(self, x):
-        """delta (.., ED), B (.., N), C (.., N) from the conv output x (.., ED)."""
+    def _ssm_inputs(self, x, raw: bool = False):
+        """delta (.., ED), B (.., N), C (.., N) from the conv output x (.., ED); with `raw`, delta before the
+        dt bias and softplus (which the scan then applies, fused on the triton path)."""
         n, r = self.config.d_state, self.config.dt_rank_
         dbc = self.x_proj(x)  # (.., R + 2N)
         delta, B, C = torch.split(dbc, [r, n, n], dim=-1)
-        delta = F.softplus(self.dt_proj(delta))  # (.., ED)
-        return delta, B, C
+        if raw:
+            return F.linear(delta, self.dt_proj.weight), B, C
+        return F.softplus(self.dt_proj(delta)), B, C  # (.., ED)
 
     def forward(self, x, return_cache: bool = False):
         """x (B, T, D) -> y (B, T, D) [, cache after the last step]."""
@@ -64,9 +66,7 @@ class MambaBlock(nn.Module):
         x, z = xz.chunk(2, dim=-1)  # (B, T, ED) each
         x_t = x.transpose(1, 2)  # (B, ED, T)
         x = F.silu(self.conv1d(x_t)[:, :, :length]).transpose(1, 2)  # causal conv: (B, T, ED)
-        n, r = self.config.d_state, self.config.dt_rank_
-        delta, B, C = torch.split(self.x_proj(x), [r, n, n], dim=-1)
-        delta = F.linear(delta, self.dt_proj.weight)  # (B, T, ED); the bias and softplus go to the scan
+        delta, B, C = self._ssm_inputs(x, raw=True)  # (B, T, ED) before bias and softplus
         A = -torch.exp(self.A_log.float())  # (ED, N)
         # y * silu(z) and softplus(delta + bias) happen inside the scan (fused on the triton path)
         y, h = selective_scan(x, delta, A, B, C, self.D, mode=self.config.scan, z=z, delta_bias=self.dt_proj.bias,
