@@ -230,3 +230,45 @@ def test_per_segment_path_sees_parameter_changes():
     assert tracker.re_score_past_spans([cand], ctx)[0].confidence == pytest.approx(0.9, rel=1e-6)
     tracker.re_score_network[2].bias.data.fill_(-30.0)
     assert tracker.re_score_past_spans([cand], ctx)[0].confidence == pytest.approx(0.0, abs=1e-6)
+
+
+def test_per_segment_span_search_breaks_ties_as_the_reference():
+    """Integer logits tie often: the tracker's search picks the reference's span (smaller start, then shorter)."""
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(300):
+        length, max_len = int(torch.randint(2, 12, (1,), generator=gen)), int(torch.randint(1, 6, (1,), generator=gen))
+        start = torch.randint(-3, 4, (1, length), generator=gen).float()
+        end = torch.randint(-3, 4, (1, length), generator=gen).float()
+        i, j, score = best_span_scores_reference(start, end, max_len)
+        cand = BeliefStateTracker(context_dim=8, max_answer_len=max_len).extract_best_span((start[0], end[0]), 0, 0)
+        assert cand.span == (int(i[0]) - 1, int(j[0]) - 1)
+        assert cand.score == pytest.approx(float(score[0] - start[0, 0] - end[0, 0]))
+
+
+def test_update_belief_agrees_with_the_public_methods():
+    """The per-segment path of update_belief gives what extract_best_span and re_score_past_spans give."""
+    torch.manual_seed(1)
+    tracker = BeliefStateTracker(context_dim=8, re_scoring_method="learned", max_answer_len=3)
+    with torch.no_grad():
+        tracker.log_temperature.fill_(0.5)
+        tracker.confidence_bias.fill_(-0.3)
+    kept = revised_away = 0
+    for seg in range(8):
+        start, end = torch.randn(10) * (4.0 if seg in (0, 5) else 1.0), torch.randn(10)
+        ctx, states = torch.randn(2, 8), torch.randn(10, 8)
+        held = next((c for c in reversed(tracker.belief.span_history) if c.span == tracker.belief.best_span), None)
+        expected = tracker.extract_best_span((start, end), seg, 10 * seg, ctx)
+        revised = None if held is None else tracker.re_score_past_spans([held], ctx)[0].confidence
+        belief = tracker.update_belief((start, end), seg, ctx, 10 * seg, token_states=states)
+        got = belief.span_history[-1]
+        assert (got.span, got.segment_id, got.gmm_context_hash) == (expected.span, seg, expected.gmm_context_hash)
+        assert got.confidence == pytest.approx(expected.confidence, rel=1e-6)
+        if revised is not None and belief.best_span != got.span:
+            assert belief.confidence == pytest.approx(revised, rel=1e-5)  # the old belief, re-scored
+            kept += 1
+        elif revised is not None:
+            revised_away += 1
+        if belief.best_span == got.span:
+            i, j = got.span[0] - 10 * seg + 1, got.span[1] - 10 * seg + 1
+            assert torch.allclose(got.span_embedding, states[i : j + 1].mean(0))
+    assert kept and revised_away  # both branches were taken

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import operator
 import zlib
 from typing import Any
 
@@ -241,6 +242,17 @@ class BeliefStateTracker(nn.Module):
         self.__dict__["_fast_cache"] = (key, arrays)  # a plain attribute: not a parameter, buffer or module
         return arrays
 
+    def _document_params(self) -> tuple[np.ndarray, ...]:
+        """`_fast_params` as `update_belief` reads them: fetched (and checked) at the first segment of each
+        document, then kept for its other segments. The arrays are views of the parameters (CPU, float32), so
+        in-place writes are seen at once; a parameter *replaced* in the middle of a document (a new object,
+        `.data =`, `.to()`) is seen from the next document. The public methods check on every call.
+        """
+        cached = self.__dict__.get("_document_cache")
+        if cached is None or self.belief.total_segments == 0:
+            cached = self.__dict__["_document_cache"] = self._fast_params()
+        return cached
+
     def compute_confidence(self, start_logits: torch.Tensor, end_logits: torch.Tensor,
                            start_idx: int, end_idx: int) -> float:
         """Compute calibrated confidence for a span: the span's score against the null (index 0) score."""
@@ -255,7 +267,7 @@ class BeliefStateTracker(nn.Module):
                           token_states: torch.Tensor | None = None) -> SpanCandidate:
         """Extract best span from current segment logits.
 
-        One segment holds a few dozen logits, so the search runs in NumPy on one copy out of torch: per-op
+        One segment holds a few dozen logits, so the search runs on Python floats (`_best_span_lists`): per-op
         overhead of tiny tensors, not arithmetic, is what the tracker would otherwise cost. It returns
         what `best_span_scores` (the batched torch search) returns.
 
@@ -275,14 +287,14 @@ class BeliefStateTracker(nn.Module):
                    context: np.ndarray | None,
                    params: tuple[np.ndarray, ...] | None = None) -> tuple[SpanCandidate, int, int]:
         """(candidate, start, end in the segment's logits) of one segment, given its memory summary (D,)."""
-        start, end = _as_array(logits[0], np.float64), _as_array(logits[1], np.float64)  # (L,) each
-        s, e, best = _best_span(start, end, self.max_answer_len)
-        z = best - float(start[0] + end[0])  # span-vs-null logit
+        start, end = logits[0].tolist(), logits[1].tolist()  # (L,) each, Python floats
+        s, e, best = _best_span_lists(start, end, self.max_answer_len)
+        z = best - (start[0] + end[0])  # span-vs-null logit
         candidate = SpanCandidate(
             span=(global_offset + s - 1, global_offset + e - 1),
             confidence=self._calibrate_scalar(z, params),
             segment_id=segment_id,
-            gmm_context_hash=0 if context is None else zlib.crc32(context.tobytes()),
+            gmm_context_hash=0 if context is None else zlib.crc32(context),  # the array's buffer, no copy
             score=z,
             context_vector=None if context is None else torch.from_numpy(context),
         )
@@ -328,6 +340,16 @@ class BeliefStateTracker(nn.Module):
             log.warning("re-scoring failed (%s); keeping the original confidences", err)
             return [c.confidence for c in past_spans]
 
+    def _re_score_held(self, held: SpanCandidate, now: np.ndarray | None, params: tuple[np.ndarray, ...]) -> float:
+        """`_re_score` of the one candidate `update_belief` re-scores, in as few NumPy calls as it takes."""
+        if self.re_scoring_method != "learned" or held.span_embedding is None or now is None:
+            return self._re_score([held], now, params)[0]  # cosine weighting, or the general path's fallbacks
+        w1, b1, w2, b2 = params[3:]
+        hidden = w1 @ np.concatenate((_numpy(held.span_embedding), now))  # (H,): [span embedding, context now]
+        hidden += b1
+        logit = float(np.maximum(hidden, 0.0, out=hidden) @ w2[0] + b2[0])
+        return held.confidence * _sigmoid(logit)
+
     # ---- belief ----------------------------------------------------------------------------------------
 
     def update_belief(self, current_logits: tuple[torch.Tensor, torch.Tensor], current_segment_id: int,
@@ -347,8 +369,11 @@ class BeliefStateTracker(nn.Module):
         Returns:
             Updated BeliefState with potential non-monotonic revisions
         """
+        # The per-segment path runs on Python floats and a few NumPy calls: the model's forward leaves the CPU's
+        # caches cold, and each first call into NumPy or torch after it costs several microseconds, so the count
+        # of calls, not arithmetic, is what this step costs (benchmarks/rbsqa.py, tracker_overhead_frac).
+        params = self._document_params()
         context = _context_array(gmm_context)  # (D,)
-        params = self._fast_params()  # once per segment
         current, s, e = self._candidate(current_logits, current_segment_id, global_offset, context, params)
         belief = self.belief
         previous_span = belief.best_span
@@ -359,7 +384,7 @@ class BeliefStateTracker(nn.Module):
             held = next((c for c in reversed(belief.span_history) if c.span == belief.best_span), None)
             if held is None:
                 held = SpanCandidate(belief.best_span, belief.confidence, belief.segment_id, 0)
-            revised = self._re_score([held], context, params)[0] if self.enable_re_scoring else held.confidence
+            revised = self._re_score_held(held, context, params) if self.enable_re_scoring else held.confidence
             if not 0.0 <= revised <= 1.0:  # also False for NaN
                 revised = held.confidence  # fallback to original belief if the revision is invalid
             if revised > current.confidence:
@@ -437,31 +462,28 @@ def halts(confidence_history: list[float], threshold: float, trend_analysis: boo
     return not trend_analysis or confidence_slope(confidence_history[-3:]) > -0.25
 
 
-_BAND_MASKS: dict[tuple[int, int], np.ndarray] = {}
+def _best_span_lists(start: list[float], end: list[float], max_answer_len: int) -> tuple[int, int, float]:
+    """(start, end, score) of the best non-null span of one segment's logits, Python lists (L,) each with
+    index 0 = null: what `best_span_scores` (the batched torch search) returns for one row, ties included
+    (the higher sum, then the smaller start, then the shorter span). The band is searched one span length
+    at a time with the interpreter's own map / max: one segment holds a few dozen logits, so per-call overhead,
+    not arithmetic, is the cost, and no NumPy call is made."""
+    length = len(start)
+    best, best_i, best_k = -math.inf, 0, 0
+    for k in range(min(max_answer_len, length - 1)):
+        sums = list(map(operator.add, start[1 : length - k], end[1 + k :]))  # spans (i, i + k), i = 1..
+        top = max(sums)
+        if top > best or (top == best and sums.index(top) < best_i):
+            best, best_i, best_k = top, sums.index(top), k
+    return best_i + 1, best_i + best_k + 1, best
 
 
-def _band_mask(length: int, max_answer_len: int) -> np.ndarray:
-    """Additive mask (L-1, L-1) over (start, end) of the non-null positions: 0 on spans, -inf elsewhere."""
-    key = (length, max_answer_len)
-    mask = _BAND_MASKS.get(key)
-    if mask is None:
-        i = np.arange(length - 1)
-        allowed = (i[None, :] >= i[:, None]) & (i[None, :] - i[:, None] < max_answer_len)
-        mask = _BAND_MASKS[key] = np.where(allowed, 0.0, -np.inf)
-    return mask
-
-
-def _best_span(start: np.ndarray, end: np.ndarray, max_answer_len: int) -> tuple[int, int, float]:
-    """(start, end, score) of the best non-null span of one segment's logits, (L,) each, index 0 = null.
-
-    The same flat argmax over the (start, end) band as `best_span_scores` (ties go to the smaller start,
-    then the shorter span), on NumPy arrays of one segment.
-    """
-    length = start.shape[0]
-    scores = start[1:, None] + end[None, 1:] + _band_mask(length, max_answer_len)  # (L-1, L-1)
-    flat = int(scores.argmax())
-    i, j = divmod(flat, length - 1)
-    return i + 1, j + 1, float(scores.flat[flat])
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """NumPy view of a tensor with one call in the common case (CPU, no grad); `_as_array` otherwise."""
+    try:
+        return tensor.numpy()
+    except (RuntimeError, TypeError, AttributeError):
+        return _as_array(tensor, np.float32)
 
 
 def _sigmoid(z: float) -> float:
@@ -485,7 +507,9 @@ def _context_array(gmm_context: torch.Tensor | None) -> np.ndarray | None:
     """Memory summary (D,) float32 of a (K, D) / (1, K, D) context: its mean over slots (a new array)."""
     if gmm_context is None:
         return None
-    flat = _as_array(gmm_context, np.float32)
+    flat = _numpy(gmm_context)
+    if flat.dtype != np.float32:
+        flat = flat.astype(np.float32)
     flat = flat.reshape(-1, flat.shape[-1])  # (K, D)
     # np.add.reduce / K is what np.mean computes (and torch's mean, bit for bit), without its wrapper
     return flat[0].copy() if flat.shape[0] == 1 else np.add.reduce(flat, axis=0) / flat.shape[0]
@@ -493,7 +517,8 @@ def _context_array(gmm_context: torch.Tensor | None) -> np.ndarray | None:
 
 def _span_embedding(token_states: torch.Tensor, s: int, e: int) -> torch.Tensor:
     """Mean token state (D,) over positions s..e of (L, D) states aligned with the logits."""
-    return torch.from_numpy(np.add.reduce(_as_array(token_states, np.float32)[s : e + 1], axis=0) / (e + 1 - s))
+    states = _numpy(token_states)[s : e + 1]
+    return torch.from_numpy(np.add.reduce(states.astype(np.float32, copy=False), axis=0) / (e + 1 - s))
 
 
 def fit_temperature(tracker: BeliefStateTracker, z: torch.Tensor, correct: torch.Tensor, steps: int = 100) -> dict:
