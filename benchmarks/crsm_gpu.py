@@ -166,11 +166,13 @@ def profile_step(batch=8, length=1024, vocab=50280):
     return table
 
 
-def train_throughput(build, batch, length=1024, vocab=50280, steps=6, warmup=3):
+def train_throughput(build, batch, length=1024, vocab=50280, steps=6, warmup=3, compile=False):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     model = build().cuda()
     params = sum(p.numel() for p in model.parameters())
+    if compile:  # the same module through torch.compile (inductor); the warm-up steps include the compilation
+        model = torch.compile(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     tokens = torch.randint(0, vocab, (batch, length + 1), device="cuda")
 
@@ -218,12 +220,17 @@ def main():
         return lambda: MambaLM(CRSMConfig.preset("mamba-130m").replace(scan=scan))
 
     runs = {}
-    for name, build, batch in [("gpt2_sdpa", gpt2, 8), ("mamba_triton", mamba("triton"), 8),
-                               ("mamba_pscan", mamba("pscan"), 2)]:
+    plan = [("gpt2_sdpa", gpt2, 8, False), ("mamba_triton", mamba("triton"), 8, False),
+            ("mamba_pscan", mamba("pscan"), 2, False)]
+    if "--compile" in sys.argv:  # both models through torch.compile, side by side with the eager runs
+        plan += [("gpt2_sdpa_compiled", gpt2, 8, True), ("mamba_triton_compiled", mamba("triton"), 8, True)]
+    for name, build, batch, compiled in plan:
         try:
-            runs[name] = train_throughput(build, batch)
+            runs[name] = train_throughput(build, batch, compile=compiled)
         except torch.OutOfMemoryError as err:
             runs[name] = {"error": f"out of memory: {str(err)[:200]}"}
+        except Exception as err:  # a compile failure is recorded, the other runs go on
+            runs[name] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
         print(name, runs[name], flush=True)
     result["throughput"] = runs
     with open(sys.argv[1], "w") as handle:

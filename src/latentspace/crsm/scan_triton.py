@@ -224,6 +224,9 @@ class _SelectiveScan(torch.autograd.Function):
                 dz if gate else None, dbias.sum(0) if has_bias else None, None)
 
 
+# torch.compile of a model around this scan: the graph breaks here (the kernels launch eagerly, as tuned) and the
+# ops before and after it still fuse (benchmarks/crsm_gpu.py --compile)
+@torch.compiler.disable
 def selective_scan_triton(x, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=False):
     """Chunked fused selective scan (same arguments and returns as `scan.selective_scan_ref`, h0 = 0).
 
