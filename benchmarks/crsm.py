@@ -123,8 +123,8 @@ def _in_search_breakdown(model: CRSM, mcts, latent, caches, sims: int, seconds: 
             return result
         return call
 
-    original = kernels.dynamics, kernels.heads
-    kernels.dynamics, kernels.heads = timed("transition", kernels.dynamics), timed("heads", kernels.heads)
+    original = kernels.transition, kernels.heads
+    kernels.transition, kernels.heads = timed("transition", kernels.transition), timed("heads", kernels.heads)
     model.step = timed("transition", CRSM.step.__get__(model))  # an instance attribute shadows the method
     try:
         start, done = time.perf_counter(), 0
@@ -132,7 +132,7 @@ def _in_search_breakdown(model: CRSM, mcts, latent, caches, sims: int, seconds: 
             done += mcts.search(latent, caches, sims).simulations
         total = time.perf_counter() - start
     finally:
-        kernels.dynamics, kernels.heads = original
+        kernels.transition, kernels.heads = original
         del model.step
     out = {name: t / done * 1e6 for name, t in spent.items()}
     out["tree"] = total / done * 1e6 - out["transition"] - out["heads"]

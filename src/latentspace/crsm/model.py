@@ -19,7 +19,7 @@ from torch import nn
 from ..core.checkpoint import CheckpointMixin
 from ..core.errors import CheckpointError, ConfigError
 from .config import CRSMConfig
-from .dynamics import FusedDynamics, LatentDynamics
+from .dynamics import FusedDynamics, LatentDynamics, numpy_fits
 from .mamba import LayerCache, MambaLM
 from .tokenizer import make_tokenizer, tokenizer_from_json, tokenizer_to_json
 
@@ -45,7 +45,8 @@ class SearchHeads:
 
     Returns flat Python lists: the top-k tokens (N*K), their priors (N*K) = the softmax over each row's top-k
     logits (equal to the renormalised top-k of the full softmax) and the values (N) = sigmoid(value_head), the
-    sigmoid taken in Python on the N numbers. Equal to `CRSM.logits` and `CRSM.value` up to float rounding.
+    sigmoid taken in Python on the N numbers. Equal to `CRSM.logits` and `CRSM.value` up to float rounding. The
+    product runs in NumPy for small CPU float32 batches, like `FusedDynamics`'s; the rest in PyTorch.
     """
 
     def __init__(self, lm_head: nn.Linear, value_head: ValueHead):
@@ -56,10 +57,18 @@ class SearchHeads:
             self.bias = torch.cat([first.bias.new_zeros(self.vocab), first.bias])  # (V + Hv,)
             self.w_value = last.weight[0].detach().clone()  # (Hv,)
             self.b_value = float(last.bias[0])
+        self.numpy = self.w_t.device.type == "cpu" and self.w_t.dtype == torch.float32
+        if self.numpy:  # views of the same memory
+            self._w_np, self._bias_np = self.w_t.numpy(), self.bias.numpy()
 
     def __call__(self, latents: torch.Tensor, k: int) -> tuple[list[int], list[float], list[float]]:
         """latents (N, D) -> top tokens (N*K), priors (N*K), values (N)."""
-        out = torch.addmm(self.bias, latents, self.w_t)  # (N, V + Hv)
+        if self.numpy and numpy_fits(latents, len(latents)):
+            out = latents.detach().numpy() @ self._w_np
+            out += self._bias_np
+            out = torch.from_numpy(out)  # (N, V + Hv)
+        else:
+            out = torch.addmm(self.bias, latents, self.w_t)  # (N, V + Hv)
         top_logits, top_tokens = out[:, : self.vocab].topk(k, dim=-1)
         hidden = torch.nn.functional.silu(out[:, self.vocab :], inplace=True)  # (N, Hv)
         b, exp = self.b_value, math.exp
@@ -68,10 +77,11 @@ class SearchHeads:
 
 
 class SearchKernels:
-    """What the MCTS calls per round, built once for the current weights: `dynamics` (fused) and `heads`."""
+    """What the MCTS calls per round, built once for the current weights: `transition` (fused dynamics) and `heads`."""
 
     def __init__(self, model: CRSM):
         self.dynamics = FusedDynamics(model.dynamics, model.backbone.embedding.weight)
+        self.transition = self.dynamics.step_rows
         self.heads = SearchHeads(model.backbone.lm_head, model.value_head)
 
 
