@@ -46,7 +46,8 @@ class SearchHeads:
     Returns flat Python lists: the top-k tokens (N*K), their priors (N*K) = the softmax over each row's top-k
     logits (equal to the renormalised top-k of the full softmax) and the values (N) = sigmoid(value_head), the
     sigmoid taken in Python on the N numbers. Equal to `CRSM.logits` and `CRSM.value` up to float rounding. The
-    product runs in NumPy for small CPU float32 batches, like `FusedDynamics`'s; the rest in PyTorch.
+    product and the value head's last layer run in NumPy for small CPU float32 batches (like `FusedDynamics`'s
+    products: cheaper calls at these sizes), the SiLU, top-k and softmax in PyTorch on views of the same memory.
     """
 
     def __init__(self, lm_head: nn.Linear, value_head: ValueHead):
@@ -59,20 +60,24 @@ class SearchHeads:
             self.b_value = float(last.bias[0])
         self.numpy = self.w_t.device.type == "cpu" and self.w_t.dtype == torch.float32
         if self.numpy:  # views of the same memory
-            self._w_np, self._bias_np = self.w_t.numpy(), self.bias.numpy()
+            self._w_np, self._bias_np, self._w_value_np = self.w_t.numpy(), self.bias.numpy(), self.w_value.numpy()
 
     def __call__(self, latents: torch.Tensor, k: int) -> tuple[list[int], list[float], list[float]]:
         """latents (N, D) -> top tokens (N*K), priors (N*K), values (N)."""
-        if self.numpy and numpy_fits(latents, len(latents)):
-            out = latents.detach().numpy() @ self._w_np
+        b, exp = self.b_value, math.exp
+        if self.numpy and numpy_fits(latents, latents.shape[0]):
+            out = latents.detach().numpy() @ self._w_np  # (N, V + Hv)
             out += self._bias_np
-            out = torch.from_numpy(out)  # (N, V + Hv)
+            top_logits, top_tokens = torch.from_numpy(out[:, : self.vocab]).topk(k, dim=-1)
+            hidden = out[:, self.vocab :]
+            torch.nn.functional.silu(torch.from_numpy(hidden), inplace=True)  # (N, Hv), in place
+            scores = (hidden @ self._w_value_np).tolist()
         else:
             out = torch.addmm(self.bias, latents, self.w_t)  # (N, V + Hv)
-        top_logits, top_tokens = out[:, : self.vocab].topk(k, dim=-1)
-        hidden = torch.nn.functional.silu(out[:, self.vocab :], inplace=True)  # (N, Hv)
-        b, exp = self.b_value, math.exp
-        values = [1.0 / (1.0 + exp(-(x + b))) for x in hidden.mv(self.w_value).tolist()]
+            top_logits, top_tokens = out[:, : self.vocab].topk(k, dim=-1)
+            hidden = torch.nn.functional.silu(out[:, self.vocab :], inplace=True)  # (N, Hv)
+            scores = hidden.mv(self.w_value).tolist()
+        values = [1.0 / (1.0 + exp(-(x + b))) for x in scores]
         return top_tokens.view(-1).tolist(), torch.softmax(top_logits, dim=-1).view(-1).tolist(), values
 
 
@@ -179,8 +184,10 @@ class CRSM(nn.Module, CheckpointMixin):
             from .mcts import GenericKernels
 
             return GenericKernels(self)
-        params = [self.backbone.embedding.weight, self.backbone.lm_head.weight,
-                  *self.dynamics.parameters(), *self.value_head.parameters()]
+        dyn, val = self.dynamics.net, self.value_head.net  # every weight the kernels read, named (no module walk)
+        params = (self.backbone.embedding.weight, self.backbone.lm_head.weight, dyn[0].weight, dyn[0].bias,
+                  dyn[2].weight, dyn[2].bias, dyn[4].weight, dyn[4].bias, val[0].weight, val[0].bias,
+                  val[2].weight, val[2].bias)
         key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
         if self._kernels is None or self._kernels[0] != key:
             self._kernels = (key, SearchKernels(self))
