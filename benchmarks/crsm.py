@@ -2,7 +2,7 @@
 
 CPU figures are measured here in one run; GPU figures (Triton scan vs GPT-2 124M SDPA training throughput)
 come from `benchmarks/crsm_gpu.py`, run on the device machine, whose JSON is merged in when present
-(benchmarks/results/crsm_gpu.json). Usage: python benchmarks/crsm.py [--quick]
+(benchmarks/results/crsm_gpu.json). Usage: python benchmarks/crsm.py [--quick] [--only mcts] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -70,37 +70,122 @@ def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
-def bench_search_speed(model: CRSM, batch: int, sims: int, repeats: int, seconds: float):
-    """Simulations/s of both transitions on the same tree code, interleaved: `repeats` alternating windows each."""
+SEARCH_SETTINGS = ((256, 8, 8, 64), (256, 8, 32, 256), (512, 16, 8, 64))  # d_model, layers, batch, sims/search
+
+
+def search_model(d_model: int, n_layers: int) -> CRSM:
+    """The untrained CRSM the planner-cost rows time (seed 0: the same weights in every run)."""
+    torch.manual_seed(0)
+    return CRSM(CRSMConfig(d_model=d_model, n_layers=n_layers, mcts_max_depth=64)).eval()
+
+
+def _search_root(model: CRSM):
     prompt = model.encode("import os\nimport sys\n\n\ndef main(argv):\n    ")
     latent, caches = model.prefill(torch.tensor([prompt]))
+    return latent[0], caches
+
+
+def search_rates(model: CRSM, batch: int, sims: int, repeats: int, seconds: float):
+    """Simulations/s of both transitions on the same tree code, interleaved: `repeats` alternating windows each.
+
+    Returns ({transition: [sims/s per window]}, {transition: [mean leaves per round per window]}, the searches).
+    Uses only `make_mcts` and `MCTS.search`, so it also times an older copy of the package (`--baseline-src`).
+    """
+    latent, caches = _search_root(model)
     searches = {t: make_mcts(model, transition=t, batch=batch, max_depth=64) for t in ("dynamics", "backbone")}
     rates = {t: [] for t in searches}
     batches = {t: [] for t in searches}
     for mcts in searches.values():
-        mcts.search(latent[0], caches, batch)  # warm-up
+        mcts.search(latent, caches, batch)  # warm-up
     for _ in range(repeats):
         for transition, mcts in searches.items():
             start, done, rounds, evaluated = time.perf_counter(), 0, 0, 0
             while time.perf_counter() - start < seconds:
-                result = mcts.search(latent[0], caches, sims)
+                result = mcts.search(latent, caches, sims)
                 done += result.simulations
                 rounds, evaluated = rounds + result.rounds, evaluated + result.evaluated
             rates[transition].append(done / (time.perf_counter() - start))
             batches[transition].append(evaluated / max(rounds, 1))
+    return rates, batches, searches
+
+
+def _baseline_rates(src: str, d_model: int, n_layers: int, batch: int, sims: int, repeats: int,
+                    seconds: float) -> dict:
+    """`search_rates` of the package at `src` (an older copy, e.g. `git archive`), in a child process."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=src)
+    out = subprocess.run([sys.executable, __file__, "--rates", f"{d_model},{n_layers},{batch},{sims},{repeats},"
+                          f"{seconds}"], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_search_speed(model: CRSM, batch: int, sims: int, repeats: int, seconds: float,
+                       baseline_src: str | None = None):
+    """Simulations/s of both transitions on the same tree code, interleaved; with `baseline_src`, the same
+    windows of an older copy of the package just before and just after (child processes), for a before/after."""
+    d_model, n_layers = model.config.d_model, model.config.n_layers
+    before = (_baseline_rates(baseline_src, d_model, n_layers, batch, sims, (repeats + 1) // 2, seconds)
+              if baseline_src else None)
+    rates, batches, searches = search_rates(model, batch, sims, repeats, seconds)
+    latent, caches = _search_root(model)
     out = {f"sims_per_s_{t}": _spread(r) for t, r in rates.items()}
     out["speedup_median"] = out["sims_per_s_dynamics"]["median"] / out["sims_per_s_backbone"]["median"]
-    out["evaluation_us_per_round"] = _evaluation_cost(model, batch, latent, caches, repeats)
-    out["in_search_us_per_sim"] = {t: _in_search_breakdown(model, mcts, latent[0], caches, sims, seconds)
+    if baseline_src:
+        after = _baseline_rates(baseline_src, d_model, n_layers, batch, sims, repeats // 2, seconds)
+        base = {f"sims_per_s_{t}": _spread(before[t] + after[t]) for t in before}
+        base["speedup_median"] = base["sims_per_s_dynamics"]["median"] / base["sims_per_s_backbone"]["median"]
+        out["baseline"] = {"src": baseline_src, **base}
+    out["evaluation_us_per_round"] = _evaluation_cost(model, batch, latent.unsqueeze(0), caches, repeats)
+    out["in_search_us_per_sim"] = {t: _in_search_breakdown(model, mcts, latent, caches, sims, seconds)
                                    for t, mcts in searches.items()}
     out["mean_leaves_per_round"] = {t: statistics.mean(b) for t, b in batches.items()}
-    out.update(batch=batch, simulations_per_search=sims, d_model=model.config.d_model, n_layers=model.config.n_layers,
+    out.update(batch=batch, simulations_per_search=sims, d_model=d_model, n_layers=n_layers,
                params_backbone=sum(p.numel() for p in model.backbone.parameters()),
                params_dynamics=sum(p.numel() for p in model.dynamics.parameters()))
-    print(f"search d={model.config.d_model} L={model.config.n_layers} batch={batch}: "
+    print(f"search d={d_model} L={n_layers} batch={batch}: "
           f"{out['sims_per_s_dynamics']['median']:.0f} vs {out['sims_per_s_backbone']['median']:.1f} sims/s "
-          f"({out['speedup_median']:.1f}x)", flush=True)
+          f"({out['speedup_median']:.1f}x)" + (f"; baseline {base['sims_per_s_dynamics']['median']:.0f} vs "
+                                                f"{base['sims_per_s_backbone']['median']:.1f} "
+                                                f"({base['speedup_median']:.1f}x)" if baseline_src else ""),
+          flush=True)
     return out
+
+
+def bench_search_part(repeats: int, baseline_src: str | None = None) -> list[dict]:
+    """The planner-cost rows of `SEARCH_SETTINGS`."""
+    return [bench_search_speed(search_model(d, layers), batch, sims, repeats, 1.0, baseline_src)
+            for d, layers, batch, sims in SEARCH_SETTINGS]
+
+
+def search_metrics(search: list[dict]) -> dict:
+    return {"mcts_sims_per_s_dynamics": search[0]["sims_per_s_dynamics"]["median"],
+            "mcts_sims_per_s_backbone": search[0]["sims_per_s_backbone"]["median"],
+            "mcts_speedup_dynamics": search[0]["speedup_median"],
+            "mcts_speedup_dynamics_batch32": search[1]["speedup_median"],
+            "mcts_speedup_dynamics_d512_l16": search[2]["speedup_median"]}
+
+
+def rerun_search(quick: bool, baseline_src: str | None) -> None:
+    """`--only mcts`: rerun the planner-cost search rows alone and merge them into crsm.json / crsm.md."""
+    path = RESULTS / "crsm.json"
+    if not path.exists():
+        sys.exit(f"{path} is missing: run the full benchmark first (--only mcts updates its search rows)")
+    result = json.loads(path.read_text())
+    torch.set_num_threads(1)  # as in the full run
+    repeats = 3 if quick else 5
+    load_before = os.getloadavg()
+    started = time.time()
+    search = bench_search_part(repeats, baseline_src)
+    result["metrics"].update(search_metrics(search))
+    result["planner_cost"]["search"] = search
+    result["planner_cost"]["search_rerun"] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(sys.argv), "seconds": time.time() - started,
+        "load_before": load_before, "load_after": os.getloadavg(),
+        "note": f"search rows rerun alone (--only mcts); everything else is from the full run of {result['date']}"}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_markdown(result)
 
 
 ASYNC_MODES = {  # name -> generate() settings of the async planner
@@ -382,125 +467,17 @@ def refresh_gpu_section() -> None:
     head = head.replace("(one H100)", f"(one {gpu['gpu']})")
     (RESULTS / "crsm.md").write_text(head + "\n".join(gpu_lines(gpu)))
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--refresh-gpu", action="store_true",
-                        help="Only merge results/crsm_gpu.json into crsm.json/crsm.md (after a device run).")
-    parser.add_argument("--work", default="runs/crsm/benchmark")
-    parser.add_argument("--pathstar-only", default=None, help="Run only path-star; write its JSON here.")
-    parser.add_argument("--steps", type=int, default=None, help="Backbone steps for path-star.")
-    parser.add_argument("--lm-only", default=None, help="Run only the perplexity comparison; write its JSON here.")
-    parser.add_argument("--settings", default="2x4,3x4", help="Path-star (degree x length) settings.")
-    args = parser.parse_args()
-    if args.refresh_gpu:
-        refresh_gpu_section()
-        return
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    work = Path(args.work)
-    quick = args.quick
-    started = time.time()
-    settings = [tuple(int(v) for v in item.split("x")) for item in args.settings.split(",")]
-    if args.pathstar_only:
-        torch.set_num_threads(8)
-        started = time.time()
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
-
-        def save(rows):
-            Path(args.pathstar_only).write_text(json.dumps({"rows": rows, "device": device,
-                                                            "command": "python " + " ".join(sys.argv),
-                                                            "seconds": time.time() - started}, indent=2))
-
-        bench_pathstar(settings, args.steps or 3000, 100, 48, work, on_row=save, d_model=128, n_layers=4,
-                       batch_size=64, backbone_lr=2e-3)
-        return
-    if args.lm_only:
-        torch.set_num_threads(8)
-        _, lm = bench_perplexity(args.steps or 1500, work, d_model=192, n_layers=4, seq_len=256,
-                                 corpus_bytes=2_000_000)
-        lm["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
-        lm["command"] = "python " + " ".join(sys.argv)
-        Path(args.lm_only).write_text(json.dumps(lm, indent=2))
-        return
-    stored = RESULTS / "crsm_pathstar.json"
-    if stored.exists():
-        pathstar = json.loads(stored.read_text())
-        rows = pathstar["rows"]
-    else:
-        pathstar = None
-        rows = bench_pathstar(settings, 300 if quick else 900, 30 if quick else 100, 48, work)
-    stored_lm = RESULTS / "crsm_lm.json"
-    lm = json.loads(stored_lm.read_text()) if stored_lm.exists() else bench_perplexity(60 if quick else 250, work)[1]
-    # planner cost: one intra-op thread for the whole process. The machine has 2 shared cores; during async
-    # generation the generating thread and the planner thread each take one, so more intra-op threads would
-    # oversubscribe them (OpenMP workers spin), and at batch <= 32 the ops are too small to split anyway.
-    torch.set_num_threads(1)
-    repeats = 3 if quick else 5
-    torch.manual_seed(0)
-    cost_model = CRSM(CRSMConfig(d_model=256, n_layers=8, mcts_max_depth=64)).eval()
-    load_before = os.getloadavg()
-    search = [bench_search_speed(cost_model, 8, 64, repeats, 1.0),
-              bench_search_speed(cost_model, 32, 256, repeats, 1.0)]
-    torch.manual_seed(0)
-    search.append(bench_search_speed(CRSM(CRSMConfig(d_model=512, n_layers=16, mcts_max_depth=64)).eval(), 8, 64,
-                                     repeats, 1.0))
-    async_repeats = 3 if quick else 7  # generations are short and noisier than the 1 s search windows
-    async_cost = bench_async_cost(cost_model, 64 if quick else 128, async_repeats)
-    load_after = os.getloadavg()
-    gpu_path = RESULTS / "crsm_gpu.json"
-    gpu = json.loads(gpu_path.read_text()) if gpu_path.exists() else None
-    best = max(rows, key=lambda r: r["planner_backbone"] - r["greedy"])
-    metrics = {
-        "pathstar_acc_greedy": best["greedy"], "pathstar_acc_planner": best["planner_backbone"],
-        "pathstar_degree": best["degree"], "pathstar_length": best["length"],
-        "mcts_sims_per_s_dynamics": search[0]["sims_per_s_dynamics"]["median"],
-        "mcts_sims_per_s_backbone": search[0]["sims_per_s_backbone"]["median"],
-        "mcts_speedup_dynamics": search[0]["speedup_median"],
-        "mcts_speedup_dynamics_batch32": search[1]["speedup_median"],
-        "mcts_speedup_dynamics_d512_l16": search[2]["speedup_median"],
-        "gen_tokens_per_s_planner_off": async_cost["sims_16"]["tokens_per_s_off"]["median"],
-        "gen_tokens_per_s_planner_async": async_cost["sims_16"]["process"]["tokens_per_s"]["median"],
-        "async_cost_frac": async_cost["sims_16"]["process"]["cost_frac_of_medians"],
-        "async_cost_frac_64_sims": async_cost["sims_64"]["process"]["cost_frac_of_medians"],
-        "async_searches_per_generation": async_cost["sims_16"]["process"]["searches_per_generation"],
-        "async_cost_frac_nice0": async_cost["sims_16"]["process_nice0"]["cost_frac_of_medians"],
-        "async_cost_frac_nice0_64_sims": async_cost["sims_64"]["process_nice0"]["cost_frac_of_medians"],
-        "async_cost_frac_thread": async_cost["sims_16"]["thread"]["cost_frac_of_medians"],
-        "async_cost_frac_thread_64_sims": async_cost["sims_64"]["thread"]["cost_frac_of_medians"],
-        "ppl_mamba": lm["ppl_mamba"], "ppl_transformer": lm["ppl_transformer"],
-        "gpu_train_tokens_per_s_mamba": None, "gpu_train_tokens_per_s_gpt2": None,
-        "gpu_peak_gib_mamba": None, "gpu_peak_gib_gpt2": None,
-    }
-    if gpu is not None:
-        metrics.update(gpu_metrics(gpu))
-    result = {
-        "family": "crsm", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu["gpu"] if gpu else None},
-        "command": "python " + " ".join(sys.argv), "metrics": metrics,
-        "pathstar": rows,
-        "pathstar_source": ({"device": pathstar["device"], "command": pathstar["command"],
-                             "note": "stage-1 training of the path-star backbones ran on this device (7000 steps "
-                                     "each); distillation, value head and all accuracy evaluations ran on its CPU"}
-                            if pathstar else "this run, CPU"),
-        "planner_cost": {"search": search, "async": async_cost, "torch_threads": 1,
-                         "model": "untrained CRSMs (timing only): d_model=256, 8 layers; d_model=512, 16 layers",
-                         "method": f"{repeats} interleaved 1 s windows per transition (search) and {async_repeats} "
-                                   "interleaved off/async generations per budget; medians, min and max"},
-        "perplexity": lm, "gpu": gpu, "seconds": time.time() - started,
-        "notes": (f"CPU figures on a 2-core machine shared with other jobs (1/5/15-min load average "
-                  f"{load_before} before the planner-cost part, {load_after} after): absolute speeds are noisy, "
-                  "hence interleaved repeats and medians. GPU figures from benchmarks/crsm_gpu.py on the device "
-                  f"machine (one {gpu['gpu'] if gpu else 'GPU'})."),
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "crsm.json").write_text(json.dumps(result, indent=2) + "\n")
+def write_markdown(result: dict) -> None:
+    """results/crsm.md from the result object (the same numbers as crsm.json, as tables)."""
+    metrics, rows, gpu = result["metrics"], result["pathstar"], result["gpu"]
+    search, async_cost = result["planner_cost"]["search"], result["planner_cost"]["async"]
     lines = [f"# CRSM benchmark ({result['date']})", "",
              f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores (shared), GPU figures: "
              f"{result['machine']['gpu']}. Command: `{result['command']}`.", "",
              markdown_table(["metric", "value"], [[k, "n/a" if v is None else v] for k, v in metrics.items()]), "",
              "## Path-star (fresh graphs; planner = synchronous MCTS, verifier reward at terminal nodes)", "",
              f"Source: {result['pathstar_source']}" + (" (recorded in results/crsm_pathstar.json, not rerun here)"
-                                                       if pathstar else ""), "",
+                                                       if isinstance(result["pathstar_source"], dict) else ""), "",
              markdown_table(["degree", "length", "greedy", "planner (backbone)", "planner (dynamics)", "chance",
                              "steps", "samples"],
                             [[r["degree"], r["length"], r["greedy"], r["planner_backbone"], r["planner_dynamics"],
@@ -508,8 +485,26 @@ def main():
     fmt = "{:.1f}".format
     c1, c2 = async_cost["control_off_beside_pure_python_thread"], async_cost["control_off_beside_matmul_thread"]
     c3 = async_cost["control_off_beside_pure_python_process"]
+    rerun = result["planner_cost"].get("search_rerun")
+    search_note = ([f"The search rows (first table) were rerun alone on {rerun['date']} (`{rerun['command']}`, "
+                    f"1/5/15-min load average {rerun['load_before']} before, {rerun['load_after']} after); the "
+                    "async rows are from the full run.", ""] if rerun else [])
+    before = [r for r in search if "baseline" in r]
+    if before:
+        search_note += [f"Before/after: the same windows timed on the package at `{before[0]['baseline']['src']}` "
+                        "(the code before this change), in child processes just before and just after each row's "
+                        "own windows:", "",
+                        markdown_table(["backbone", "batch", "before: dynamics sims/s", "before: backbone sims/s",
+                                        "before: ratio", "after: dynamics sims/s", "after: backbone sims/s",
+                                        "after: ratio"],
+                                       [[f"d={r['d_model']}, {r['n_layers']} layers", r["batch"],
+                                         *[fmt(r["baseline"][k]["median"]) for k in ("sims_per_s_dynamics",
+                                                                                    "sims_per_s_backbone")],
+                                         fmt(r["baseline"]["speedup_median"]),
+                                         *[fmt(r[k]["median"]) for k in ("sims_per_s_dynamics", "sims_per_s_backbone")],
+                                         fmt(r["speedup_median"])] for r in before]), ""]
     lines += ["## Planner cost (CPU, 1 torch thread; median [min, max] of interleaved repeats)", "",
-              result["notes"], "",
+              result["notes"], "", *search_note,
               markdown_table(["backbone", "batch", "sims/search", "dynamics sims/s", "backbone sims/s", "ratio",
                               "leaves/round (dyn, backbone)", "µs/round: dyn transition, backbone transition, heads",
                               "in-search µs/sim, dyn: transition, heads, tree", "backbone: transition, heads, tree"],
@@ -556,6 +551,128 @@ def main():
         lines += gpu_lines(gpu)
     (RESULTS / "crsm.md").write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--refresh-gpu", action="store_true",
+                        help="Only merge results/crsm_gpu.json into crsm.json/crsm.md (after a device run).")
+    parser.add_argument("--work", default="runs/crsm/benchmark")
+    parser.add_argument("--pathstar-only", default=None, help="Run only path-star; write its JSON here.")
+    parser.add_argument("--steps", type=int, default=None, help="Backbone steps for path-star.")
+    parser.add_argument("--lm-only", default=None, help="Run only the perplexity comparison; write its JSON here.")
+    parser.add_argument("--settings", default="2x4,3x4", help="Path-star (degree x length) settings.")
+    parser.add_argument("--only", choices=["mcts"], default=None,
+                        help="mcts: rerun only the planner-cost search rows (sims/s, both transitions) and merge them "
+                             "into results/crsm.json and crsm.md.")
+    parser.add_argument("--baseline-src", default=None,
+                        help="Also time the search of the package at this src folder (an older copy, e.g. from "
+                             "`git archive`), beside each search row: a before/after in the same run.")
+    parser.add_argument("--rates", default=None, help=argparse.SUPPRESS)  # d,layers,batch,sims,repeats,seconds
+    args = parser.parse_args()
+    if args.rates:  # the child process of --baseline-src: print search_rates of the package on PYTHONPATH
+        torch.set_num_threads(1)
+        d, layers, batch, sims, repeats = (int(v) for v in args.rates.split(",")[:5])
+        rates, _, _ = search_rates(search_model(d, layers), batch, sims, repeats, float(args.rates.split(",")[5]))
+        print(json.dumps(rates))
+        return
+    if args.only == "mcts":
+        rerun_search(args.quick, args.baseline_src)
+        return
+    if args.refresh_gpu:
+        refresh_gpu_section()
+        return
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    work = Path(args.work)
+    quick = args.quick
+    started = time.time()
+    settings = [tuple(int(v) for v in item.split("x")) for item in args.settings.split(",")]
+    if args.pathstar_only:
+        torch.set_num_threads(8)
+        started = time.time()
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
+
+        def save(rows):
+            Path(args.pathstar_only).write_text(json.dumps({"rows": rows, "device": device,
+                                                            "command": "python " + " ".join(sys.argv),
+                                                            "seconds": time.time() - started}, indent=2))
+
+        bench_pathstar(settings, args.steps or 3000, 100, 48, work, on_row=save, d_model=128, n_layers=4,
+                       batch_size=64, backbone_lr=2e-3)
+        return
+    if args.lm_only:
+        torch.set_num_threads(8)
+        _, lm = bench_perplexity(args.steps or 1500, work, d_model=192, n_layers=4, seq_len=256,
+                                 corpus_bytes=2_000_000)
+        lm["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
+        lm["command"] = "python " + " ".join(sys.argv)
+        Path(args.lm_only).write_text(json.dumps(lm, indent=2))
+        return
+    stored = RESULTS / "crsm_pathstar.json"
+    if stored.exists():
+        pathstar = json.loads(stored.read_text())
+        rows = pathstar["rows"]
+    else:
+        pathstar = None
+        rows = bench_pathstar(settings, 300 if quick else 900, 30 if quick else 100, 48, work)
+    stored_lm = RESULTS / "crsm_lm.json"
+    lm = json.loads(stored_lm.read_text()) if stored_lm.exists() else bench_perplexity(60 if quick else 250, work)[1]
+    # planner cost: one intra-op thread for the whole process. The machine has 2 shared cores; during async
+    # generation the generating thread and the planner thread each take one, so more intra-op threads would
+    # oversubscribe them (OpenMP workers spin), and at batch <= 32 the ops are too small to split anyway.
+    torch.set_num_threads(1)
+    repeats = 3 if quick else 5
+    cost_model = search_model(256, 8)
+    load_before = os.getloadavg()
+    search = bench_search_part(repeats, args.baseline_src)
+    async_repeats = 3 if quick else 7  # generations are short and noisier than the 1 s search windows
+    async_cost = bench_async_cost(cost_model, 64 if quick else 128, async_repeats)
+    load_after = os.getloadavg()
+    gpu_path = RESULTS / "crsm_gpu.json"
+    gpu = json.loads(gpu_path.read_text()) if gpu_path.exists() else None
+    best = max(rows, key=lambda r: r["planner_backbone"] - r["greedy"])
+    metrics = {
+        "pathstar_acc_greedy": best["greedy"], "pathstar_acc_planner": best["planner_backbone"],
+        "pathstar_degree": best["degree"], "pathstar_length": best["length"],
+        **search_metrics(search),
+        "gen_tokens_per_s_planner_off": async_cost["sims_16"]["tokens_per_s_off"]["median"],
+        "gen_tokens_per_s_planner_async": async_cost["sims_16"]["process"]["tokens_per_s"]["median"],
+        "async_cost_frac": async_cost["sims_16"]["process"]["cost_frac_of_medians"],
+        "async_cost_frac_64_sims": async_cost["sims_64"]["process"]["cost_frac_of_medians"],
+        "async_searches_per_generation": async_cost["sims_16"]["process"]["searches_per_generation"],
+        "async_cost_frac_nice0": async_cost["sims_16"]["process_nice0"]["cost_frac_of_medians"],
+        "async_cost_frac_nice0_64_sims": async_cost["sims_64"]["process_nice0"]["cost_frac_of_medians"],
+        "async_cost_frac_thread": async_cost["sims_16"]["thread"]["cost_frac_of_medians"],
+        "async_cost_frac_thread_64_sims": async_cost["sims_64"]["thread"]["cost_frac_of_medians"],
+        "ppl_mamba": lm["ppl_mamba"], "ppl_transformer": lm["ppl_transformer"],
+        "gpu_train_tokens_per_s_mamba": None, "gpu_train_tokens_per_s_gpt2": None,
+        "gpu_peak_gib_mamba": None, "gpu_peak_gib_gpt2": None,
+    }
+    if gpu is not None:
+        metrics.update(gpu_metrics(gpu))
+    result = {
+        "family": "crsm", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu["gpu"] if gpu else None},
+        "command": "python " + " ".join(sys.argv), "metrics": metrics,
+        "pathstar": rows,
+        "pathstar_source": ({"device": pathstar["device"], "command": pathstar["command"],
+                             "note": "stage-1 training of the path-star backbones ran on this device (7000 steps "
+                                     "each); distillation, value head and all accuracy evaluations ran on its CPU"}
+                            if pathstar else "this run, CPU"),
+        "planner_cost": {"search": search, "async": async_cost, "torch_threads": 1,
+                         "model": "untrained CRSMs (timing only): d_model=256, 8 layers; d_model=512, 16 layers",
+                         "method": f"{repeats} interleaved 1 s windows per transition (search) and {async_repeats} "
+                                   "interleaved off/async generations per budget; medians, min and max"},
+        "perplexity": lm, "gpu": gpu, "seconds": time.time() - started,
+        "notes": (f"CPU figures on a 2-core machine shared with other jobs (1/5/15-min load average "
+                  f"{load_before} before the planner-cost part, {load_after} after): absolute speeds are noisy, "
+                  "hence interleaved repeats and medians. GPU figures from benchmarks/crsm_gpu.py on the device "
+                  f"machine (one {gpu['gpu'] if gpu else 'GPU'})."),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "crsm.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_markdown(result)
 
 
 if __name__ == "__main__":
