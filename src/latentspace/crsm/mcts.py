@@ -120,8 +120,9 @@ class Tree:
     def reserve(self, nodes: list[int]) -> slice:
         """Give `nodes` the next slots (contiguous); the caller writes their states into those rows."""
         n = len(nodes)
-        if self.n_slots + n > len(self.latents):
-            self._grow(max(2 * len(self.latents), self.n_slots + n))
+        capacity = self.latents.shape[0]
+        if self.n_slots + n > capacity:
+            self._grow(max(2 * capacity, self.n_slots + n))
         first = self.n_slots
         slot = self.slot
         for j, node in enumerate(nodes):
@@ -343,19 +344,27 @@ class MCTS:
             if stop is not None and stop():
                 break
             want = min(self.batch, num_simulations - sims)
-            fresh, fresh_paths, collided, done = [], [], [], 0
+            fresh, fresh_paths, collided, done, taken = [], [], [], 0, 0  # taken = done + len(fresh)
             waiting: set[int] = set()
             for _ in range(2 * want):  # descents that collide are retried, at most `want` times per round
-                if done + len(fresh) == want:
+                if taken == want:
                     break
                 # one descent by PUCT from the root to an unexpanded or terminal node, virtual loss applied after:
                 # score(child) = Q(child) + c_puct * prior * sqrt(N(parent) + 1) / (1 + N(child)), N counting
                 # virtual visits and Q counting each virtual visit as a loss; an unvisited child's Q is its
-                # parent's. Inlined: this loop is most of the tree's cost.
+                # parent's. Inlined: this loop is most of the tree's cost. An expanded node's count is 1 plus its
+                # children's (its own evaluation, then one per descent through it), so count 1 means no child is
+                # visited: every score is default + explore * prior, and the first child, the top prior (children
+                # come in top-k order), wins, as it does in the loop (ties keep the first).
                 node, path = 0, [0]
                 first = first_child[0]
                 while first >= 0:
                     n = count[node]
+                    if n == 1:
+                        node = first
+                        path.append(node)
+                        first = first_child[node]
+                        continue
                     default = (value_sum[node] - virtual[node]) / n if n else 0.0
                     explore = c_puct * sqrt(n + 1)
                     best, best_score = -1, -inf
@@ -380,12 +389,14 @@ class MCTS:
                         virtual[step] -= 1
                         value_sum[step] += v
                     done += 1
+                    taken += 1
                 elif node in waiting:
                     collided.append(path)
                 else:
                     waiting.add(node)
                     fresh.append(node)
                     fresh_paths.append(path)
+                    taken += 1
             if fresh:
                 for path, v in zip(fresh_paths, self._evaluate(tree, fresh, prefix, kernels), strict=True):
                     for step in path:  # back up: the virtual visit becomes a real one
