@@ -31,6 +31,14 @@ from latentspace.crsm.tasks import PathStarTask, lm_batch, pathstar_accuracy, pe
 RESULTS = Path(__file__).parent / "results"
 
 
+def single_thread() -> None:
+    """One intra-op thread for torch and one BLAS thread for NumPy (the search's small products run there)."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1, user_api="blas")
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -172,7 +180,7 @@ def rerun_search(quick: bool, baseline_src: str | None) -> None:
     if not path.exists():
         sys.exit(f"{path} is missing: run the full benchmark first (--only mcts updates its search rows)")
     result = json.loads(path.read_text())
-    torch.set_num_threads(1)  # as in the full run
+    single_thread()  # as in the full run
     repeats = 3 if quick else 5
     load_before = os.getloadavg()
     started = time.time()
@@ -572,7 +580,7 @@ def main():
     parser.add_argument("--rates", default=None, help=argparse.SUPPRESS)  # d,layers,batch,sims,repeats,seconds
     args = parser.parse_args()
     if args.rates:  # the child process of --baseline-src: print search_rates of the package on PYTHONPATH
-        torch.set_num_threads(1)
+        single_thread()
         d, layers, batch, sims, repeats = (int(v) for v in args.rates.split(",")[:5])
         rates, _, _ = search_rates(search_model(d, layers), batch, sims, repeats, float(args.rates.split(",")[5]))
         print(json.dumps(rates))
@@ -621,7 +629,7 @@ def main():
     # planner cost: one intra-op thread for the whole process. The machine has 2 shared cores; during async
     # generation the generating thread and the planner thread each take one, so more intra-op threads would
     # oversubscribe them (OpenMP workers spin), and at batch <= 32 the ops are too small to split anyway.
-    torch.set_num_threads(1)
+    single_thread()
     repeats = 3 if quick else 5
     cost_model = search_model(256, 8)
     load_before = os.getloadavg()

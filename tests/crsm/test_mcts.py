@@ -262,12 +262,18 @@ def test_toy_search_keeps_the_visit_counts_of_the_list_tree_before_the_fast_path
 
 
 def test_numpy_and_torch_paths_of_the_fused_kernels_agree():
-    from latentspace.crsm.dynamics import NUMPY_MAX_ROWS
+    from threadpoolctl import threadpool_limits
+
+    from latentspace.crsm.dynamics import NUMPY_MAX_ROWS, numpy_blas_single_threaded
 
     model, latent, _ = _tiny_crsm()
-    fused, plain = model.search_kernels(), GenericKernels(model)
-    assert fused.dynamics.numpy and fused.heads.numpy  # CPU float32
-    with torch.no_grad():
+    with threadpool_limits(2, user_api="blas"):  # a multithreaded OpenBLAS: the kernels stay in PyTorch
+        if not numpy_blas_single_threaded():
+            assert not model.search_kernels().dynamics.numpy and not model.search_kernels().heads.numpy
+    with threadpool_limits(1, user_api="blas"), torch.no_grad():
+        model._kernels = None
+        fused, plain = model.search_kernels(), GenericKernels(model)
+        assert fused.dynamics.numpy and fused.heads.numpy  # CPU float32, one BLAS thread
         for n in (1, 5, NUMPY_MAX_ROWS, NUMPY_MAX_ROWS + 3):  # NumPy products up to NUMPY_MAX_ROWS rows, then torch
             buffer = torch.randn(2 * n + 4, latent.shape[-1])
             parents = [int(i) for i in torch.randint(0, n, (n,))]

@@ -19,7 +19,7 @@ from torch import nn
 from ..core.checkpoint import CheckpointMixin
 from ..core.errors import CheckpointError, ConfigError
 from .config import CRSMConfig
-from .dynamics import FusedDynamics, LatentDynamics, numpy_fits
+from .dynamics import FusedDynamics, LatentDynamics, numpy_blas_single_threaded, numpy_fits
 from .mamba import LayerCache, MambaLM
 from .tokenizer import make_tokenizer, tokenizer_from_json, tokenizer_to_json
 
@@ -58,7 +58,7 @@ class SearchHeads:
             self.bias = torch.cat([first.bias.new_zeros(self.vocab), first.bias])  # (V + Hv,)
             self.w_value = last.weight[0].detach().clone()  # (Hv,)
             self.b_value = float(last.bias[0])
-        self.numpy = self.w_t.device.type == "cpu" and self.w_t.dtype == torch.float32
+        self.numpy = self.w_t.device.type == "cpu" and self.w_t.dtype == torch.float32 and numpy_blas_single_threaded()
         if self.numpy:  # views of the same memory
             self._w_np, self._bias_np, self._w_value_np = self.w_t.numpy(), self.bias.numpy(), self.w_value.numpy()
 
