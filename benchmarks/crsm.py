@@ -494,9 +494,9 @@ def write_markdown(result: dict) -> None:
     c1, c2 = async_cost["control_off_beside_pure_python_thread"], async_cost["control_off_beside_matmul_thread"]
     c3 = async_cost["control_off_beside_pure_python_process"]
     rerun = result["planner_cost"].get("search_rerun")
-    search_note = ([f"The search rows (first table) were rerun alone on {rerun['date']} (`{rerun['command']}`, "
+    search_note = ([f"The search rows (table above) were rerun alone on {rerun['date']} (`{rerun['command']}`, "
                     f"1/5/15-min load average {rerun['load_before']} before, {rerun['load_after']} after); the "
-                    "async rows are from the full run.", ""] if rerun else [])
+                    "async rows (table below) are from the full run.", ""] if rerun else [])
     before = [r for r in search if "baseline" in r]
     if before:
         search_note += [f"Before/after: the same windows timed on the package at `{before[0]['baseline']['src']}` "
@@ -512,7 +512,7 @@ def write_markdown(result: dict) -> None:
                                          *[fmt(r[k]["median"]) for k in ("sims_per_s_dynamics", "sims_per_s_backbone")],
                                          fmt(r["speedup_median"])] for r in before]), ""]
     lines += ["## Planner cost (CPU, 1 torch thread; median [min, max] of interleaved repeats)", "",
-              result["notes"], "", *search_note,
+              result["notes"], "",
               markdown_table(["backbone", "batch", "sims/search", "dynamics sims/s", "backbone sims/s", "ratio",
                               "leaves/round (dyn, backbone)", "µs/round: dyn transition, backbone transition, heads",
                               "in-search µs/sim, dyn: transition, heads, tree", "backbone: transition, heads, tree"],
@@ -525,7 +525,7 @@ def write_markdown(result: dict) -> None:
                                ", ".join(f"{v:.0f}" for v in r["evaluation_us_per_round"].values()),
                                *[", ".join(f"{v:.0f}" for v in r["in_search_us_per_sim"][t].values())
                                  for t in ("dynamics", "backbone")]]
-                              for r in search]), "",
+                              for r in search]), "", *search_note,
               markdown_table(["sims per search", "planner", "off tok/s", "async tok/s", "cost (medians)",
                               "cost per pair", "searches / deltas per generation",
                               "cores busy: generating process, planner process (off: generating)"],
