@@ -15,7 +15,10 @@ The tree is flat (`Tree`): per-node statistics in Python lists indexed by node i
 children contiguous, node states in preallocated tensors indexed by slot. The descent is sequential (each
 one sees the virtual loss of the previous ones) and reads ~K numbers per level; for K ~ 4, plain list
 arithmetic is about ten times cheaper than one NumPy call, so the vectorised work is where it pays: one
-batched evaluation, one top-k and one `tolist` per round, and one `index_select` per state tensor.
+batched evaluation per round (the transition reads its parents' rows of the state buffer and writes the new
+states into it; for small CPU batches the products run in NumPy, see `FusedDynamics`), one top-k and a few
+`tolist`s. The descent is inlined in the round loop (it is most of the tree's cost), and a node whose count is
+1 (expanded, no child visited) goes to its first, top-prior child without scoring, which is the loop's choice.
 
 The model is duck-typed: it needs `logits(latent)`, `value(latent)`, `step(token, caches)`,
 `dynamics_step(latent, token)` and `eos_id`, so tests can search a toy tree with a known best move.
