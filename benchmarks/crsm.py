@@ -2,7 +2,7 @@
 
 CPU figures are measured here in one run; GPU figures (Triton scan vs GPT-2 124M SDPA training throughput)
 come from `benchmarks/crsm_gpu.py`, run on the device machine, whose JSON is merged in when present
-(benchmarks/results/crsm_gpu.json). Usage: python benchmarks/crsm.py [--quick]
+(benchmarks/results/crsm_gpu.json). Usage: python benchmarks/crsm.py [--quick] [--only mcts] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -29,6 +29,14 @@ from latentspace.crsm.planner import generate, make_mcts
 from latentspace.crsm.tasks import PathStarTask, lm_batch, pathstar_accuracy, perplexity
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def single_thread() -> None:
+    """One intra-op thread for torch and one BLAS thread for NumPy (the search's small products run there)."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(1, user_api="blas")
 
 
 def cpu_name() -> str:
@@ -70,37 +78,122 @@ def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
-def bench_search_speed(model: CRSM, batch: int, sims: int, repeats: int, seconds: float):
-    """Simulations/s of both transitions on the same tree code, interleaved: `repeats` alternating windows each."""
+SEARCH_SETTINGS = ((256, 8, 8, 64), (256, 8, 32, 256), (512, 16, 8, 64))  # d_model, layers, batch, sims/search
+
+
+def search_model(d_model: int, n_layers: int) -> CRSM:
+    """The untrained CRSM the planner-cost rows time (seed 0: the same weights in every run)."""
+    torch.manual_seed(0)
+    return CRSM(CRSMConfig(d_model=d_model, n_layers=n_layers, mcts_max_depth=64)).eval()
+
+
+def _search_root(model: CRSM):
     prompt = model.encode("import os\nimport sys\n\n\ndef main(argv):\n    ")
     latent, caches = model.prefill(torch.tensor([prompt]))
+    return latent[0], caches
+
+
+def search_rates(model: CRSM, batch: int, sims: int, repeats: int, seconds: float):
+    """Simulations/s of both transitions on the same tree code, interleaved: `repeats` alternating windows each.
+
+    Returns ({transition: [sims/s per window]}, {transition: [mean leaves per round per window]}, the searches).
+    Uses only `make_mcts` and `MCTS.search`, so it also times an older copy of the package (`--baseline-src`).
+    """
+    latent, caches = _search_root(model)
     searches = {t: make_mcts(model, transition=t, batch=batch, max_depth=64) for t in ("dynamics", "backbone")}
     rates = {t: [] for t in searches}
     batches = {t: [] for t in searches}
     for mcts in searches.values():
-        mcts.search(latent[0], caches, batch)  # warm-up
+        mcts.search(latent, caches, batch)  # warm-up
     for _ in range(repeats):
         for transition, mcts in searches.items():
             start, done, rounds, evaluated = time.perf_counter(), 0, 0, 0
             while time.perf_counter() - start < seconds:
-                result = mcts.search(latent[0], caches, sims)
+                result = mcts.search(latent, caches, sims)
                 done += result.simulations
                 rounds, evaluated = rounds + result.rounds, evaluated + result.evaluated
             rates[transition].append(done / (time.perf_counter() - start))
             batches[transition].append(evaluated / max(rounds, 1))
+    return rates, batches, searches
+
+
+def _baseline_rates(src: str, d_model: int, n_layers: int, batch: int, sims: int, repeats: int,
+                    seconds: float) -> dict:
+    """`search_rates` of the package at `src` (an older copy, e.g. `git archive`), in a child process."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=src)
+    out = subprocess.run([sys.executable, __file__, "--rates", f"{d_model},{n_layers},{batch},{sims},{repeats},"
+                          f"{seconds}"], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_search_speed(model: CRSM, batch: int, sims: int, repeats: int, seconds: float,
+                       baseline_src: str | None = None):
+    """Simulations/s of both transitions on the same tree code, interleaved; with `baseline_src`, the same
+    windows of an older copy of the package just before and just after (child processes), for a before/after."""
+    d_model, n_layers = model.config.d_model, model.config.n_layers
+    before = (_baseline_rates(baseline_src, d_model, n_layers, batch, sims, (repeats + 1) // 2, seconds)
+              if baseline_src else None)
+    rates, batches, searches = search_rates(model, batch, sims, repeats, seconds)
+    latent, caches = _search_root(model)
     out = {f"sims_per_s_{t}": _spread(r) for t, r in rates.items()}
     out["speedup_median"] = out["sims_per_s_dynamics"]["median"] / out["sims_per_s_backbone"]["median"]
-    out["evaluation_us_per_round"] = _evaluation_cost(model, batch, latent, caches, repeats)
-    out["in_search_us_per_sim"] = {t: _in_search_breakdown(model, mcts, latent[0], caches, sims, seconds)
+    if baseline_src:
+        after = _baseline_rates(baseline_src, d_model, n_layers, batch, sims, repeats // 2, seconds)
+        base = {f"sims_per_s_{t}": _spread(before[t] + after[t]) for t in before}
+        base["speedup_median"] = base["sims_per_s_dynamics"]["median"] / base["sims_per_s_backbone"]["median"]
+        out["baseline"] = {"src": baseline_src, **base}
+    out["evaluation_us_per_round"] = _evaluation_cost(model, batch, latent.unsqueeze(0), caches, repeats)
+    out["in_search_us_per_sim"] = {t: _in_search_breakdown(model, mcts, latent, caches, sims, seconds)
                                    for t, mcts in searches.items()}
     out["mean_leaves_per_round"] = {t: statistics.mean(b) for t, b in batches.items()}
-    out.update(batch=batch, simulations_per_search=sims, d_model=model.config.d_model, n_layers=model.config.n_layers,
+    out.update(batch=batch, simulations_per_search=sims, d_model=d_model, n_layers=n_layers,
                params_backbone=sum(p.numel() for p in model.backbone.parameters()),
                params_dynamics=sum(p.numel() for p in model.dynamics.parameters()))
-    print(f"search d={model.config.d_model} L={model.config.n_layers} batch={batch}: "
+    print(f"search d={d_model} L={n_layers} batch={batch}: "
           f"{out['sims_per_s_dynamics']['median']:.0f} vs {out['sims_per_s_backbone']['median']:.1f} sims/s "
-          f"({out['speedup_median']:.1f}x)", flush=True)
+          f"({out['speedup_median']:.1f}x)" + (f"; baseline {base['sims_per_s_dynamics']['median']:.0f} vs "
+                                                f"{base['sims_per_s_backbone']['median']:.1f} "
+                                                f"({base['speedup_median']:.1f}x)" if baseline_src else ""),
+          flush=True)
     return out
+
+
+def bench_search_part(repeats: int, baseline_src: str | None = None) -> list[dict]:
+    """The planner-cost rows of `SEARCH_SETTINGS`."""
+    return [bench_search_speed(search_model(d, layers), batch, sims, repeats, 1.0, baseline_src)
+            for d, layers, batch, sims in SEARCH_SETTINGS]
+
+
+def search_metrics(search: list[dict]) -> dict:
+    return {"mcts_sims_per_s_dynamics": search[0]["sims_per_s_dynamics"]["median"],
+            "mcts_sims_per_s_backbone": search[0]["sims_per_s_backbone"]["median"],
+            "mcts_speedup_dynamics": search[0]["speedup_median"],
+            "mcts_speedup_dynamics_batch32": search[1]["speedup_median"],
+            "mcts_speedup_dynamics_d512_l16": search[2]["speedup_median"]}
+
+
+def rerun_search(quick: bool, baseline_src: str | None) -> None:
+    """`--only mcts`: rerun the planner-cost search rows alone and merge them into crsm.json / crsm.md."""
+    path = RESULTS / "crsm.json"
+    if not path.exists():
+        sys.exit(f"{path} is missing: run the full benchmark first (--only mcts updates its search rows)")
+    result = json.loads(path.read_text())
+    single_thread()  # as in the full run
+    repeats = 3 if quick else 5
+    load_before = os.getloadavg()
+    started = time.time()
+    search = bench_search_part(repeats, baseline_src)
+    result["metrics"].update(search_metrics(search))
+    result["planner_cost"]["search"] = search
+    result["planner_cost"]["search_rerun"] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(sys.argv), "seconds": time.time() - started,
+        "load_before": load_before, "load_after": os.getloadavg(),
+        "note": f"search rows rerun alone (--only mcts); everything else is from the full run of {result['date']}"}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_markdown(result)
 
 
 ASYNC_MODES = {  # name -> generate() settings of the async planner
@@ -123,8 +216,8 @@ def _in_search_breakdown(model: CRSM, mcts, latent, caches, sims: int, seconds: 
             return result
         return call
 
-    original = kernels.dynamics, kernels.heads
-    kernels.dynamics, kernels.heads = timed("transition", kernels.dynamics), timed("heads", kernels.heads)
+    original = kernels.transition, kernels.heads
+    kernels.transition, kernels.heads = timed("transition", kernels.transition), timed("heads", kernels.heads)
     model.step = timed("transition", CRSM.step.__get__(model))  # an instance attribute shadows the method
     try:
         start, done = time.perf_counter(), 0
@@ -132,7 +225,7 @@ def _in_search_breakdown(model: CRSM, mcts, latent, caches, sims: int, seconds: 
             done += mcts.search(latent, caches, sims).simulations
         total = time.perf_counter() - start
     finally:
-        kernels.dynamics, kernels.heads = original
+        kernels.transition, kernels.heads = original
         del model.step
     out = {name: t / done * 1e6 for name, t in spent.items()}
     out["tree"] = total / done * 1e6 - out["transition"] - out["heads"]
@@ -382,6 +475,92 @@ def refresh_gpu_section() -> None:
     head = head.replace("(one H100)", f"(one {gpu['gpu']})")
     (RESULTS / "crsm.md").write_text(head + "\n".join(gpu_lines(gpu)))
 
+def write_markdown(result: dict) -> None:
+    """results/crsm.md from the result object (the same numbers as crsm.json, as tables)."""
+    metrics, rows, gpu = result["metrics"], result["pathstar"], result["gpu"]
+    search, async_cost = result["planner_cost"]["search"], result["planner_cost"]["async"]
+    lines = [f"# CRSM benchmark ({result['date']})", "",
+             f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores (shared), GPU figures: "
+             f"{result['machine']['gpu']}. Command: `{result['command']}`.", "",
+             markdown_table(["metric", "value"], [[k, "n/a" if v is None else v] for k, v in metrics.items()]), "",
+             "## Path-star (fresh graphs; planner = synchronous MCTS, verifier reward at terminal nodes)", "",
+             f"Source: {result['pathstar_source']}" + (" (recorded in results/crsm_pathstar.json, not rerun here)"
+                                                       if isinstance(result["pathstar_source"], dict) else ""), "",
+             markdown_table(["degree", "length", "greedy", "planner (backbone)", "planner (dynamics)", "chance",
+                             "steps", "samples"],
+                            [[r["degree"], r["length"], r["greedy"], r["planner_backbone"], r["planner_dynamics"],
+                              r["chance"], r["backbone_steps"], r["samples"]] for r in rows]), ""]
+    fmt = "{:.1f}".format
+    c1, c2 = async_cost["control_off_beside_pure_python_thread"], async_cost["control_off_beside_matmul_thread"]
+    c3 = async_cost["control_off_beside_pure_python_process"]
+    rerun = result["planner_cost"].get("search_rerun")
+    search_note = ([f"The search rows (table above) were rerun alone on {rerun['date']} (`{rerun['command']}`, "
+                    f"1/5/15-min load average {rerun['load_before']} before, {rerun['load_after']} after); the "
+                    "async rows (table below) are from the full run.", ""] if rerun else [])
+    before = [r for r in search if "baseline" in r]
+    if before:
+        search_note += [f"Before/after: the same windows timed on the package at `{before[0]['baseline']['src']}` "
+                        "(the code before this change), in child processes just before and just after each row's "
+                        "own windows:", "",
+                        markdown_table(["backbone", "batch", "before: dynamics sims/s", "before: backbone sims/s",
+                                        "before: ratio", "after: dynamics sims/s", "after: backbone sims/s",
+                                        "after: ratio"],
+                                       [[f"d={r['d_model']}, {r['n_layers']} layers", r["batch"],
+                                         *[fmt(r["baseline"][k]["median"]) for k in ("sims_per_s_dynamics",
+                                                                                    "sims_per_s_backbone")],
+                                         fmt(r["baseline"]["speedup_median"]),
+                                         *[fmt(r[k]["median"]) for k in ("sims_per_s_dynamics", "sims_per_s_backbone")],
+                                         fmt(r["speedup_median"])] for r in before]), ""]
+    lines += ["## Planner cost (CPU, 1 torch thread; median [min, max] of interleaved repeats)", "",
+              result["notes"], "",
+              markdown_table(["backbone", "batch", "sims/search", "dynamics sims/s", "backbone sims/s", "ratio",
+                              "leaves/round (dyn, backbone)", "µs/round: dyn transition, backbone transition, heads",
+                              "in-search µs/sim, dyn: transition, heads, tree", "backbone: transition, heads, tree"],
+                             [[f"d={r['d_model']}, {r['n_layers']} layers ({r['params_backbone'] / 1e6:.1f}M)",
+                               r["batch"], r["simulations_per_search"],
+                               *[f"{fmt(r[k]['median'])} [{fmt(r[k]['min'])}, {fmt(r[k]['max'])}]"
+                                 for k in ("sims_per_s_dynamics", "sims_per_s_backbone")],
+                               fmt(r["speedup_median"]),
+                               ", ".join(fmt(v) for v in r["mean_leaves_per_round"].values()),
+                               ", ".join(f"{v:.0f}" for v in r["evaluation_us_per_round"].values()),
+                               *[", ".join(f"{v:.0f}" for v in r["in_search_us_per_sim"][t].values())
+                                 for t in ("dynamics", "backbone")]]
+                              for r in search]), "", *search_note,
+              markdown_table(["sims per search", "planner", "off tok/s", "async tok/s", "cost (medians)",
+                              "cost per pair", "searches / deltas per generation",
+                              "cores busy: generating process, planner process (off: generating)"],
+                             [[k.removeprefix("sims_"), mode,
+                               f"{fmt(v['tokens_per_s_off']['median'])} [{fmt(v['tokens_per_s_off']['min'])}, "
+                               f"{fmt(v['tokens_per_s_off']['max'])}]",
+                               f"{fmt(m['tokens_per_s']['median'])} [{fmt(m['tokens_per_s']['min'])}, "
+                               f"{fmt(m['tokens_per_s']['max'])}]",
+                               f"{m['cost_frac_of_medians']:.2f}",
+                               f"{m['cost_frac_pairs']['median']:.2f} [{m['cost_frac_pairs']['min']:.2f}, "
+                               f"{m['cost_frac_pairs']['max']:.2f}]",
+                               f"{m['searches_per_generation']:.0f} / {m['deltas_applied_per_generation']:.0f}",
+                               f"{m['cores_busy_generating_process']:.2f}, {m['cores_busy_planner_process']:.2f} "
+                               f"({v['cores_busy_off']:.2f})"]
+                              for k, v in async_cost.items() if k.startswith("sims_")
+                              for mode, m in v.items() if mode in ASYNC_MODES]), "",
+              "Planners: `process` = the default `ProcessPlanner` (child process, nice 19); `process_nice0` = the "
+              "same at generation's CPU priority; `thread` = `AsyncPlanner` on a thread of the generating process. "
+              f"The planner processes took {async_cost['planner_process_start_s']:.1f} s to come up once "
+              "(forkserver start included), before the timed generations; each generation opens a session on its "
+              "running process. The generating thread's own work for the process planner (submit + poll per "
+              f"token) is {async_cost['process_submit_poll_us']:.0f} µs per token. Cores busy = CPU seconds / "
+              "wall seconds of the generation (the thread planner's CPU is inside the generating process's).", "",
+              "Controls, planner off: beside a thread of pure Python (holds the GIL, shares no tensors) "
+              f"{fmt(c1['median'])} tok/s [{fmt(c1['min'])}, {fmt(c1['max'])}]; beside a thread of 512x512 matrix "
+              f"products (mostly without the GIL) {fmt(c2['median'])} tok/s [{fmt(c2['min'])}, {fmt(c2['max'])}]; "
+              f"beside a process of pure Python (no GIL shared, one more busy CPU) {fmt(c3['median'])} tok/s "
+              f"[{fmt(c3['min'])}, {fmt(c3['max'])}].",
+              ""]
+    if gpu:
+        lines += gpu_lines(gpu)
+    (RESULTS / "crsm.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -392,7 +571,23 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="Backbone steps for path-star.")
     parser.add_argument("--lm-only", default=None, help="Run only the perplexity comparison; write its JSON here.")
     parser.add_argument("--settings", default="2x4,3x4", help="Path-star (degree x length) settings.")
+    parser.add_argument("--only", choices=["mcts"], default=None,
+                        help="mcts: rerun only the planner-cost search rows (sims/s, both transitions) and merge them "
+                             "into results/crsm.json and crsm.md.")
+    parser.add_argument("--baseline-src", default=None,
+                        help="Also time the search of the package at this src folder (an older copy, e.g. from "
+                             "`git archive`), beside each search row: a before/after in the same run.")
+    parser.add_argument("--rates", default=None, help=argparse.SUPPRESS)  # d,layers,batch,sims,repeats,seconds
     args = parser.parse_args()
+    if args.rates:  # the child process of --baseline-src: print search_rates of the package on PYTHONPATH
+        single_thread()
+        d, layers, batch, sims, repeats = (int(v) for v in args.rates.split(",")[:5])
+        rates, _, _ = search_rates(search_model(d, layers), batch, sims, repeats, float(args.rates.split(",")[5]))
+        print(json.dumps(rates))
+        return
+    if args.only == "mcts":
+        rerun_search(args.quick, args.baseline_src)
+        return
     if args.refresh_gpu:
         refresh_gpu_section()
         return
@@ -434,16 +629,11 @@ def main():
     # planner cost: one intra-op thread for the whole process. The machine has 2 shared cores; during async
     # generation the generating thread and the planner thread each take one, so more intra-op threads would
     # oversubscribe them (OpenMP workers spin), and at batch <= 32 the ops are too small to split anyway.
-    torch.set_num_threads(1)
+    single_thread()
     repeats = 3 if quick else 5
-    torch.manual_seed(0)
-    cost_model = CRSM(CRSMConfig(d_model=256, n_layers=8, mcts_max_depth=64)).eval()
+    cost_model = search_model(256, 8)
     load_before = os.getloadavg()
-    search = [bench_search_speed(cost_model, 8, 64, repeats, 1.0),
-              bench_search_speed(cost_model, 32, 256, repeats, 1.0)]
-    torch.manual_seed(0)
-    search.append(bench_search_speed(CRSM(CRSMConfig(d_model=512, n_layers=16, mcts_max_depth=64)).eval(), 8, 64,
-                                     repeats, 1.0))
+    search = bench_search_part(repeats, args.baseline_src)
     async_repeats = 3 if quick else 7  # generations are short and noisier than the 1 s search windows
     async_cost = bench_async_cost(cost_model, 64 if quick else 128, async_repeats)
     load_after = os.getloadavg()
@@ -453,11 +643,7 @@ def main():
     metrics = {
         "pathstar_acc_greedy": best["greedy"], "pathstar_acc_planner": best["planner_backbone"],
         "pathstar_degree": best["degree"], "pathstar_length": best["length"],
-        "mcts_sims_per_s_dynamics": search[0]["sims_per_s_dynamics"]["median"],
-        "mcts_sims_per_s_backbone": search[0]["sims_per_s_backbone"]["median"],
-        "mcts_speedup_dynamics": search[0]["speedup_median"],
-        "mcts_speedup_dynamics_batch32": search[1]["speedup_median"],
-        "mcts_speedup_dynamics_d512_l16": search[2]["speedup_median"],
+        **search_metrics(search),
         "gen_tokens_per_s_planner_off": async_cost["sims_16"]["tokens_per_s_off"]["median"],
         "gen_tokens_per_s_planner_async": async_cost["sims_16"]["process"]["tokens_per_s"]["median"],
         "async_cost_frac": async_cost["sims_16"]["process"]["cost_frac_of_medians"],
@@ -494,68 +680,7 @@ def main():
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "crsm.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# CRSM benchmark ({result['date']})", "",
-             f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores (shared), GPU figures: "
-             f"{result['machine']['gpu']}. Command: `{result['command']}`.", "",
-             markdown_table(["metric", "value"], [[k, "n/a" if v is None else v] for k, v in metrics.items()]), "",
-             "## Path-star (fresh graphs; planner = synchronous MCTS, verifier reward at terminal nodes)", "",
-             f"Source: {result['pathstar_source']}" + (" (recorded in results/crsm_pathstar.json, not rerun here)"
-                                                       if pathstar else ""), "",
-             markdown_table(["degree", "length", "greedy", "planner (backbone)", "planner (dynamics)", "chance",
-                             "steps", "samples"],
-                            [[r["degree"], r["length"], r["greedy"], r["planner_backbone"], r["planner_dynamics"],
-                              r["chance"], r["backbone_steps"], r["samples"]] for r in rows]), ""]
-    fmt = "{:.1f}".format
-    c1, c2 = async_cost["control_off_beside_pure_python_thread"], async_cost["control_off_beside_matmul_thread"]
-    c3 = async_cost["control_off_beside_pure_python_process"]
-    lines += ["## Planner cost (CPU, 1 torch thread; median [min, max] of interleaved repeats)", "",
-              result["notes"], "",
-              markdown_table(["backbone", "batch", "sims/search", "dynamics sims/s", "backbone sims/s", "ratio",
-                              "leaves/round (dyn, backbone)", "µs/round: dyn transition, backbone transition, heads",
-                              "in-search µs/sim, dyn: transition, heads, tree", "backbone: transition, heads, tree"],
-                             [[f"d={r['d_model']}, {r['n_layers']} layers ({r['params_backbone'] / 1e6:.1f}M)",
-                               r["batch"], r["simulations_per_search"],
-                               *[f"{fmt(r[k]['median'])} [{fmt(r[k]['min'])}, {fmt(r[k]['max'])}]"
-                                 for k in ("sims_per_s_dynamics", "sims_per_s_backbone")],
-                               fmt(r["speedup_median"]),
-                               ", ".join(fmt(v) for v in r["mean_leaves_per_round"].values()),
-                               ", ".join(f"{v:.0f}" for v in r["evaluation_us_per_round"].values()),
-                               *[", ".join(f"{v:.0f}" for v in r["in_search_us_per_sim"][t].values())
-                                 for t in ("dynamics", "backbone")]]
-                              for r in search]), "",
-              markdown_table(["sims per search", "planner", "off tok/s", "async tok/s", "cost (medians)",
-                              "cost per pair", "searches / deltas per generation",
-                              "cores busy: generating process, planner process (off: generating)"],
-                             [[k.removeprefix("sims_"), mode,
-                               f"{fmt(v['tokens_per_s_off']['median'])} [{fmt(v['tokens_per_s_off']['min'])}, "
-                               f"{fmt(v['tokens_per_s_off']['max'])}]",
-                               f"{fmt(m['tokens_per_s']['median'])} [{fmt(m['tokens_per_s']['min'])}, "
-                               f"{fmt(m['tokens_per_s']['max'])}]",
-                               f"{m['cost_frac_of_medians']:.2f}",
-                               f"{m['cost_frac_pairs']['median']:.2f} [{m['cost_frac_pairs']['min']:.2f}, "
-                               f"{m['cost_frac_pairs']['max']:.2f}]",
-                               f"{m['searches_per_generation']:.0f} / {m['deltas_applied_per_generation']:.0f}",
-                               f"{m['cores_busy_generating_process']:.2f}, {m['cores_busy_planner_process']:.2f} "
-                               f"({v['cores_busy_off']:.2f})"]
-                              for k, v in async_cost.items() if k.startswith("sims_")
-                              for mode, m in v.items() if mode in ASYNC_MODES]), "",
-              "Planners: `process` = the default `ProcessPlanner` (child process, nice 19); `process_nice0` = the "
-              "same at generation's CPU priority; `thread` = `AsyncPlanner` on a thread of the generating process. "
-              f"The planner processes took {async_cost['planner_process_start_s']:.1f} s to come up once "
-              "(forkserver start included), before the timed generations; each generation opens a session on its "
-              "running process. The generating thread's own work for the process planner (submit + poll per "
-              f"token) is {async_cost['process_submit_poll_us']:.0f} µs per token. Cores busy = CPU seconds / "
-              "wall seconds of the generation (the thread planner's CPU is inside the generating process's).", "",
-              "Controls, planner off: beside a thread of pure Python (holds the GIL, shares no tensors) "
-              f"{fmt(c1['median'])} tok/s [{fmt(c1['min'])}, {fmt(c1['max'])}]; beside a thread of 512x512 matrix "
-              f"products (mostly without the GIL) {fmt(c2['median'])} tok/s [{fmt(c2['min'])}, {fmt(c2['max'])}]; "
-              f"beside a process of pure Python (no GIL shared, one more busy CPU) {fmt(c3['median'])} tok/s "
-              f"[{fmt(c3['min'])}, {fmt(c3['max'])}].",
-              ""]
-    if gpu:
-        lines += gpu_lines(gpu)
-    (RESULTS / "crsm.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_markdown(result)
 
 
 if __name__ == "__main__":

@@ -246,3 +246,56 @@ def test_a_subclass_that_overrides_the_heads_gets_the_generic_kernels():
     kernels = search_kernels(model)
     assert isinstance(kernels, GenericKernels)
     assert kernels.heads(torch.randn(3, 32), 4)[2] == [0.0, 0.0, 0.0]
+
+
+def test_toy_search_keeps_the_visit_counts_of_the_list_tree_before_the_fast_paths():
+    """Visit counts, rounds and leaves of the search before the inlined descent and the NumPy kernels (recorded)."""
+    recorded = [(dict(top_k=3, c_puct=1.3, batch=4, max_depth=4), [17, 130, 3], 18, 41),
+                (dict(top_k=3, c_puct=0.7, batch=16, max_depth=3), [10, 133, 7], 4, 30),
+                (dict(top_k=3, c_puct=2.0, batch=1, max_depth=6), [26, 121, 3], 69, 69)]
+    for transition in ("dynamics", "backbone"):
+        for settings, visits, rounds, evaluated in recorded:
+            latent, caches = _root()
+            result = MCTS(ToyModel(), transition=transition, **settings).search(latent, caches, num_simulations=150)
+            assert (result.actions, result.visits, result.rounds, result.evaluated) == ([0, 1, 2], visits, rounds,
+                                                                                        evaluated)
+
+
+def test_numpy_and_torch_paths_of_the_fused_kernels_agree():
+    from threadpoolctl import threadpool_limits
+
+    from latentspace.crsm.dynamics import NUMPY_MAX_ROWS, numpy_blas_single_threaded
+
+    model, latent, _ = _tiny_crsm()
+    with threadpool_limits(2, user_api="blas"):  # a multithreaded OpenBLAS: the kernels stay in PyTorch
+        if not numpy_blas_single_threaded():
+            assert not model.search_kernels().dynamics.numpy and not model.search_kernels().heads.numpy
+    with threadpool_limits(1, user_api="blas"), torch.no_grad():
+        model._kernels = None
+        fused, plain = model.search_kernels(), GenericKernels(model)
+        assert fused.dynamics.numpy and fused.heads.numpy  # CPU float32, one BLAS thread
+        for n in (1, 5, NUMPY_MAX_ROWS, NUMPY_MAX_ROWS + 3):  # NumPy products up to NUMPY_MAX_ROWS rows, then torch
+            buffer = torch.randn(2 * n + 4, latent.shape[-1])
+            parents = [int(i) for i in torch.randint(0, n, (n,))]
+            tokens = [int(t) for t in torch.randint(0, model.config.vocab_size, (n,))]
+            rows = slice(n + 2, 2 * n + 2)
+            expected = model.dynamics_step(buffer[parents], torch.tensor(tokens))
+            out = fused.transition(buffer, parents, tokens, rows)
+            assert out.data_ptr() == buffer[rows].data_ptr()  # written in place
+            torch.testing.assert_close(buffer[rows], expected)
+            generic = buffer.clone()
+            plain.transition(generic, parents, tokens, rows)
+            torch.testing.assert_close(generic[rows], expected)
+            fused.dynamics.numpy = fused.heads.numpy = False  # the torch path on the same batch
+            torch_path = buffer.clone()
+            fused.transition(torch_path, parents, tokens, rows)
+            ft, fp, fv = fused.heads(buffer[rows], 4)
+            fused.dynamics.numpy = fused.heads.numpy = True
+            torch.testing.assert_close(torch_path[rows], buffer[rows])
+            nt, np_, nv = fused.heads(buffer[rows], 4)
+            pt, pp, pv = plain.heads(buffer[rows], 4)
+            assert nt == ft == pt
+            torch.testing.assert_close(torch.tensor(np_), torch.tensor(pp))
+            torch.testing.assert_close(torch.tensor(fp), torch.tensor(pp))
+            torch.testing.assert_close(torch.tensor(nv), torch.tensor(pv))
+            torch.testing.assert_close(torch.tensor(fv), torch.tensor(pv))

@@ -15,7 +15,10 @@ The tree is flat (`Tree`): per-node statistics in Python lists indexed by node i
 children contiguous, node states in preallocated tensors indexed by slot. The descent is sequential (each
 one sees the virtual loss of the previous ones) and reads ~K numbers per level; for K ~ 4, plain list
 arithmetic is about ten times cheaper than one NumPy call, so the vectorised work is where it pays: one
-batched evaluation, one top-k and one `tolist` per round, and one `index_select` per state tensor.
+batched evaluation per round (the transition reads its parents' rows of the state buffer and writes the new
+states into it; for small CPU batches the products run in NumPy, see `FusedDynamics`), one top-k and a few
+`tolist`s. The descent is inlined in the round loop (it is most of the tree's cost), and a node whose count is
+1 (expanded, no child visited) goes to its first, top-prior child without scoring, which is the loop's choice.
 
 The model is duck-typed: it needs `logits(latent)`, `value(latent)`, `step(token, caches)`,
 `dynamics_step(latent, token)` and `eos_id`, so tests can search a toy tree with a known best move.
@@ -37,9 +40,10 @@ RewardFn = Callable[[list[int]], float | None]
 class Tree:
     """The search tree as flat arrays; node 0 is the root.
 
-    Per node (lists indexed by node id): the token that led to it, its prior, parent, depth, visits, value
-    sum, virtual loss, the id of its first child (-1 until expanded; its children are ids first..first+K-1),
-    whether it is terminal, its own value (value head or verifier) and its state slot (-1 until evaluated).
+    Per node (lists indexed by node id): the token that led to it, its prior, parent, depth, count (visits plus
+    virtual visits: the N of PUCT), value sum, virtual loss (descents of this round through it not yet backed
+    up), the id of its first child (-1 until expanded; its children are ids first..first+K-1), whether it is
+    terminal, its own value (value head or verifier) and its state slot (-1 until evaluated).
     States live in tensors with one row per slot: latents (S, D) and, for exact transitions, each layer's
     caches (conv (S, ED, K-1), ssm (S, ED, N)); they grow by doubling and are kept for the next search
     (`reset`), so a search allocates no state tensors once the buffers are large enough.
@@ -76,7 +80,7 @@ class Tree:
         self.prior: list[float] = [1.0]
         self.parent: list[int] = [-1]
         self.depth: list[int] = [0]
-        self.visits: list[int] = [0]
+        self.count: list[int] = [0]  # visits + virtual; equal to the visits once a search ends
         self.value_sum: list[float] = [0.0]
         self.virtual: list[int] = [0]
         self.first_child: list[int] = [-1]
@@ -108,7 +112,7 @@ class Tree:
         self.prior += priors
         self.parent += parents
         self.depth += depths
-        self.visits += [0] * m
+        self.count += [0] * m
         self.value_sum += [0.0] * m
         self.virtual += [0] * m
         first_child += [-1] * m
@@ -119,8 +123,9 @@ class Tree:
     def reserve(self, nodes: list[int]) -> slice:
         """Give `nodes` the next slots (contiguous); the caller writes their states into those rows."""
         n = len(nodes)
-        if self.n_slots + n > len(self.latents):
-            self._grow(max(2 * len(self.latents), self.n_slots + n))
+        capacity = self.latents.shape[0]
+        if self.n_slots + n > capacity:
+            self._grow(max(2 * capacity, self.n_slots + n))
         first = self.n_slots
         slot = self.slot
         for j, node in enumerate(nodes):
@@ -154,14 +159,18 @@ class Tree:
         first = self.first_child[node]
         return range(first, first + self.k) if first >= 0 else range(0)
 
+    def visits(self, node: int) -> int:
+        return self.count[node] - self.virtual[node]
+
     def q(self, node: int, default: float = 0.0) -> float:
-        n = self.visits[node] + self.virtual[node]
+        n = self.count[node]
         return (self.value_sum[node] - self.virtual[node]) / n if n else default
 
 
 class GenericKernels:
     """The per-round functions for any duck-typed model: its `dynamics_step`, `logits` and `value`.
 
+    `transition` computes a round's new leaf states from their parents' rows of the tree's state buffer, in place;
     `heads` returns flat Python lists: the top-k tokens (N*K, row by row), their priors = the softmax over each
     row's top-k logits (the renormalised top-k of the full softmax) and the values (N). A model may offer fused
     versions of both through `search_kernels()` (the CRSM does); the tree code is the same either way.
@@ -173,6 +182,12 @@ class GenericKernels:
     def dynamics(self, state: torch.Tensor, tokens: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         latents = self.model.dynamics_step(state, tokens)
         return latents if out is None else out.copy_(latents)
+
+    def transition(self, buffer: torch.Tensor, parents: list[int], tokens: list[int], rows: slice) -> torch.Tensor:
+        """The search's dynamics call: buffer[rows] = the next states of buffer[parents] under `tokens` (N, D)."""
+        index = torch.tensor(parents + tokens, device=buffer.device)
+        n = len(parents)
+        return self.dynamics(buffer.index_select(0, index[:n]), index[n:], out=buffer[rows])
 
     def heads(self, latents: torch.Tensor, k: int) -> tuple[list[int], list[float], list[float]]:
         top_logits, top_tokens = self.model.logits(latents).float().topk(k, dim=-1)
@@ -273,61 +288,21 @@ class MCTS:
 
     def _evaluate(self, tree: Tree, leaves: list[int], prefix: list[int], kernels) -> list[float]:
         """Compute every leaf's state from its parent's in one batched transition; return the leaves' values."""
-        n = len(leaves)
-        slot, parent, token = tree.slot, tree.parent, tree.token
-        index = torch.tensor([slot[parent[leaf]] for leaf in leaves] + [token[leaf] for leaf in leaves],
-                             device=tree.latents.device)  # (2N,): parents' slots, then the leaves' tokens
-        parents, tokens = index[:n], index[n:]
+        slot, parent = tree.slot, tree.parent
+        parents = [slot[parent[leaf]] for leaf in leaves]
+        token = tree.token
+        tokens = [token[leaf] for leaf in leaves]
         rows = tree.reserve(leaves)
         if self.transition == "dynamics":
-            latents = kernels.dynamics(tree.latents.index_select(0, parents), tokens, out=tree.latents[rows])
+            latents = kernels.transition(tree.latents, parents, tokens, rows)
         else:
-            caches = [(conv.index_select(0, parents), ssm.index_select(0, parents))
+            index = torch.tensor(parents, device=tree.latents.device)
+            caches = [(conv.index_select(0, index), ssm.index_select(0, index))
                       for conv, ssm in tree.caches]  # per layer: (N, ED, K-1), (N, ED, N_state)
-            latents, caches = self.model.step(tokens, caches)
+            latents, caches = self.model.step(torch.tensor(tokens, device=tree.latents.device), caches)
             tree.latents[rows] = latents
             tree.write_caches(rows, caches)
         return self._expand(tree, leaves, latents, prefix, kernels)
-
-    # ---- selection and backup --------------------------------------------------------------------
-    def _select(self, tree: Tree) -> list[int]:
-        """Descend by PUCT from the root to an unexpanded or terminal node; returns the path (virtual loss applied).
-
-        score(child) = Q(child) + c_puct * prior * sqrt(N(parent) + 1) / (1 + N(child)), N counting virtual
-        visits and Q counting each virtual visit as a loss; an unvisited child's Q is its parent's Q.
-        """
-        visits, value_sum, virtual = tree.visits, tree.value_sum, tree.virtual
-        prior, first_child, k, c_puct = tree.prior, tree.first_child, tree.k, self.c_puct
-        node, path = 0, [0]
-        while first_child[node] >= 0:
-            n = visits[node] + virtual[node]
-            default = (value_sum[node] - virtual[node]) / n if n else 0.0
-            explore = c_puct * math.sqrt(n + 1)
-            best, best_score = -1, -math.inf
-            for child in range(first_child[node], first_child[node] + k):
-                n_child = visits[child] + virtual[child]
-                q = (value_sum[child] - virtual[child]) / n_child if n_child else default
-                score = q + explore * prior[child] / (1 + n_child)
-                if score > best_score:
-                    best, best_score = child, score
-            node = best
-            path.append(node)
-        for node in path:
-            virtual[node] += 1
-        return path
-
-    @staticmethod
-    def _backup(tree: Tree, path: list[int], value: float) -> None:
-        visits, value_sum, virtual = tree.visits, tree.value_sum, tree.virtual
-        for node in path:
-            virtual[node] -= 1
-            visits[node] += 1
-            value_sum[node] += value
-
-    @staticmethod
-    def _undo_virtual(tree: Tree, path: list[int]) -> None:
-        for node in path:
-            tree.virtual[node] -= 1
 
     @torch.no_grad()
     def search(self, latent: torch.Tensor, caches: list | None = None, num_simulations: int = 48,
@@ -361,41 +336,81 @@ class MCTS:
                 time_budget: float | None, prefix: list[int], stop, start: float) -> SearchResult:
         tree.eos = self.model.eos_id  # read once per search (a tokenizer attribute is slow to reach)
         root_value = self._expand(tree, [0], root, prefix, kernels)[0]
-        tree.visits[0], tree.value_sum[0] = 1, root_value
+        tree.count[0], tree.value_sum[0] = 1, root_value
         sims = rounds = evaluated = 0
+        count, value_sum, virtual, prior = tree.count, tree.value_sum, tree.virtual, tree.prior
+        first_child, terminal, value = tree.first_child, tree.terminal, tree.value
+        k, c_puct, sqrt, inf = tree.k, self.c_puct, math.sqrt, math.inf
         while sims < num_simulations:
             if time_budget is not None and time.perf_counter() - start > time_budget:
                 break
             if stop is not None and stop():
                 break
             want = min(self.batch, num_simulations - sims)
-            fresh, fresh_paths, collided, done = [], [], [], 0
+            fresh, fresh_paths, collided, done, taken = [], [], [], 0, 0  # taken = done + len(fresh)
             waiting: set[int] = set()
             for _ in range(2 * want):  # descents that collide are retried, at most `want` times per round
-                if done + len(fresh) == want:
+                if taken == want:
                     break
-                path = self._select(tree)
-                leaf = path[-1]
-                if tree.terminal[leaf]:
-                    self._backup(tree, path, tree.value[leaf])
+                # one descent by PUCT from the root to an unexpanded or terminal node, virtual loss applied after:
+                # score(child) = Q(child) + c_puct * prior * sqrt(N(parent) + 1) / (1 + N(child)), N counting
+                # virtual visits and Q counting each virtual visit as a loss; an unvisited child's Q is its
+                # parent's. Inlined: this loop is most of the tree's cost. An expanded node's count is 1 plus its
+                # children's (its own evaluation, then one per descent through it), so count 1 means no child is
+                # visited: every score is default + explore * prior, and the first child, the top prior (children
+                # come in top-k order), wins, as it does in the loop (ties keep the first).
+                node, path = 0, [0]
+                first = first_child[0]
+                while first >= 0:
+                    n = count[node]
+                    if n == 1:
+                        node = first
+                        path.append(node)
+                        first = first_child[node]
+                        continue
+                    default = (value_sum[node] - virtual[node]) / n if n else 0.0
+                    explore = c_puct * sqrt(n + 1)
+                    best, best_score = -1, -inf
+                    for child in range(first, first + k):
+                        n_child = count[child]
+                        if n_child:
+                            score = ((value_sum[child] - virtual[child]) / n_child
+                                     + explore * prior[child] / (1 + n_child))
+                        else:
+                            score = default + explore * prior[child]
+                        if score > best_score:
+                            best, best_score = child, score
+                    node = best
+                    path.append(node)
+                    first = first_child[node]
+                for step in path:
+                    count[step] += 1
+                    virtual[step] += 1
+                if terminal[node]:
+                    v = value[node]
+                    for step in path:  # back up at once: the virtual visit becomes a real one
+                        virtual[step] -= 1
+                        value_sum[step] += v
                     done += 1
-                elif leaf in waiting:
+                    taken += 1
+                elif node in waiting:
                     collided.append(path)
                 else:
-                    waiting.add(leaf)
-                    fresh.append(leaf)
+                    waiting.add(node)
+                    fresh.append(node)
                     fresh_paths.append(path)
+                    taken += 1
             if fresh:
-                visits, value_sum, virtual = tree.visits, tree.value_sum, tree.virtual
-                for path, value in zip(fresh_paths, self._evaluate(tree, fresh, prefix, kernels), strict=True):
-                    for node in path:  # back up (and lift the virtual loss)
-                        virtual[node] -= 1
-                        visits[node] += 1
-                        value_sum[node] += value
+                for path, v in zip(fresh_paths, self._evaluate(tree, fresh, prefix, kernels), strict=True):
+                    for step in path:  # back up: the virtual visit becomes a real one
+                        virtual[step] -= 1
+                        value_sum[step] += v
                 rounds += 1
                 evaluated += len(fresh)
             for path in collided:
-                self._undo_virtual(tree, path)
+                for step in path:
+                    count[step] -= 1
+                    virtual[step] -= 1
             sims += done + len(fresh)
         result = self._result(tree, latent, sims, time.perf_counter() - start)
         result.rounds, result.evaluated = rounds, evaluated
@@ -424,15 +439,15 @@ class MCTS:
         for child in children:  # follow each root child's most-visited line to its end
             node = child
             while tree.first_child[node] >= 0:
-                best = max(tree.children(node), key=tree.visits.__getitem__)
-                if tree.visits[best] == 0:
+                best = max(tree.children(node), key=tree.visits)
+                if tree.visits(best) == 0:
                     break
                 node = best
             slots.append(max(tree.slot[node], 0))  # slot 0 is the root: an unevaluated child keeps the root latent
         futures = (tree.latents.index_select(0, torch.tensor(slots, device=latent.device)) if slots
                    else latent.unsqueeze(0))  # (K, D)
         return SearchResult(
-            actions=[tree.token[c] for c in children], visits=[tree.visits[c] for c in children],
+            actions=[tree.token[c] for c in children], visits=[tree.visits(c) for c in children],
             q_values=[tree.q(c) for c in children], priors=[tree.prior[c] for c in children], root_latent=latent,
             future_latents=futures, simulations=sims, seconds=seconds,
         )

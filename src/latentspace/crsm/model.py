@@ -19,7 +19,7 @@ from torch import nn
 from ..core.checkpoint import CheckpointMixin
 from ..core.errors import CheckpointError, ConfigError
 from .config import CRSMConfig
-from .dynamics import FusedDynamics, LatentDynamics
+from .dynamics import FusedDynamics, LatentDynamics, numpy_blas_single_threaded, numpy_fits
 from .mamba import LayerCache, MambaLM
 from .tokenizer import make_tokenizer, tokenizer_from_json, tokenizer_to_json
 
@@ -45,7 +45,9 @@ class SearchHeads:
 
     Returns flat Python lists: the top-k tokens (N*K), their priors (N*K) = the softmax over each row's top-k
     logits (equal to the renormalised top-k of the full softmax) and the values (N) = sigmoid(value_head), the
-    sigmoid taken in Python on the N numbers. Equal to `CRSM.logits` and `CRSM.value` up to float rounding.
+    sigmoid taken in Python on the N numbers. Equal to `CRSM.logits` and `CRSM.value` up to float rounding. The
+    product and the value head's last layer run in NumPy for small CPU float32 batches (like `FusedDynamics`'s
+    products: cheaper calls at these sizes), the SiLU, top-k and softmax in PyTorch on views of the same memory.
     """
 
     def __init__(self, lm_head: nn.Linear, value_head: ValueHead):
@@ -56,22 +58,35 @@ class SearchHeads:
             self.bias = torch.cat([first.bias.new_zeros(self.vocab), first.bias])  # (V + Hv,)
             self.w_value = last.weight[0].detach().clone()  # (Hv,)
             self.b_value = float(last.bias[0])
+        self.numpy = self.w_t.device.type == "cpu" and self.w_t.dtype == torch.float32 and numpy_blas_single_threaded()
+        if self.numpy:  # views of the same memory
+            self._w_np, self._bias_np, self._w_value_np = self.w_t.numpy(), self.bias.numpy(), self.w_value.numpy()
 
     def __call__(self, latents: torch.Tensor, k: int) -> tuple[list[int], list[float], list[float]]:
         """latents (N, D) -> top tokens (N*K), priors (N*K), values (N)."""
-        out = torch.addmm(self.bias, latents, self.w_t)  # (N, V + Hv)
-        top_logits, top_tokens = out[:, : self.vocab].topk(k, dim=-1)
-        hidden = torch.nn.functional.silu(out[:, self.vocab :], inplace=True)  # (N, Hv)
         b, exp = self.b_value, math.exp
-        values = [1.0 / (1.0 + exp(-(x + b))) for x in hidden.mv(self.w_value).tolist()]
+        if self.numpy and numpy_fits(latents, latents.shape[0]):
+            out = latents.detach().numpy() @ self._w_np  # (N, V + Hv)
+            out += self._bias_np
+            top_logits, top_tokens = torch.from_numpy(out[:, : self.vocab]).topk(k, dim=-1)
+            hidden = out[:, self.vocab :]
+            torch.nn.functional.silu(torch.from_numpy(hidden), inplace=True)  # (N, Hv), in place
+            scores = (hidden @ self._w_value_np).tolist()
+        else:
+            out = torch.addmm(self.bias, latents, self.w_t)  # (N, V + Hv)
+            top_logits, top_tokens = out[:, : self.vocab].topk(k, dim=-1)
+            hidden = torch.nn.functional.silu(out[:, self.vocab :], inplace=True)  # (N, Hv)
+            scores = hidden.mv(self.w_value).tolist()
+        values = [1.0 / (1.0 + exp(-(x + b))) for x in scores]
         return top_tokens.view(-1).tolist(), torch.softmax(top_logits, dim=-1).view(-1).tolist(), values
 
 
 class SearchKernels:
-    """What the MCTS calls per round, built once for the current weights: `dynamics` (fused) and `heads`."""
+    """What the MCTS calls per round, built once for the current weights: `transition` (fused dynamics) and `heads`."""
 
     def __init__(self, model: CRSM):
         self.dynamics = FusedDynamics(model.dynamics, model.backbone.embedding.weight)
+        self.transition = self.dynamics.step_rows
         self.heads = SearchHeads(model.backbone.lm_head, model.value_head)
 
 
@@ -169,8 +184,10 @@ class CRSM(nn.Module, CheckpointMixin):
             from .mcts import GenericKernels
 
             return GenericKernels(self)
-        params = [self.backbone.embedding.weight, self.backbone.lm_head.weight,
-                  *self.dynamics.parameters(), *self.value_head.parameters()]
+        dyn, val = self.dynamics.net, self.value_head.net  # every weight the kernels read, named (no module walk)
+        params = (self.backbone.embedding.weight, self.backbone.lm_head.weight, dyn[0].weight, dyn[0].bias,
+                  dyn[2].weight, dyn[2].bias, dyn[4].weight, dyn[4].bias, val[0].weight, val[0].bias,
+                  val[2].weight, val[2].bias)
         key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
         if self._kernels is None or self._kernels[0] != key:
             self._kernels = (key, SearchKernels(self))

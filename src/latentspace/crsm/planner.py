@@ -236,6 +236,14 @@ def _rebuild_model(cls, config, tokenizer_json: str, flat: torch.Tensor, layout:
     return model.eval()
 
 
+def _single_threaded_blas() -> None:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(1, user_api="blas")
+
+
 def _worker_main(model_spec: tuple, arena: _Arena, lock, wake, errors, nice: int, n_layers: int) -> None:
     """The planner process: for each session (settings in shared memory), search from each request, publish results.
 
@@ -252,6 +260,7 @@ def _worker_main(model_spec: tuple, arena: _Arena, lock, wake, errors, nice: int
         except OSError:
             pass
         torch.set_num_threads(1)
+        _single_threaded_blas()  # this process only searches: NumPy's small products too (see FusedDynamics)
         parent = multiprocessing.parent_process()
         model = _rebuild_model(*model_spec)
         caches_io = [(io[f"conv{i}"], io[f"ssm{i}"]) for i in range(n_layers)]
