@@ -256,13 +256,16 @@ def markdown(result: dict) -> str:
             lines += ["", f"Speed ({label}{', ' + sp.get('device', '') if 'device' in sp else ''}{when}): batched "
                       f"{sp['batched_obs_per_s']:.0f} obs/s vs seed loop {sp['seed_loop_obs_per_s']:.1f} obs/s "
                       f"= {sp['speedup']:.0f}x (backbone {sp['backbone_params'] / 1e6:.1f}M params)"]
-    lines += ["", "Validation part (what every choice was made on): MSE of the highway alone, of one LBS model and "
-              "of the ensemble:", "",
-              "| domain | last value | highway | LBS text (1 model) | LBS text (ensemble) | LBS no text (ensemble) |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "Validation part (what every choice was made on): MSE of the best highway candidate of each source "
+              "(the chosen highway is the least of them), of one LBS model and of the ensemble:", "",
+              "| domain | last value | linear highway | ARIMA highway | ETS highway | ARIMA+ETS highway | "
+              "LBS text (1 model) | LBS text (ensemble) | LBS no text (ensemble) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, d in rows.items():
         if "val_mse_highway" in d:
-            lines.append(f"| {name} | {d['val_mse_last_value']:.4f} | {d['val_mse_highway']:.4f} | "
+            sources = " | ".join(f"{d[k]:.4f}" if k in d else "-" for k in (
+                "val_mse_highway_linear", "val_mse_highway_arima", "val_mse_highway_ets", "val_mse_highway_arima+ets"))
+            lines.append(f"| {name} | {d['val_mse_last_value']:.4f} | {sources} | "
                          f"{d['val_mse_text_member0']:.4f} | {d['val_mse_text_ensemble']:.4f} | "
                          f"{d['val_mse_notext_ensemble']:.4f} |")
     lines += ["", result["notes"], ""]
