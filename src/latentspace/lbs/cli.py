@@ -163,7 +163,7 @@ def steer_command(
 
     from ..core.errors import ConfigError
     from .data import Standardizer, load_series
-    from .forecast import context_tensors, filter_context, rollout
+    from .forecast import context_tensors, filter_context, rollout, stat_base
 
     if (target is None) == (goal_text is None):
         raise ConfigError("give exactly one of --target VALUE or --goal-text TEXT")
@@ -175,7 +175,8 @@ def steer_command(
     y, s, ref = context_tensors(model, series, scaler, [len(series)], context,
                                 bool(meta.get("window", {}).get("instance_norm", False)))
     x, h = filter_context(model, y, s)
-    offset = model.forecast_offset(x, y, ref, horizon)  # (1, H): level, persistence, the highway's linear part
+    base = stat_base(model, series, scaler, [len(series)], horizon)
+    offset = model.forecast_offset(x, y, ref, horizon, base)  # (1, H): level, persistence, the highway
     base, _ = rollout(model, x, h, horizon, samples, torch.Generator().manual_seed(0))
     base = base + offset[None]
     if target is not None:

@@ -9,6 +9,7 @@ from ..core.errors import ConfigError
 
 _DTYPES = ("float32", "bfloat16", "float16")
 HIGHWAY_FEATURES = ("level", "deviation", "diff", "devdiff")
+HIGHWAY_SOURCES = ("linear", "arima", "ets", "arima+ets")
 
 
 @dataclasses.dataclass
@@ -43,6 +44,12 @@ class LBSConfig(Config):
     highway_features: str = "level"
     highway_alpha: float = 1.0  # exponential smoothing of the level forecasts are anchored on; 1 = the last value
     highway_ridge: float = 0.01  # ridge of the highway's least-squares initialisation (fit_highway)
+    # where the highway's forecast comes from: "linear" (the learnable linear highway above), or a statistical
+    # forecaster fitted on the training part and filtered causally through the whole series (lbs/stat.py):
+    # "arima", "ets" or "arima+ets" (their mean); the latent then learns a correction of that forecast (ES-RNN)
+    highway_source: str = "linear"
+    highway_train: bool = True  # False: the highway stays at its least-squares fit; only the latent learns
+    highway_stat: str = ""  # the fitted statistical forecasters as JSON (set by fit_highway; kept in checkpoints)
     dtype: str = "float32"
     value_zero_init: bool = False  # mlp_val starts at 0: with persistence the latent adds nothing until trained
     use_text: bool = True  # False: text embeddings zeroed (the no-text ablation)
@@ -71,6 +78,9 @@ class LBSConfig(Config):
         if self.highway_features not in HIGHWAY_FEATURES:
             raise ConfigError(f"LBSConfig.highway_features must be one of {list(HIGHWAY_FEATURES)}, "
                               f"got {self.highway_features!r}")
+        if self.highway_source not in HIGHWAY_SOURCES:
+            raise ConfigError(f"LBSConfig.highway_source must be one of {list(HIGHWAY_SOURCES)}, "
+                              f"got {self.highway_source!r}")
         if not 0.0 < self.highway_alpha <= 1.0:
             raise ConfigError(f"LBSConfig.highway_alpha must be in (0, 1], got {self.highway_alpha}")
         if self.highway < 0:
@@ -81,6 +91,11 @@ class LBSConfig(Config):
         import torch  # lazily: the CLI imports this module at startup
 
         return getattr(torch, self.dtype)
+
+    @property
+    def stat_kinds(self) -> tuple[str, ...]:
+        """The statistical forecasters the highway averages; () for the linear highway."""
+        return () if self.highway_source == "linear" else tuple(self.highway_source.split("+"))
 
     @property
     def is_tiny(self) -> bool:

@@ -64,9 +64,18 @@ def evaluate_series(series: TextSeries, cfg: LBSConfig, wcfg: WindowConfig, tcfg
     if select_highway_on_val:
         choice, table = select_highway(series, scaler, wcfg, cfg.overshoot)
         cfg = cfg.replace(**choice)
-        metrics["highway_choice"] = (f"q={choice['highway']} {choice['highway_features']} "
-                                     f"alpha={choice['highway_alpha']:.2f} ridge={choice['highway_ridge']}")
+        if choice["highway_source"] == "linear":
+            metrics["highway_choice"] = (f"q={choice['highway']} {choice['highway_features']} "
+                                         f"alpha={choice['highway_alpha']:.2f} ridge={choice['highway_ridge']}")
+        else:
+            best = min((r for r in table if r["highway_source"] == choice["highway_source"]),
+                       key=lambda r: r["val_mse"])
+            metrics["highway_choice"] = f"{choice['highway_source']}: {best['stat_models']}"
         metrics["val_mse_highway"] = min(r["val_mse"] for r in table)
+        for source in ("linear", "arima", "ets", "arima+ets"):  # the best candidate of each source, for the record
+            vals = [r["val_mse"] for r in table if r["highway_source"] == source]
+            if vals:
+                metrics[f"val_mse_highway_{source}"] = min(vals)
         metrics["val_mse_last_value"] = table[0]["val_mse"]
     forecasts: dict[str, np.ndarray] = {}
     models = {}

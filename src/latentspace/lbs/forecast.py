@@ -16,6 +16,7 @@ import torch
 from ..core.errors import DataError
 from .data import Standardizer, TextSeries
 from .model import FORECAST_PROMPT, BaseLBS
+from .stat import ARIMA_ORDERS, fit_arima, fit_ets
 
 
 @dataclasses.dataclass
@@ -81,6 +82,16 @@ def context_tensors(model: BaseLBS, series: TextSeries, scaler: Standardizer, or
     return (y - ref).to(model.device), s, ref
 
 
+def stat_base(model: BaseLBS, series: TextSeries, scaler: Standardizer, origins: Sequence[int],
+              horizon: int) -> torch.Tensor | None:
+    """The statistical highway's forecast minus the last value at each origin (B, H), from the whole history
+    before the origin (causal); None for a model with the linear highway."""
+    if not model.uses_stat:
+        return None
+    table = model.stat_table(scaler(series.values), horizon)  # (T, H)
+    return table[torch.as_tensor(list(origins)) - 1]
+
+
 @torch.no_grad()
 def forecast(model: BaseLBS, series: TextSeries, scaler: Standardizer, origins: Sequence[int], context: int,
              horizon: int, samples: int = 64, levels: tuple[float, ...] = (0.1, 0.5, 0.9), seed: int = 0,
@@ -98,7 +109,8 @@ def forecast(model: BaseLBS, series: TextSeries, scaler: Standardizer, origins: 
     x, h = filter_context(model, y, s)
     gen = torch.Generator().manual_seed(seed)
     vals, means = rollout(model, x, h, horizon, samples, gen)
-    offset = model.forecast_offset(x, y, ref.to(vals.device), horizon)  # (B, H)
+    base = stat_base(model, series, scaler, origins, horizon)
+    offset = model.forecast_offset(x, y, ref.to(vals.device), horizon, base)  # (B, H)
     vals = vals + offset[None]  # (N, B, H) + (1, B, H)
     mean = vals.mean(0)
     if point == "path":
@@ -145,30 +157,16 @@ def seasonal_naive_forecast(z: np.ndarray, origins: Sequence[int], horizon: int,
 
 
 def arima_forecast(z: np.ndarray, train_end: int, origins: Sequence[int], horizon: int,
-                   orders=((1, 0, 0), (2, 0, 1), (0, 1, 1), (1, 1, 1), (2, 1, 2))) -> tuple[np.ndarray, str]:
+                   orders=ARIMA_ORDERS) -> tuple[np.ndarray, str]:
     """ARIMA with the order of least AIC on the training part, re-filtered (same parameters) at each origin.
 
     Returns:
         forecasts (B, H), the chosen order as text.
     """
-    from statsmodels.tsa.arima.model import ARIMA
-
-    best = None
+    order, res = fit_arima(z[:train_end], orders)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for order in orders:
-            try:
-                res = ARIMA(z[:train_end], order=order, trend="c" if order[1] == 0 else "n").fit()
-            except (ValueError, np.linalg.LinAlgError):
-                continue
-            if best is None or res.aic < best[1].aic:
-                best = (order, res)
-        if best is None:
-            raise DataError("no ARIMA order could be fitted to the training part")
-        order, res = best
-        out = []
-        for o in origins:
-            out.append(np.asarray(res.apply(z[:o]).forecast(horizon)))
+        out = [np.asarray(res.apply(z[:o]).forecast(horizon)) for o in origins]
     return np.stack(out), f"ARIMA{order}"
 
 
@@ -179,21 +177,9 @@ def ets_forecast(z: np.ndarray, train_end: int, origins: Sequence[int], horizon:
     Returns:
         forecasts (B, H), the chosen variant as text.
     """
-    from statsmodels.tsa.statespace.exponential_smoothing import ExponentialSmoothing
-
-    best = None
+    name, res = fit_ets(z[:train_end])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, kwargs in (("ETS(A,N,N)", {}), ("ETS(A,Ad,N)", {"trend": True, "damped_trend": True})):
-            try:
-                res = ExponentialSmoothing(z[:train_end], **kwargs).fit(disp=False)
-            except (ValueError, np.linalg.LinAlgError):
-                continue
-            if best is None or res.aic < best[1].aic:
-                best = (name, res)
-        if best is None:
-            raise DataError("no exponential smoothing model could be fitted to the training part")
-        name, res = best
         out = [np.asarray(res.apply(z[:o]).forecast(horizon)) for o in origins]
     return np.stack(out), name
 

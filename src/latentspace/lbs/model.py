@@ -10,10 +10,12 @@ T steps) windows with truncated BPTT.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -153,11 +155,15 @@ class BaseLBS(CheckpointMixin, nn.Module):
         # LINEAR HIGHWAY (LSTNet): the last q standardised values -> a correction for each of `overshoot`
         # steps ahead. Zero at init, so training starts from the pure state-space forecast; it gives the
         # model the linear (ARIMA-like) structure a few hundred steps cannot teach the GRU reliably.
+        # With a statistical highway source (ARIMA / ETS, `stat_table`) the forecast's linear part is that
+        # forecaster's instead, and this layer is not built.
         width = self.cfg.highway * (2 if self.cfg.highway_features == "devdiff" else 1)
-        self.highway = nn.Linear(width, self.cfg.overshoot) if self.cfg.highway else None
+        linear = self.cfg.highway and not self.cfg.stat_kinds
+        self.highway = nn.Linear(width, self.cfg.overshoot) if linear else None
         if self.highway is not None:
             nn.init.zeros_(self.highway.weight)
             nn.init.zeros_(self.highway.bias)
+            self.highway.requires_grad_(self.cfg.highway_train)
         ids = tokenizer.convert_tokens_to_ids(sum_tokens)
         self.register_buffer("sum_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
         self.cache = EmbeddingCache(namespace=f"{self.cfg.backbone}|{self.cfg.seed}|{self.cfg.sum_tokens}|"
@@ -317,18 +323,46 @@ class BaseLBS(CheckpointMixin, nn.Module):
         idx = torch.arange(horizon, device=out.device).clamp(max=self.cfg.overshoot - 1)
         return out[:, idx]  # (B, H)
 
-    def forecast_offset(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, horizon: int) -> torch.Tensor:
+    @property
+    def uses_stat(self) -> bool:
+        """Whether the highway is a statistical forecaster (its forecasts come in as `base`)."""
+        return bool(self.cfg.stat_kinds)
+
+    def stat_table(self, z, horizon: int) -> torch.Tensor:
+        """The statistical highway at every step of a standardised series z (T,): (T, horizon), row t the
+        forecast of z[t + 1 .. t + horizon] from z[: t + 1] (mean of the fitted forecasters) minus z[t]."""
+        from .stat import parse_specs, stat_table
+
+        specs = parse_specs(self.cfg.highway_stat)
+        missing = [k for k in self.cfg.stat_kinds if k not in specs]
+        if missing:
+            raise ConfigError(f"the statistical highway {missing} is not fitted: call fit_highway on the training "
+                              "part first")
+        z = np.asarray(torch.as_tensor(z, dtype=torch.float64).cpu(), dtype=np.float64).ravel()
+        table = np.mean([stat_table(specs[k], z, horizon) for k in self.cfg.stat_kinds], axis=0)  # (T, H)
+        return torch.as_tensor(table - z[:, None], dtype=torch.float32)
+
+    def forecast_offset(self, x: torch.Tensor, y: torch.Tensor, level: torch.Tensor, horizon: int,
+                        base: torch.Tensor | None = None) -> torch.Tensor:
         """What a forecast adds to the decoded prior rollout: (B, H).
 
         Args:
             x: the filtered latent the rollout starts from (B, D); y: the context values (B, L) as the
                 model saw them; level: (B, 1) the level instance normalisation subtracted (0 without).
+            base: (B, H) the statistical highway's forecast minus the last value (`stat_table` at the
+                last context step); needed, and only used, with a statistical `highway_source`.
 
-        The level comes back, the highway adds its linear correction, and with `persistence` the rollout
-        is read as a change: the last observed value minus the decoded start, so a latent that predicts
-        no change forecasts exactly the last value (its reconstruction error does not enter).
+        The level comes back, the highway adds its correction (linear, or the statistical forecaster's),
+        and with `persistence` the rollout is read as a change: the last observed value minus the decoded
+        start, so a latent that predicts no change forecasts exactly the highway's forecast.
         """
-        offset = level + self.highway_forecast(y + level, horizon)  # (B, H)
+        if self.uses_stat:
+            if base is None:
+                raise ConfigError(f"highway_source={self.cfg.highway_source!r} needs the statistical forecast "
+                                  "(base = model.stat_table(z, horizon) at the last context step)")
+            offset = level + base.to(y.device, y.dtype)[:, :horizon]
+        else:
+            offset = level + self.highway_forecast(y + level, horizon)  # (B, H)
         if self.cfg.persistence:
             offset = offset + (y[:, -1:] - self.mlp_val(x).to(y.dtype))  # (B, 1)
         return offset
@@ -343,6 +377,12 @@ class BaseLBS(CheckpointMixin, nn.Module):
         With `window`, the features at t are computed from the `window` steps ending at t only, exactly as a
         forecast with that context sees them; otherwise from the whole series before t.
         """
+        if self.uses_stat:  # ARIMA / ETS of least AIC on the training part, kept in the config as JSON
+            from .stat import fit_stat_spec
+
+            z = np.asarray(torch.as_tensor(z, dtype=torch.float64).cpu(), dtype=np.float64).ravel()
+            self.cfg.highway_stat = json.dumps({k: fit_stat_spec(z, k) for k in self.cfg.stat_kinds})
+            return
         if self.highway is None:
             return
         coef = fit_highway_coef(torch.as_tensor(z, dtype=torch.float64).flatten(), self.cfg.highway,
@@ -440,7 +480,7 @@ class BaseLBS(CheckpointMixin, nn.Module):
     def window_loss(self, y: torch.Tensor, hidden: torch.Tensor, text_mask: torch.Tensor,
                     texts: Sequence[Sequence[str]], dates: Sequence[Sequence[str]], step: int | None = None,
                     total_steps: int | None = None, bptt: int = 16, generator: torch.Generator | None = None,
-                    level: torch.Tensor | None = None):
+                    level: torch.Tensor | None = None, base: torch.Tensor | None = None):
         """Loss of B windows of T steps.
 
         Args:
@@ -449,6 +489,8 @@ class BaseLBS(CheckpointMixin, nn.Module):
             bptt: the latent and GRU state are detached every `bptt` steps (truncated BPTT).
             level: (B, 1) the level subtracted from y by instance normalisation (default 0); the highway
                 sees y + level, the absolute standardised values.
+            base: (B, T, overshoot) the statistical highway at each step (`stat_table`), with a statistical
+                `highway_source`.
 
         Returns:
             loss, metrics {val, pred, text, kl}
@@ -472,7 +514,7 @@ class BaseLBS(CheckpointMixin, nn.Module):
         post_mu, post_logvar = (torch.stack([p[i] for p in posts], 1) for i in range(2))
         l_val = self.value_loss(x_all, y)
         y_abs = y if level is None else y + level.to(y.device)
-        l_pred = self.overshoot_loss(x_all, torch.stack(hs, 1), y, y_abs)
+        l_pred = self.overshoot_loss(x_all, torch.stack(hs, 1), y, y_abs, base)
         l_kl = self.kl_loss(prior_mu, prior_logvar, post_mu, post_logvar, step, total_steps)
         loss = self.cfg.alpha_val * l_val + self.cfg.alpha_pred * l_pred + self.cfg.alpha_kl * l_kl
         metrics = {"val": float(l_val.detach()), "pred": float(l_pred.detach()), "kl": float(l_kl.detach())}
@@ -488,7 +530,7 @@ class BaseLBS(CheckpointMixin, nn.Module):
         return loss, metrics
 
     def overshoot_loss(self, x_all: torch.Tensor, h_all: torch.Tensor, y: torch.Tensor,
-                       y_abs: torch.Tensor | None = None) -> torch.Tensor:
+                       y_abs: torch.Tensor | None = None, base: torch.Tensor | None = None) -> torch.Tensor:
         """Value loss of open-loop prior rollouts (prior means) from every filtered state, 1..overshoot steps.
 
         This trains exactly the path a forecast takes (filter, then prior only, read as a change from
@@ -498,6 +540,8 @@ class BaseLBS(CheckpointMixin, nn.Module):
         Args:
             x_all: posterior samples (B, T, D); h_all: GRU memories (B, T, layers, D); y: values (B, T);
             y_abs: the same values on the absolute standardised scale, for the highway (default y).
+            base: (B, T, >= overshoot) the statistical highway's forecasts minus y at each step (needed with a
+                statistical `highway_source`).
         """
         b, t_len, d = x_all.shape
         x = x_all.reshape(b * t_len, d)  # (B*T, D): every step is a forecast origin
@@ -505,7 +549,11 @@ class BaseLBS(CheckpointMixin, nn.Module):
         # (B, T): observed value minus the decoded start, so the rollout is read as a change
         start = y - self.mlp_val(x).view(b, t_len) if self.cfg.persistence else None
         highway = None
-        if self.highway is not None:
+        if self.uses_stat:
+            if base is None:
+                raise ConfigError(f"highway_source={self.cfg.highway_source!r}: overshoot_loss needs base")
+            highway = base.to(y.device, y.dtype)
+        elif self.highway is not None:
             y_abs = y if y_abs is None else y_abs
             feats, anchor = highway_inputs(y_abs, self.cfg.highway, self.cfg.highway_features,
                                            self.cfg.highway_alpha)  # (B, T, F), (B, T)

@@ -27,6 +27,8 @@ class WindowData:
         self.hidden = model.sum_hidden_cached(series.texts)  # (T_all, K, H)
         self.mask = torch.tensor([bool(t) for t in series.texts], dtype=torch.float32)  # (T_all,)
         self.window = min(wcfg.window, end)
+        # the statistical highway's forecasts at every step (causal, one filter pass), when the model has one
+        self.base = model.stat_table(self.z, model.cfg.overshoot) if model.uses_stat else None  # (T_all, K)
 
     def __call__(self, step: int) -> dict:
         starts = windows(len(self.series), self.window, self.wcfg.batch, step, self.seed, self.end)  # (B,)
@@ -42,7 +44,7 @@ class WindowData:
             "y": y, "level": level, "hidden": self.hidden[idx], "mask": self.mask[idx],
             "texts": [[self.series.texts[i] for i in r] for r in rows],
             "dates": [[self.series.dates[i] for i in r] for r in rows],
-            "step": step,
+            "step": step, "base": None if self.base is None else self.base[idx],  # (B, T, K)
         }
 
 
@@ -84,16 +86,16 @@ def train_lbs(model: BaseLBS, series: TextSeries, scaler: Standardizer, wcfg: Wi
     """
     train_end, val_end = series.split(wcfg.train_frac, wcfg.val_frac)
     end = end if end is not None else train_end
-    data = WindowData(model, series, scaler, wcfg, end, tcfg.seed)
     gen = torch.Generator().manual_seed(tcfg.seed)
 
     def loss_fn(m, batch):
         return m.window_loss(batch["y"], batch["hidden"], batch["mask"], batch["texts"], batch["dates"],
                              step=batch["step"], total_steps=tcfg.steps, bptt=wcfg.bptt, generator=gen,
-                             level=batch["level"])
+                             level=batch["level"], base=batch["base"])
 
-    if not resume:
-        model.fit_highway(data.z[:end], window=wcfg.context)
+    if not resume:  # before the windows: they read the statistical highway's forecasts
+        model.fit_highway(torch.as_tensor(scaler(series.values[:end]), dtype=torch.float32), window=wcfg.context)
+    data = WindowData(model, series, scaler, wcfg, end, tcfg.seed)
     selector = None
     callbacks = []
     stopped = []
@@ -135,25 +137,29 @@ def es_alpha(z, grid: int = 39) -> float:
     return best[1]
 
 
-HIGHWAY_GRID = {"features": ("level", "deviation", "diff", "devdiff"), "q": (2, 4, 8, 16), "ridge": (0.01, 0.1, 1.0)}
+HIGHWAY_GRID = {"features": ("level", "deviation", "diff", "devdiff"), "q": (2, 4, 8, 16), "ridge": (0.01, 0.1, 1.0),
+                "stat": ("arima", "ets", "arima+ets")}
 
 
 def select_highway(series: TextSeries, scaler: Standardizer, wcfg: WindowConfig, steps: int,
                    grid: dict | None = None) -> tuple[dict, list[dict]]:
-    """Choose the highway (features, order q, ridge, level smoothing) on the validation part.
+    """Choose the highway (source, features, order q, ridge, level smoothing) on the validation part.
 
-    Every candidate is fitted in closed form on the training part (`fit_highway_coef`, features from the
-    `context` steps before each origin, as a forecast sees them) and scored by its forecast MSE at the
-    validation origins `ValidationSelector` uses; the test part is never read. Candidates: highway off
-    (the last value), and each (features, q, ridge) with the level anchored on the last value (alpha 1) or on
-    the exponentially smoothed level (alpha of least one-step error on the training part).
+    Every candidate is fitted on the training part and scored by its forecast MSE at the validation origins
+    `ValidationSelector` uses; the test part is never read. Candidates: highway off (the last value); the
+    linear highway, fitted in closed form (`fit_highway_coef`, features from the `context` steps before each
+    origin, as a forecast sees them), for each (features, q, ridge) with the level anchored on the last value
+    (alpha 1) or on the exponentially smoothed level (alpha of least one-step error on the training part);
+    and the statistical highways of `grid["stat"]` (ARIMA, ETS, their mean: lbs/stat.py, fitted by AIC on
+    the training part, filtered causally through the series up to the end of the validation part).
 
     Returns:
-        the LBSConfig fields of the best candidate ({"highway", "highway_features", "highway_alpha",
-        "highway_ridge"}), and every candidate with its validation MSE.
+        the LBSConfig fields of the best candidate ({"highway_source", "highway", "highway_features",
+        "highway_alpha", "highway_ridge"}), and every candidate with its validation MSE.
     """
     from .forecast import forecast_origins
     from .model import fit_highway_coef, highway_inputs
+    from .stat import fit_stat_spec, stat_table
 
     grid = grid or HIGHWAY_GRID
     train_end, val_end = series.split(wcfg.train_frac, wcfg.val_frac)
@@ -164,8 +170,8 @@ def select_highway(series: TextSeries, scaler: Standardizer, wcfg: WindowConfig,
     last = ctx[:, -1:]
     idx = torch.arange(wcfg.horizon).clamp(max=steps - 1)
     alpha_fit = round(es_alpha(z[:train_end]), 4)
-    rows = [{"highway": 0, "highway_features": "level", "highway_alpha": 1.0, "highway_ridge": 0.01,
-             "val_mse": float((last - truth).pow(2).mean())}]
+    rows = [{"highway_source": "linear", "highway": 0, "highway_features": "level", "highway_alpha": 1.0,
+             "highway_ridge": 0.01, "val_mse": float((last - truth).pow(2).mean())}]
     for alpha in sorted({1.0, alpha_fit}):
         for features in grid["features"]:
             for q in grid["q"]:
@@ -176,10 +182,21 @@ def select_highway(series: TextSeries, scaler: Standardizer, wcfg: WindowConfig,
                     feats, anchor = highway_inputs(ctx, q, features, alpha)
                     x = torch.cat([feats[:, -1], torch.ones(len(origins), 1, dtype=z.dtype)], 1)
                     pred = last + anchor[:, -1:] + (x @ coef)[:, idx]  # (B, H)
-                    rows.append({"highway": q, "highway_features": features, "highway_alpha": alpha,
+                    rows.append({"highway_source": "linear", "highway": q, "highway_features": features,
+                                 "highway_alpha": alpha,
                                  "highway_ridge": ridge, "val_mse": float((pred - truth).pow(2).mean())})
+    stat = grid.get("stat", ())
+    kinds = sorted({k for source in stat for k in source.split("+")})
+    specs = {k: fit_stat_spec(z[:train_end].numpy(), k) for k in kinds}
+    tables = {k: torch.as_tensor(stat_table(specs[k], z[:val_end].numpy(), wcfg.horizon)) for k in kinds}
+    at = torch.tensor(origins) - 1  # the last context step of each origin
+    for source in stat:
+        pred = torch.stack([tables[k][at] for k in source.split("+")]).mean(0)  # (B, H)
+        rows.append({"highway_source": source, "highway": 0, "highway_features": "level", "highway_alpha": 1.0,
+                     "highway_ridge": 0.01, "val_mse": float((pred - truth).pow(2).mean()),
+                     "stat_models": "+".join(specs[k]["name"] for k in source.split("+"))})
     best = min(rows, key=lambda r: r["val_mse"])
-    return {k: v for k, v in best.items() if k != "val_mse"}, rows
+    return {k: v for k, v in best.items() if k not in ("val_mse", "stat_models")}, rows
 
 
 def seed_loop(model: BaseLBS, series: TextSeries, scaler: Standardizer, steps: int, lr: float = 3e-4,
