@@ -75,3 +75,18 @@ def test_revisions_are_measured_on_the_answer():
     assert detected == [2] and false == [3] and span_only == [1]
     steps[4] = step(4, (50, 50), "the Office", True)  # revised to the new answer (normalised text)
     assert _revisions(Trajectory(steps, (50, 50), "the Office", 5, 5, None, 0.0, 0.0, 0), doc)[0] == [2, 4]
+
+
+def test_training_is_reproducible_with_a_pretrained_encoder():
+    """Two trainings of one config give the same weights: the layers built on a pretrained (frozen) encoder
+    are seeded too (they once took whatever the global RNG held)."""
+    config = RBSQAConfig.preset("tiny").replace(encoder="all-MiniLM-L6-v2", encoder_layers=1, task="stories",
+                                                train_docs=4, val_docs=2, test_docs=2, steps=3, batch_size=2,
+                                                halting_f1_tolerance=None)
+    torch.manual_seed(1)  # a different global RNG state before each run
+    first = train_model(config, None, quiet=True).model
+    torch.manual_seed(2)
+    second = train_model(config, None, quiet=True).model
+    a, b = first.state_dict(), second.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)

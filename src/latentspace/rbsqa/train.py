@@ -23,7 +23,7 @@ import torch
 from ..core.backbones import EmbeddingCache
 from ..core.progress import track
 from ..core.runs import Run
-from ..core.training import TrainConfig, fit
+from ..core.training import TrainConfig, fit, seed_everything
 from .belief import expected_calibration_error, fit_temperature, halts
 from .config import RBSQAConfig
 from .data import EncodedDocument, build_documents, encode_document
@@ -137,6 +137,7 @@ def train_model(config: RBSQAConfig, run: Run | None = None, quiet: bool = False
     import time
 
     t0 = time.perf_counter()
+    seed_everything(config.seed)  # the new layers' initialisation too, so that a run is reproducible
     model = RBSQAModel(config)
     train_docs = encode_split(model, config, "train")
     val_docs = encode_split(model, config, "val")
