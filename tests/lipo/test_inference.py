@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from latentspace.lipo.config import LIPOConfig
@@ -84,3 +85,34 @@ def test_acquisition_selection_takes_the_unevaluated_candidate_of_highest_log_ei
     assert chosen in fresh
     scores = gp.log_ei(encoder.encode_batch_tensor(fresh).double())
     assert chosen == fresh[int(scores.argmax())]
+
+
+def test_union_selection_adds_the_unevaluated_pool_to_the_inversion_candidates(pool, pool_embeddings, encoder):
+    config = LIPOConfig.preset("debug").replace(embedding_dim=384, gp_input="embedding", inversion_select="union",
+                                                inversion_neighbours=4)
+    vae = InstructionVAE(config).eval()
+    errors = torch.tensor([1.0 - instruction_quality(t) for t in pool[:40]])
+    gp = GPWithEI(384, gp_latent_dim=4)
+    gp.set_data(pool_embeddings[:40].double(), errors)
+    gp.fit(epochs=20, lr=0.01, patience=5)
+    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none", neighbours=4)
+    known = {t: float(e) for t, e in zip(pool[:40], errors, strict=True)}
+    inference = LIPOInference(vae, gp, encoder, inverter, None, config, known=known)
+    assert inference.pool == list(pool)  # the inverter's pool by default
+    fresh_pool = [t for t in pool if t not in known]
+    scores = gp.log_ei(encoder.encode_batch_tensor(fresh_pool).double())
+    best_pool = fresh_pool[int(scores.argmax())]
+    for target_row in (3, 45, 60):  # a known instruction, and two unevaluated ones
+        candidates = [c for c in inverter.candidates(pool_embeddings[target_row], k=4) if c not in known]
+        chosen, source = inference.select_with_source(pool_embeddings[target_row], fallback=pool[3])
+        assert chosen == best_pool  # candidates are pool texts here, so the union's best is the pool's best
+        assert source == ("inversion" if best_pool in candidates else "pool")
+    # acquisition selection stays inside the inverter's candidates
+    narrow = LIPOInference(vae, gp, encoder, inverter, None, config.replace(inversion_select="acquisition"),
+                           known=known)
+    candidates = [c for c in inverter.candidates(pool_embeddings[3], k=4) if c not in known]
+    assert narrow.select_candidate(pool_embeddings[3], fallback=pool[3]) in candidates
+    # explicit pool features must match the pool
+    with pytest.raises(ValueError):
+        LIPOInference(vae, gp, encoder, inverter, None, config, known=known, pool=pool[:5],
+                      pool_features=pool_embeddings[:4])

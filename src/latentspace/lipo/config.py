@@ -83,7 +83,10 @@ class LIPOConfig(BaseConfig):
     inversion_neighbours: int = _f(8, "Pool neighbours the offline inverter starts from.")
     inversion_select: str = _f("closest", "Which inversion candidate is evaluated: closest (to the target embedding; "
                                           "the seed) | acquisition (of the inverter's inversion_neighbours "
-                                          "candidates, the unevaluated one of highest LogEI after re-encoding).")
+                                          "candidates, the unevaluated one of highest LogEI after re-encoding) | "
+                                          "union (the same, with every unevaluated pool instruction added to the "
+                                          "candidates: the acquisition's best pool point wins when the inverted "
+                                          "texts score lower).")
     vec2text_beam: int = _f(8, "Vec2Text beam width.")
     vec2text_model: str = _f("512_tokens", "Vec2Text model type: 32_tokens | 512_tokens.")
     # inversion optimisation
@@ -124,8 +127,8 @@ class LIPOConfig(BaseConfig):
             problems.append(f"inversion_rewrite must be none, recombine or llm, got {self.inversion_rewrite!r}")
         if self.gp_input not in ("latent", "embedding"):
             problems.append(f"gp_input must be latent or embedding, got {self.gp_input!r}")
-        if self.inversion_select not in ("closest", "acquisition"):
-            problems.append(f"inversion_select must be closest or acquisition, got {self.inversion_select!r}")
+        if self.inversion_select not in ("closest", "acquisition", "union"):
+            problems.append(f"inversion_select must be closest, acquisition or union, got {self.inversion_select!r}")
         if self.ape_num_instructions < 2:
             problems.append("ape_num_instructions must be at least 2")
         if problems:
