@@ -43,7 +43,7 @@ from latentspace.lipo.config import LIPOConfig
 from latentspace.lipo.encoder import GTRInstructionEncoder
 from latentspace.lipo.evaluate import SimulatedTaskModel, load_gsm8k
 from latentspace.lipo.gp import GPWithEI
-from latentspace.lipo.hyperband import EvaluationCache, LIPOHyperband
+from latentspace.lipo.hyperband import EvaluationCache, LIPOHyperband, race_fidelities, race_to_full
 from latentspace.lipo.vae import InstructionVAE, train_vae, vae_quality_metrics
 
 RESULTS = Path(__file__).parent / "results"
@@ -147,8 +147,9 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
     those `inversion_neighbours` candidates and keeps the one of highest LogEI, "nearest" the closest one;
     select="union" adds every unevaluated table row to those candidates (LIPOInference's inversion_select="union":
     the acquisition's best pool point wins when the decoded target's neighbours score lower by LogEI).
-    Returns {"steps", "from_inversion"}: InvBO steps run, and how many evaluated one of the decoded target's
-    `inversion_neighbours` nearest unevaluated rows.
+    Returns {"steps", "from_inversion"(, "raced_out")}: InvBO steps run, how many evaluated one of the decoded
+    target's `inversion_neighbours` nearest unevaluated rows (and, with config.invbo_race_alpha > 0, how many
+    were stopped below full fidelity by the racing test, hyperband.race_to_full).
     """
     stats = {"steps": 0, "from_inversion": 0}
     ids, errors = hb.high_fidelity_data()
@@ -188,7 +189,16 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
             i = near[0]
         stats["steps"] += 1
         stats["from_inversion"] += int(i in near)
-        error = cache.evaluate(i, nvalid)
+        if config.invbo_race_alpha > 0:  # racing: screened out when significantly worse than the incumbent
+            incumbent = min(e for (_, f), e in cache.errors.items() if f >= nvalid)
+            error, _, raced_out = race_to_full(lambda f, i=i: cache.evaluate(i, f), nvalid, incumbent,
+                                               race_fidelities(nvalid, config.bmin, config.eta,
+                                                               config.min_fidelity_pct), config.invbo_race_alpha)
+            stats["raced_out"] = stats.get("raced_out", 0) + int(raced_out)
+            if raced_out:
+                continue
+        else:
+            error = cache.evaluate(i, nvalid)
         gp.add_observation(features[i], error)
         gp.fit(config.gp_retrain_epochs, config.gp_retrain_lr, config.gp_retrain_patience)
     return stats
@@ -357,6 +367,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for the (method, seed) runs")
     parser.add_argument("--gp-input", default=None, choices=("latent", "embedding"),
                         help="LIPO's GP input (default: the cpu preset's gp_input)")
+    parser.add_argument("--invbo-race-alpha", type=float, default=None,
+                        help="racing level of the InvBO evaluations (default: the cpu preset's invbo_race_alpha)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     n = args.n or (400 if args.quick else 1000)
@@ -366,6 +378,8 @@ def main() -> None:
     config = LIPOConfig.preset("cpu").replace(validation_size=nvalid)
     if args.gp_input:
         config = config.replace(gp_input=args.gp_input)
+    if args.invbo_race_alpha is not None:
+        config = config.replace(invbo_race_alpha=args.invbo_race_alpha)
     if args.invbo_select is None:
         args.invbo_select = {"acquisition": "acq", "union": "union"}.get(config.inversion_select, "nearest")
     t0 = time.time()
@@ -401,7 +415,7 @@ def main() -> None:
             results = list(pool_exec.map(_run_task, tasks))
     else:
         results = [_run_task(task) for task in tasks]
-    invbo_counts = {"steps": 0, "from_inversion": 0}
+    invbo_counts = {"steps": 0, "from_inversion": 0, "raced_out": 0}
     for (name, seed), (curve, elapsed, stats) in zip(tasks, results, strict=True):
         for key, value in stats.items():
             invbo_counts[key] += value
@@ -507,6 +521,7 @@ def main() -> None:
                           "invbo_select": args.invbo_select, "table_seed": args.table_seed,
                           "invbo_steps_run": invbo_counts["steps"],
                           "invbo_from_inversion_neighbours": invbo_counts["from_inversion"],
+                          "invbo_race_alpha": config.invbo_race_alpha, "invbo_raced_out": invbo_counts["raced_out"],
                           "chosen_on": "table seed 1 (a different APE pool and validation sample)"},
         "wall_s": round(time.time() - t0, 1),
     }

@@ -116,3 +116,29 @@ def test_union_selection_adds_the_unevaluated_pool_to_the_inversion_candidates(p
     with pytest.raises(ValueError):
         LIPOInference(vae, gp, encoder, inverter, None, config, known=known, pool=pool[:5],
                       pool_features=pool_embeddings[:4])
+
+
+def test_racing_screens_out_a_proposal_worse_than_the_incumbent_without_a_gp_observation(pool, pool_embeddings,
+                                                                                         encoder):
+    config = LIPOConfig.preset("debug").replace(embedding_dim=384, iterations=2, num_restarts=2, raw_samples=16,
+                                                acq_maxiter=5, inversion_n_steps=5, gp_retrain_epochs=5,
+                                                gp_input="embedding", inversion_select="union", invbo_race_alpha=0.05)
+    vae = InstructionVAE(config).eval()
+    errors = torch.tensor([1.0 - instruction_quality(t) for t in pool[:30]])
+    gp = GPWithEI(384, gp_latent_dim=4)
+    gp.set_data(pool_embeddings[:30].double(), errors)
+    gp.fit(epochs=10, lr=0.01, patience=5)
+    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none")
+    known = {t: float(e) for t, e in zip(pool[:30], errors, strict=True)}
+    asked = []
+
+    def evaluate_at(text, questions):  # every answer wrong: far worse than the incumbent
+        asked.append((text, questions))
+        return 1.0
+
+    inference = LIPOInference(vae, gp, encoder, inverter, None, config, known=known, evaluate_at=evaluate_at)
+    result = inference.run()
+    assert all(r["raced_out"] and r["fidelity"] == 20 for r in result["history"])  # race_fidelities(40, 10, 2)
+    assert [q for _, q in asked] == [20, 20] and len({t for t, _ in asked}) == 2  # no proposal raced twice
+    assert gp.n == 30 and set(inference.screened) == {t for t, _ in asked}
+    assert result["best_error"] == min(known.values())

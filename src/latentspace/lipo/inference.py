@@ -51,18 +51,23 @@ class LIPOInference:
         pool: instruction texts that `inversion_select="union"` adds to the inversion candidates (default: the
             inverter's pool, if it has one).
         pool_features: (N, D) GP inputs of `pool` (default: re-encoded on first use).
+        evaluate_at: fn(text, questions) -> error on the first `questions` validation questions; with
+            config.invbo_race_alpha > 0 proposals are raced (hyperband.race_to_full) through it.
     """
 
     def __init__(self, vae: InstructionVAE, gp: GPWithEI, encoder: GTRInstructionEncoder, inverter,
                  evaluate: Callable[[str], float] | None, config: LIPOConfig, known: dict[str, float] | None = None,
                  calls: Callable[[], int] | None = None, pool: list[str] | None = None,
-                 pool_features: torch.Tensor | None = None):
+                 pool_features: torch.Tensor | None = None,
+                 evaluate_at: Callable[[str, int], float] | None = None):
         self.vae, self.gp, self.encoder, self.inverter = vae, gp, encoder, inverter
         self.evaluate = evaluate
         self.config = config
         self.known = dict(known or {})
         self.calls = calls or (lambda: 0)
         self.history: list[dict] = []
+        self.evaluate_at = evaluate_at
+        self.screened: dict[str, float] = {}  # raced out below full fidelity: text -> low-fidelity error
         self.pool = list(pool) if pool is not None else list(getattr(inverter, "pool", []))
         if pool_features is not None and len(pool_features) != len(self.pool):
             raise ValueError(f"pool_features has {len(pool_features)} rows for {len(self.pool)} pool texts")
@@ -104,7 +109,7 @@ class LIPOInference:
     def select_with_source(self, embedding: torch.Tensor, fallback: str) -> tuple[str, str]:
         """(text, source) of `select_candidate`; source: "inversion", "pool" or "fallback"."""
         candidates = self.inverter.candidates(embedding, k=self.config.inversion_neighbours)
-        fresh = list(dict.fromkeys(c for c in candidates if c not in self.known))
+        fresh = list(dict.fromkeys(c for c in candidates if c not in self.known and c not in self.screened))
         best: tuple[float, str, str] | None = None
         if fresh:
             with torch.no_grad():
@@ -112,7 +117,8 @@ class LIPOInference:
             k = int(scores.argmax())
             best = (float(scores[k]), fresh[k], "inversion")
         if self.config.inversion_select == "union":
-            rows = [i for i, t in enumerate(self.pool) if t not in self.known and t not in fresh]
+            seen = set(fresh) | set(self.screened)
+            rows = [i for i, t in enumerate(self.pool) if t not in self.known and t not in seen]
             if rows:
                 with torch.no_grad():
                     scores = self.gp.log_ei(self.pool_features()[rows])
@@ -154,20 +160,30 @@ class LIPOInference:
             text, source = self.select_with_source(last_target[0], text)
         z_text = self.gp_input_of(text)
         pred_mean, pred_std = self.gp.predict(z_text.unsqueeze(0))
-        duplicate = text in self.known
+        duplicate = text in self.known or text in self.screened
+        raced_out, fidelity = False, cfg.validation_size
         if duplicate:
-            error = self.known[text]
+            error = self.known.get(text, self.screened.get(text))
+        elif cfg.invbo_race_alpha > 0 and self.evaluate_at is not None and self.known:
+            from .hyperband import race_fidelities, race_to_full
+
+            error, fidelity, raced_out = race_to_full(
+                lambda f: self.evaluate_at(text, f), cfg.validation_size, min(self.known.values()),
+                race_fidelities(cfg.validation_size, cfg.bmin, cfg.eta, cfg.min_fidelity_pct), cfg.invbo_race_alpha)
         elif self.evaluate is not None:
             error = float(self.evaluate(text))
         else:
             error = float(pred_mean)
-        if not duplicate:
+        if raced_out:  # significantly worse than the incumbent at low fidelity: not a GP observation (seed rule)
+            self.screened[text] = error
+        elif not duplicate:
             self.known[text] = error
             self.gp.add_observation(z_text, error)
             self.gp.fit(cfg.gp_retrain_epochs, cfg.gp_retrain_lr, cfg.gp_retrain_patience)
         record = {"iteration": iteration, "instruction": text, "error": error, "predicted_error": float(pred_mean),
                   "predicted_std": float(pred_std), "log_ei": log_ei, "gap": gap, "inversion_iters": inversion_iters,
                   "duplicate": duplicate, "evaluated": self.evaluate is not None and not duplicate, "source": source,
+                  "fidelity": fidelity, "raced_out": raced_out,
                   "llm_calls": self.calls(), "best_error": min(self.known.values())}
         self.history.append(record)
         return record
