@@ -12,7 +12,9 @@ Methods at equal budget, repeated over seeds:
 - lipo: Hyperband + BO (GP on the preset's gp_input: the embeddings in the cpu preset, the VAE latents in the
   seed's design), and after each round InvBO steps: qLogEI over the VAE latent box (through the decoder when the
   GP sees embeddings) -> decoder -> the nearest unevaluated table instructions (inversion restricted to the
-  table) -> the one of highest LogEI (or the nearest, --invbo-select nearest) -> full evaluation.
+  table) -> the one of highest LogEI, with every other unevaluated row among the candidates (--invbo-select
+  union, the cpu preset; acq: the neighbours only; nearest: the closest one) -> racing evaluation at 20/40/80
+  questions against the incumbent (the preset's invbo_race_alpha, --invbo-race-alpha 0: straight to full).
 
 Anytime curves: after every full-fidelity evaluation (at its call count) the incumbent is the instruction of
 lowest measured full-fidelity error, credited with its true error; the same for every method. Settings of LIPO
