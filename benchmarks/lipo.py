@@ -12,7 +12,9 @@ Methods at equal budget, repeated over seeds:
 - lipo: Hyperband + BO (GP on the preset's gp_input: the embeddings in the cpu preset, the VAE latents in the
   seed's design), and after each round InvBO steps: qLogEI over the VAE latent box (through the decoder when the
   GP sees embeddings) -> decoder -> the nearest unevaluated table instructions (inversion restricted to the
-  table) -> the one of highest LogEI (or the nearest, --invbo-select nearest) -> full evaluation.
+  table) -> the one of highest LogEI, with every other unevaluated row among the candidates (--invbo-select
+  union, the cpu preset; acq: the neighbours only; nearest: the closest one) -> racing evaluation at 20/40/80
+  questions against the incumbent (the preset's invbo_race_alpha, --invbo-race-alpha 0: straight to full).
 
 Anytime curves: after every full-fidelity evaluation (at its call count) the incumbent is the instruction of
 lowest measured full-fidelity error, credited with its true error; the same for every method. Settings of LIPO
@@ -43,12 +45,13 @@ from latentspace.lipo.config import LIPOConfig
 from latentspace.lipo.encoder import GTRInstructionEncoder
 from latentspace.lipo.evaluate import SimulatedTaskModel, load_gsm8k
 from latentspace.lipo.gp import GPWithEI
-from latentspace.lipo.hyperband import EvaluationCache, LIPOHyperband
+from latentspace.lipo.hyperband import EvaluationCache, LIPOHyperband, race_fidelities, race_to_full
 from latentspace.lipo.vae import InstructionVAE, train_vae, vae_quality_metrics
 
 RESULTS = Path(__file__).parent / "results"
 INVBO_STEPS = 4  # LIPO's InvBO steps after each Hyperband round (chosen on table seed 1, see docs/lipo.md)
-INVBO_SELECT = None  # table inversion; None: "acq" when the preset's inversion_select is "acquisition", else "nearest"
+INVBO_SELECT = None  # table inversion; None: from the preset's inversion_select (acquisition: "acq", union: "union",
+# closest: "nearest")
 DOCS_IMG = Path(__file__).parent.parent / "docs" / "img"
 
 
@@ -108,11 +111,12 @@ def run_random(outcomes, true_error, nvalid, horizon, seed):
 
 
 def run_hyperband(features, outcomes, true_error, nvalid, horizon, seed, use_bo, config, lipo_vae=None,
-                  invbo_steps=0, invbo_select="nearest", latents=None):
+                  invbo_steps=0, invbo_select="nearest", latents=None, invbo_stats=None):
     """Hyperband rounds (shared cache) until the horizon; with lipo_vae, InvBO steps after every round.
 
     features: the GP inputs (VAE latents, or sentence embeddings); latents: the VAE latents InvBO searches
-    (default: features, i.e. the GP models the error on the latents).
+    (default: features, i.e. the GP models the error on the latents); invbo_stats: a dict that the InvBO
+    steps' counts ({"steps", "from_inversion"}) are added to.
     """
     tracker = Tracker(true_error, nvalid)
     cache = TrackedCache(lambda i, a, b: float(outcomes[i, a:b].mean()), tracker)
@@ -126,8 +130,11 @@ def run_hyperband(features, outcomes, true_error, nvalid, horizon, seed, use_bo,
                 break
             hb.run_bracket(bracket)
         if lipo_vae is not None and cache.calls < horizon:
-            invbo_rounds(lipo_vae, features, features if latents is None else latents, cache, hb, nvalid, config,
-                         invbo_steps, horizon, seed * 1000 + round_index, invbo_select)
+            counts = invbo_rounds(lipo_vae, features, features if latents is None else latents, cache, hb, nvalid,
+                                  config, invbo_steps, horizon, seed * 1000 + round_index, invbo_select)
+            if invbo_stats is not None:
+                for key, value in counts.items():
+                    invbo_stats[key] = invbo_stats.get(key, 0) + value
         round_index += 1
     return tracker.curve
 
@@ -139,11 +146,17 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
     acquisition taken through the decoder). Inversion is restricted to the table (only table rows have a
     known score): the target embedding decoder(z_opt) is matched to the nearest unevaluated rows (cosine to
     the decoded pool latents, or to the pool embeddings when the GP sees embeddings); select="acq" re-encodes
-    those `inversion_neighbours` candidates and keeps the one of highest LogEI, "nearest" the closest one.
+    those `inversion_neighbours` candidates and keeps the one of highest LogEI, "nearest" the closest one;
+    select="union" adds every unevaluated table row to those candidates (LIPOInference's inversion_select="union":
+    the acquisition's best pool point wins when the decoded target's neighbours score lower by LogEI).
+    Returns {"steps", "from_inversion"(, "raced_out")}: InvBO steps run, how many evaluated one of the decoded
+    target's `inversion_neighbours` nearest unevaluated rows (and, with config.invbo_race_alpha > 0, how many
+    were stopped below full fidelity by the racing test, hyperband.race_to_full).
     """
+    stats = {"steps": 0, "from_inversion": 0}
     ids, errors = hb.high_fidelity_data()
     if len(ids) < 4:
-        return
+        return stats
     on_latents = features is latents
     gp = GPWithEI(features.shape[1], config.gp_latent_dim, seed=seed, **config.gp_options())
     gp.set_data(features[ids], torch.tensor(errors))
@@ -156,7 +169,7 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
     decode = None if on_latents else (lambda z: vae.decode(z.float()).double())
     for step in range(steps):
         if cache.calls >= horizon:
-            return
+            return stats
         z, _ = gp.optimize(config.num_restarts, config.raw_samples, config.latent_margin, config.acq_maxiter,
                            seed=seed + step, decode=decode, search_points=None if on_latents else latents[gp_ids(hb)])
         with torch.no_grad():
@@ -164,14 +177,33 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
         sims = (pool_ref @ target.T).squeeze(-1)
         evaluated = {i for i, _ in cache.errors}
         near = [i for i in sims.argsort(descending=True).tolist() if i not in evaluated][: config.inversion_neighbours]
-        if select == "acq":  # re-encode the candidates (their table rows) and keep the one of highest LogEI
+        if select in ("acq", "union"):  # re-encode the candidates (their table rows), keep the highest LogEI
             with torch.no_grad():
-                i = near[int(gp.log_ei(features[near]).argmax())]
+                scores = gp.log_ei(features[near])
+                i = near[int(scores.argmax())]
+                if select == "union":
+                    rest = [j for j in range(len(features)) if j not in evaluated and j not in near]
+                    if rest:
+                        rest_scores = gp.log_ei(features[rest])
+                        if float(rest_scores.max()) > float(scores.max()):
+                            i = rest[int(rest_scores.argmax())]
         else:
             i = near[0]
-        error = cache.evaluate(i, nvalid)
+        stats["steps"] += 1
+        stats["from_inversion"] += int(i in near)
+        if config.invbo_race_alpha > 0:  # racing: screened out when significantly worse than the incumbent
+            incumbent = min(e for (_, f), e in cache.errors.items() if f >= nvalid)
+            error, _, raced_out = race_to_full(lambda f, i=i: cache.evaluate(i, f), nvalid, incumbent,
+                                               race_fidelities(nvalid, config.bmin, config.eta,
+                                                               config.min_fidelity_pct), config.invbo_race_alpha)
+            stats["raced_out"] = stats.get("raced_out", 0) + int(raced_out)
+            if raced_out:
+                continue
+        else:
+            error = cache.evaluate(i, nvalid)
         gp.add_observation(features[i], error)
         gp.fit(config.gp_retrain_epochs, config.gp_retrain_lr, config.gp_retrain_patience)
+    return stats
 
 
 def gp_ids(hb):
@@ -181,13 +213,14 @@ def gp_ids(hb):
 _TASK: dict = {}  # what the (method, seed) runs share; set before the worker processes fork
 
 
-def _run_task(task: tuple[str, int]) -> tuple[list, float]:
-    """One method on one seed: (anytime curve, seconds)."""
+def _run_task(task: tuple[str, int]) -> tuple[list, float, dict]:
+    """One method on one seed: (anytime curve, seconds, InvBO counts (LIPO only, else {}))."""
     torch.set_num_threads(1)
     name, seed = task
     t = _TASK
     common = (t["outcomes"], t["true_error"], t["nvalid"], t["horizon"], seed)
     start = time.time()
+    stats: dict = {}
     if name == "random":
         curve = run_random(*common)
     elif name == "hyperband":
@@ -196,8 +229,9 @@ def _run_task(task: tuple[str, int]) -> tuple[list, float]:
         curve = run_hyperband(t["embeddings"], *common, True, t["config"])
     else:
         curve = run_hyperband(t["lipo_features"], *common, True, t["config"], lipo_vae=t["vae"],
-                              invbo_steps=t["invbo_steps"], invbo_select=t["invbo_select"], latents=t["latents"])
-    return curve, time.time() - start
+                              invbo_steps=t["invbo_steps"], invbo_select=t["invbo_select"], latents=t["latents"],
+                              invbo_stats=stats)
+    return curve, time.time() - start, stats
 
 
 def first_reach(curve, threshold, full_budget):
@@ -326,14 +360,17 @@ def main() -> None:
                         help="seed of the table (APE writer + validation sample); 0 is the reported table, settings "
                              "of LIPO were chosen on table seed 1")
     parser.add_argument("--invbo-steps", type=int, default=INVBO_STEPS, help="LIPO's InvBO steps after each round")
-    parser.add_argument("--invbo-select", default=INVBO_SELECT, choices=("nearest", "acq"),
-                        help="acq: of the decoded target's nearest unevaluated rows the one of highest LogEI")
+    parser.add_argument("--invbo-select", default=INVBO_SELECT, choices=("nearest", "acq", "union"),
+                        help="acq: of the decoded target's nearest unevaluated rows the one of highest LogEI; union: "
+                             "the same with every unevaluated row added to the candidates")
     parser.add_argument("--gp-timing-only", action="store_true",
                         help="only re-measure the GP fit + acquisition times (on a quiet machine) and update "
                              "results/lipo.{json,md} in place")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for the (method, seed) runs")
     parser.add_argument("--gp-input", default=None, choices=("latent", "embedding"),
                         help="LIPO's GP input (default: the cpu preset's gp_input)")
+    parser.add_argument("--invbo-race-alpha", type=float, default=None,
+                        help="racing level of the InvBO evaluations (default: the cpu preset's invbo_race_alpha)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     n = args.n or (400 if args.quick else 1000)
@@ -343,8 +380,10 @@ def main() -> None:
     config = LIPOConfig.preset("cpu").replace(validation_size=nvalid)
     if args.gp_input:
         config = config.replace(gp_input=args.gp_input)
+    if args.invbo_race_alpha is not None:
+        config = config.replace(invbo_race_alpha=args.invbo_race_alpha)
     if args.invbo_select is None:
-        args.invbo_select = "acq" if config.inversion_select == "acquisition" else "nearest"
+        args.invbo_select = {"acquisition": "acq", "union": "union"}.get(config.inversion_select, "nearest")
     t0 = time.time()
     pool, outcomes = build_table(n, nvalid, args.table_seed)
     true_error = outcomes.mean(1)
@@ -378,7 +417,10 @@ def main() -> None:
             results = list(pool_exec.map(_run_task, tasks))
     else:
         results = [_run_task(task) for task in tasks]
-    for (name, seed), (curve, elapsed) in zip(tasks, results, strict=True):
+    invbo_counts = {"steps": 0, "from_inversion": 0, "raced_out": 0}
+    for (name, seed), (curve, elapsed, stats) in zip(tasks, results, strict=True):
+        for key, value in stats.items():
+            invbo_counts[key] += value
         seconds[name] += elapsed
         curves[name].append(curve)
         reach[name].append(first_reach(curve, threshold, full_budget))
@@ -479,6 +521,9 @@ def main() -> None:
         "gp_space_heldout": space,
         "lipo_settings": {"gp_input": config.gp_input, "invbo_steps_per_round": args.invbo_steps,
                           "invbo_select": args.invbo_select, "table_seed": args.table_seed,
+                          "invbo_steps_run": invbo_counts["steps"],
+                          "invbo_from_inversion_neighbours": invbo_counts["from_inversion"],
+                          "invbo_race_alpha": config.invbo_race_alpha, "invbo_raced_out": invbo_counts["raced_out"],
                           "chosen_on": "table seed 1 (a different APE pool and validation sample)"},
         "wall_s": round(time.time() - t0, 1),
     }

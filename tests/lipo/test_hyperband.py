@@ -83,3 +83,18 @@ def test_plain_hyperband_uses_random_proposals_and_max_calls():
     result = hb.run(max_calls=100)
     assert hb.gp is None and result.llm_calls >= 100
     assert len(hyperband_schedule(40, 10, 2.0)) > 1
+
+
+def test_race_to_full_stops_a_clearly_worse_instruction_and_lets_a_good_one_through():
+    from latentspace.lipo.hyperband import race_fidelities, race_to_full
+
+    assert race_fidelities(200, 10, 2.0, 0.75) == [20, 40, 80]  # below the GP's 150 questions
+    rates = {0: 0.5, 1: 0.08}  # instruction 0 is far worse than the incumbent (0.1), 1 is better
+    cache = EvaluationCache(lambda i, a, b: sum((q * 37 % 100) < 100 * rates[i] for q in range(a, b)) / (b - a))
+    error, fidelity, stopped = race_to_full(lambda f: cache.evaluate(0, f), 200, 0.1, [20, 40, 80], alpha=0.05)
+    assert stopped and fidelity == 20 and cache.calls == 20 and error >= 0.3
+    error, fidelity, stopped = race_to_full(lambda f: cache.evaluate(1, f), 200, 0.1, [20, 40, 80], alpha=0.05)
+    assert not stopped and fidelity == 200 and cache.calls == 20 + 200  # lower fidelities extended, not repeated
+    assert abs(error - cache.evaluate(1, 200)) < 1e-12
+    # alpha 0 never stops
+    assert race_to_full(lambda f: cache.evaluate(0, f), 200, 0.1, [20, 40, 80], alpha=0.0)[2] is False

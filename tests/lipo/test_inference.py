@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from latentspace.lipo.config import LIPOConfig
@@ -84,3 +85,60 @@ def test_acquisition_selection_takes_the_unevaluated_candidate_of_highest_log_ei
     assert chosen in fresh
     scores = gp.log_ei(encoder.encode_batch_tensor(fresh).double())
     assert chosen == fresh[int(scores.argmax())]
+
+
+def test_union_selection_adds_the_unevaluated_pool_to_the_inversion_candidates(pool, pool_embeddings, encoder):
+    config = LIPOConfig.preset("debug").replace(embedding_dim=384, gp_input="embedding", inversion_select="union",
+                                                inversion_neighbours=4)
+    vae = InstructionVAE(config).eval()
+    errors = torch.tensor([1.0 - instruction_quality(t) for t in pool[:40]])
+    gp = GPWithEI(384, gp_latent_dim=4)
+    gp.set_data(pool_embeddings[:40].double(), errors)
+    gp.fit(epochs=20, lr=0.01, patience=5)
+    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none", neighbours=4)
+    known = {t: float(e) for t, e in zip(pool[:40], errors, strict=True)}
+    inference = LIPOInference(vae, gp, encoder, inverter, None, config, known=known)
+    assert inference.pool == list(pool)  # the inverter's pool by default
+    fresh_pool = [t for t in pool if t not in known]
+    scores = gp.log_ei(encoder.encode_batch_tensor(fresh_pool).double())
+    best_pool = fresh_pool[int(scores.argmax())]
+    for target_row in (3, 45, 60):  # a known instruction, and two unevaluated ones
+        candidates = [c for c in inverter.candidates(pool_embeddings[target_row], k=4) if c not in known]
+        chosen, source = inference.select_with_source(pool_embeddings[target_row], fallback=pool[3])
+        assert chosen == best_pool  # candidates are pool texts here, so the union's best is the pool's best
+        assert source == ("inversion" if best_pool in candidates else "pool")
+    # acquisition selection stays inside the inverter's candidates
+    narrow = LIPOInference(vae, gp, encoder, inverter, None, config.replace(inversion_select="acquisition"),
+                           known=known)
+    candidates = [c for c in inverter.candidates(pool_embeddings[3], k=4) if c not in known]
+    assert narrow.select_candidate(pool_embeddings[3], fallback=pool[3]) in candidates
+    # explicit pool features must match the pool
+    with pytest.raises(ValueError):
+        LIPOInference(vae, gp, encoder, inverter, None, config, known=known, pool=pool[:5],
+                      pool_features=pool_embeddings[:4])
+
+
+def test_racing_screens_out_a_proposal_worse_than_the_incumbent_without_a_gp_observation(pool, pool_embeddings,
+                                                                                         encoder):
+    config = LIPOConfig.preset("debug").replace(embedding_dim=384, iterations=2, num_restarts=2, raw_samples=16,
+                                                acq_maxiter=5, inversion_n_steps=5, gp_retrain_epochs=5,
+                                                gp_input="embedding", inversion_select="union", invbo_race_alpha=0.05)
+    vae = InstructionVAE(config).eval()
+    errors = torch.tensor([1.0 - instruction_quality(t) for t in pool[:30]])
+    gp = GPWithEI(384, gp_latent_dim=4)
+    gp.set_data(pool_embeddings[:30].double(), errors)
+    gp.fit(epochs=10, lr=0.01, patience=5)
+    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none")
+    known = {t: float(e) for t, e in zip(pool[:30], errors, strict=True)}
+    asked = []
+
+    def evaluate_at(text, questions):  # every answer wrong: far worse than the incumbent
+        asked.append((text, questions))
+        return 1.0
+
+    inference = LIPOInference(vae, gp, encoder, inverter, None, config, known=known, evaluate_at=evaluate_at)
+    result = inference.run()
+    assert all(r["raced_out"] and r["fidelity"] == 20 for r in result["history"])  # race_fidelities(40, 10, 2)
+    assert [q for _, q in asked] == [20, 20] and len({t for t, _ in asked}) == 2  # no proposal raced twice
+    assert gp.n == 30 and set(inference.screened) == {t for t, _ in asked}
+    assert result["best_error"] == min(known.values())

@@ -216,3 +216,35 @@ class LIPOHyperband:
         if inc is None:
             raise RuntimeError("Hyperband finished without a full-fidelity evaluation")
         return HyperbandResult(inc[0], inc[1], self.cache.calls, list(self.history))
+
+
+def race_fidelities(nvalid: int, bmin: int, eta: float, min_fidelity_pct: float) -> list[int]:
+    """Screening fidelities of a racing evaluation: bmin eta^i for i >= 1, below the GP's min_fidelity_pct * nvalid."""
+    out, i = [], 1
+    while (f := int(round(bmin * eta**i))) < min_fidelity_pct * nvalid:
+        out.append(f)
+        i += 1
+    return out
+
+
+def race_to_full(evaluate_at: Callable[[int], float], nvalid: int, incumbent_error: float, fidelities: list[int],
+                 alpha: float) -> tuple[float, int, bool]:
+    """Evaluate one instruction at growing fidelities; stop early once it is significantly worse than the incumbent.
+
+    At each screening fidelity f (questions) with k wrong answers, one-sided binomial test of "its true error is at
+    most the incumbent's": stop when P(X >= k | f, incumbent_error) < alpha. Otherwise continue, finally to nvalid.
+    evaluate_at(f) -> error at f questions (an EvaluationCache extends lower fidelities, so a survivor costs nvalid
+    in all). Returns (error at the fidelity reached, that fidelity, stopped early).
+    """
+    from scipy.stats import binom
+
+    p = min(max(float(incumbent_error), 1e-3), 1.0 - 1e-3)
+    for f in fidelities:
+        if f >= nvalid:
+            break
+        error = float(evaluate_at(f))
+        wrong = int(round(error * f))
+        if binom.sf(wrong - 1, f, p) < alpha:
+            return error, f, True
+    return float(evaluate_at(nvalid)), nvalid, False
+

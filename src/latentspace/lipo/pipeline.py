@@ -238,7 +238,8 @@ def run_lipo(config: LIPOConfig, run: Run, mode: str = "standard", quiet: bool =
 
         known = {registry.texts[i]: e for i, e in zip(observed_ids, observed_errors, strict=True)}
         inference = LIPOInference(vae, gp, encoder, inverter, evaluate_text, config, known=known,
-                                  calls=lambda: cache.calls)
+                                  calls=lambda: cache.calls, pool=pool, pool_features=gp_features,
+                                  evaluate_at=lambda text, questions: cache.evaluate(registry.add(text), questions))
         offset = len(hyperband_history)
 
         def log_step(record: dict) -> None:
