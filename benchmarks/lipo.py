@@ -393,6 +393,7 @@ def main() -> None:
     encoder = GTRInstructionEncoder(config.encoder_model)
     embeddings = encoder.encode_batch_tensor(pool)
     vae_config = config.replace(embedding_dim=int(embeddings.shape[1]))
+    torch.manual_seed(vae_config.seed)  # the VAE's initialisation: the run is reproducible
     vae = InstructionVAE(vae_config)
     train_vae(vae, embeddings, vae_config, quiet=True)
     quality = vae_quality_metrics(vae, embeddings)

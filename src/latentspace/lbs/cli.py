@@ -64,7 +64,7 @@ def train(config: LBSConfig, data: str, data_dir, steps: int, lr: float, window:
           val_every: int, run_name: str, runs_dir: Path, quiet: bool, as_json: bool, resume: bool):
     _setup()
     from ..core.runs import Run
-    from ..core.training import TrainConfig
+    from ..core.training import TrainConfig, seed_everything
     from .data import Standardizer, load_series
     from .goal import GoalLBS
     from .train import train_lbs
@@ -76,6 +76,7 @@ def train(config: LBSConfig, data: str, data_dir, steps: int, lr: float, window:
     run.write_config({"lbs": config.to_dict(), "window": wcfg.to_dict(), "train": tcfg.to_dict(), "data": data})
     train_end = series.split(wcfg.train_frac, wcfg.val_frac)[0]
     scaler = Standardizer(series.values[:train_end])
+    seed_everything(config.seed)  # the model's initialisation too: a run is reproducible
     model = GoalLBS(config)
     result = train_lbs(model, series, scaler, wcfg, tcfg, run=run, resume=resume, quiet=quiet, end=train_end)
     model.save(run.path / "model", metadata={"data": data, "mean": scaler.mean, "std": scaler.std,

@@ -170,6 +170,7 @@ def run_lipo(config: LIPOConfig, run: Run, mode: str = "standard", quiet: bool =
     run.write_config({**config.to_dict(), "mode": mode})
 
     # Phase 2: VAE
+    torch.manual_seed(config.seed)  # its initialisation too: a run is reproducible
     vae = InstructionVAE(config)
     vae_training = train_vae(vae, embeddings, config, run=run, quiet=quiet)
     quality = vae_quality_metrics(vae, embeddings)
