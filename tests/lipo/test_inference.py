@@ -66,17 +66,22 @@ def test_invbo_with_the_gp_on_embeddings_searches_the_latent_and_adds_embeddings
     assert all(math.isfinite(r["predicted_error"]) for r in result["history"])
 
 
-def test_acquisition_selection_takes_the_unevaluated_candidate_of_highest_log_ei(pool, pool_embeddings, encoder):
-    config = LIPOConfig.preset("debug").replace(embedding_dim=384, gp_input="embedding",
-                                                inversion_select="acquisition", inversion_neighbours=6)
+def _embedding_gp_inference(pool, pool_embeddings, encoder, select: str, neighbours: int):
+    """(inference, gp, inverter, known): a GP on the embeddings of the first 40 instructions, `select` inversion."""
+    config = LIPOConfig.preset("debug").replace(embedding_dim=384, gp_input="embedding", inversion_select=select,
+                                                inversion_neighbours=neighbours)
     vae = InstructionVAE(config).eval()
     errors = torch.tensor([1.0 - instruction_quality(t) for t in pool[:40]])
     gp = GPWithEI(384, gp_latent_dim=4)
     gp.set_data(pool_embeddings[:40].double(), errors)
     gp.fit(epochs=20, lr=0.01, patience=5)
-    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none", neighbours=6)
+    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none", neighbours=neighbours)
     known = {t: float(e) for t, e in zip(pool[:40], errors, strict=True)}
-    inference = LIPOInference(vae, gp, encoder, inverter, None, config, known=known)
+    return LIPOInference(vae, gp, encoder, inverter, None, config, known=known), gp, inverter, known
+
+
+def test_acquisition_selection_takes_the_unevaluated_candidate_of_highest_log_ei(pool, pool_embeddings, encoder):
+    inference, gp, inverter, known = _embedding_gp_inference(pool, pool_embeddings, encoder, "acquisition", 6)
     target = pool_embeddings[3]  # a known instruction: its own text is the closest candidate
     candidates = inverter.candidates(target, k=6)
     assert candidates[0] == pool[3] and len(candidates) == 6
@@ -88,16 +93,7 @@ def test_acquisition_selection_takes_the_unevaluated_candidate_of_highest_log_ei
 
 
 def test_union_selection_adds_the_unevaluated_pool_to_the_inversion_candidates(pool, pool_embeddings, encoder):
-    config = LIPOConfig.preset("debug").replace(embedding_dim=384, gp_input="embedding", inversion_select="union",
-                                                inversion_neighbours=4)
-    vae = InstructionVAE(config).eval()
-    errors = torch.tensor([1.0 - instruction_quality(t) for t in pool[:40]])
-    gp = GPWithEI(384, gp_latent_dim=4)
-    gp.set_data(pool_embeddings[:40].double(), errors)
-    gp.fit(epochs=20, lr=0.01, patience=5)
-    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none", neighbours=4)
-    known = {t: float(e) for t, e in zip(pool[:40], errors, strict=True)}
-    inference = LIPOInference(vae, gp, encoder, inverter, None, config, known=known)
+    inference, gp, inverter, known = _embedding_gp_inference(pool, pool_embeddings, encoder, "union", 4)
     assert inference.pool == list(pool)  # the inverter's pool by default
     fresh_pool = [t for t in pool if t not in known]
     scores = gp.log_ei(encoder.encode_batch_tensor(fresh_pool).double())
@@ -108,13 +104,13 @@ def test_union_selection_adds_the_unevaluated_pool_to_the_inversion_candidates(p
         assert chosen == best_pool  # candidates are pool texts here, so the union's best is the pool's best
         assert source == ("inversion" if best_pool in candidates else "pool")
     # acquisition selection stays inside the inverter's candidates
-    narrow = LIPOInference(vae, gp, encoder, inverter, None, config.replace(inversion_select="acquisition"),
-                           known=known)
+    narrow = LIPOInference(inference.vae, gp, encoder, inverter, None,
+                           inference.config.replace(inversion_select="acquisition"), known=known)
     candidates = [c for c in inverter.candidates(pool_embeddings[3], k=4) if c not in known]
     assert narrow.select_candidate(pool_embeddings[3], fallback=pool[3]) in candidates
     # explicit pool features must match the pool
     with pytest.raises(ValueError):
-        LIPOInference(vae, gp, encoder, inverter, None, config, known=known, pool=pool[:5],
+        LIPOInference(inference.vae, gp, encoder, inverter, None, inference.config, known=known, pool=pool[:5],
                       pool_features=pool_embeddings[:4])
 
 

@@ -23,42 +23,38 @@ ETS_VARIANTS = (("ETS(A,N,N)", {}), ("ETS(A,Ad,N)", {"trend": True, "damped_tren
 STAT_KINDS = ("arima", "ets")
 
 
+def _least_aic(fits, what: str):
+    """(label, results) of least AIC among `fits`, (label, thunk fitting one model); failed fits are skipped."""
+    best = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for label, fit in fits:
+            try:
+                res = fit()
+            except (ValueError, np.linalg.LinAlgError):
+                continue
+            if best is None or res.aic < best[1].aic:
+                best = (label, res)
+    if best is None:
+        raise DataError(f"no {what} could be fitted to the training part")
+    return best
+
+
 def fit_arima(z_train: np.ndarray, orders=ARIMA_ORDERS):
     """ARIMA of least AIC on z_train (constant when d = 0): (order, fitted results)."""
     from statsmodels.tsa.arima.model import ARIMA
 
-    best = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for order in orders:
-            try:
-                res = ARIMA(z_train, order=order, trend="c" if order[1] == 0 else "n").fit()
-            except (ValueError, np.linalg.LinAlgError):
-                continue
-            if best is None or res.aic < best[1].aic:
-                best = (order, res)
-    if best is None:
-        raise DataError("no ARIMA order could be fitted to the training part")
-    return best
+    return _least_aic(((order, lambda order=order: ARIMA(z_train, order=order,
+                                                          trend="c" if order[1] == 0 else "n").fit())
+                       for order in orders), "ARIMA order")
 
 
 def fit_ets(z_train: np.ndarray):
     """Exponential smoothing (state space): simple or damped trend, the one of least AIC: (name, results)."""
     from statsmodels.tsa.statespace.exponential_smoothing import ExponentialSmoothing
 
-    best = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name, kwargs in ETS_VARIANTS:
-            try:
-                res = ExponentialSmoothing(z_train, **kwargs).fit(disp=False)
-            except (ValueError, np.linalg.LinAlgError):
-                continue
-            if best is None or res.aic < best[1].aic:
-                best = (name, res)
-    if best is None:
-        raise DataError("no exponential smoothing model could be fitted to the training part")
-    return best
+    return _least_aic(((name, lambda kwargs=kwargs: ExponentialSmoothing(z_train, **kwargs).fit(disp=False))
+                       for name, kwargs in ETS_VARIANTS), "exponential smoothing model")
 
 
 def fit_stat_spec(z_train: np.ndarray, kind: str) -> dict:
