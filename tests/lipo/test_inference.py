@@ -46,17 +46,10 @@ def test_invbo_iterations_invert_evaluate_and_update_the_gp(pool, pool_embedding
 
 
 def test_invbo_with_the_gp_on_embeddings_searches_the_latent_and_adds_embeddings(pool, pool_embeddings, encoder):
-    config = LIPOConfig.preset("debug").replace(embedding_dim=384, iterations=2, num_restarts=2, raw_samples=16,
-                                                acq_maxiter=5, inversion_n_steps=10, gp_retrain_epochs=5,
-                                                gp_input="embedding", inversion_select="acquisition")
-    vae = InstructionVAE(config).eval()
-    errors = torch.tensor([1.0 - instruction_quality(t) for t in pool[:30]])
-    gp = GPWithEI(384, gp_latent_dim=4)
-    gp.set_data(pool_embeddings[:30].double(), errors)
-    gp.fit(epochs=10, lr=0.01, patience=5)
-    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none")
-    known = {t: float(e) for t, e in zip(pool[:30], errors, strict=True)}
-    inference = LIPOInference(vae, gp, encoder, inverter, lambda t: 1.0 - instruction_quality(t), config, known=known)
+    inference, gp, _, known = _embedding_gp_inference(
+        pool, pool_embeddings, encoder, n=30, epochs=10, evaluate=lambda t: 1.0 - instruction_quality(t),
+        iterations=2, num_restarts=2, raw_samples=16, acq_maxiter=5, inversion_n_steps=10, gp_retrain_epochs=5,
+        inversion_select="acquisition")
     result = inference.run()
     new = [r["instruction"] for r in result["history"] if not r["duplicate"]]
     assert len(new) == 2  # acquisition selection skips already evaluated candidates
@@ -66,22 +59,26 @@ def test_invbo_with_the_gp_on_embeddings_searches_the_latent_and_adds_embeddings
     assert all(math.isfinite(r["predicted_error"]) for r in result["history"])
 
 
-def _embedding_gp_inference(pool, pool_embeddings, encoder, select: str, neighbours: int):
-    """(inference, gp, inverter, known): a GP on the embeddings of the first 40 instructions, `select` inversion."""
-    config = LIPOConfig.preset("debug").replace(embedding_dim=384, gp_input="embedding", inversion_select=select,
-                                                inversion_neighbours=neighbours)
+def _embedding_gp_inference(pool, pool_embeddings, encoder, n: int = 40, epochs: int = 20, evaluate=None,
+                            evaluate_at=None, **overrides):
+    """(inference, gp, inverter, known): a GP on the embeddings of the first n instructions (debug preset with
+    `overrides`), the nearest-neighbour inverter over the whole pool."""
+    config = LIPOConfig.preset("debug").replace(embedding_dim=384, gp_input="embedding", **overrides)
     vae = InstructionVAE(config).eval()
-    errors = torch.tensor([1.0 - instruction_quality(t) for t in pool[:40]])
+    errors = torch.tensor([1.0 - instruction_quality(t) for t in pool[:n]])
     gp = GPWithEI(384, gp_latent_dim=4)
-    gp.set_data(pool_embeddings[:40].double(), errors)
-    gp.fit(epochs=20, lr=0.01, patience=5)
-    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none", neighbours=neighbours)
-    known = {t: float(e) for t, e in zip(pool[:40], errors, strict=True)}
-    return LIPOInference(vae, gp, encoder, inverter, None, config, known=known), gp, inverter, known
+    gp.set_data(pool_embeddings[:n].double(), errors)
+    gp.fit(epochs=epochs, lr=0.01, patience=5)
+    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none",
+                                        neighbours=config.inversion_neighbours)
+    known = {t: float(e) for t, e in zip(pool[:n], errors, strict=True)}
+    inference = LIPOInference(vae, gp, encoder, inverter, evaluate, config, known=known, evaluate_at=evaluate_at)
+    return inference, gp, inverter, known
 
 
 def test_acquisition_selection_takes_the_unevaluated_candidate_of_highest_log_ei(pool, pool_embeddings, encoder):
-    inference, gp, inverter, known = _embedding_gp_inference(pool, pool_embeddings, encoder, "acquisition", 6)
+    inference, gp, inverter, known = _embedding_gp_inference(pool, pool_embeddings, encoder,
+                                                             inversion_select="acquisition", inversion_neighbours=6)
     target = pool_embeddings[3]  # a known instruction: its own text is the closest candidate
     candidates = inverter.candidates(target, k=6)
     assert candidates[0] == pool[3] and len(candidates) == 6
@@ -93,7 +90,8 @@ def test_acquisition_selection_takes_the_unevaluated_candidate_of_highest_log_ei
 
 
 def test_union_selection_adds_the_unevaluated_pool_to_the_inversion_candidates(pool, pool_embeddings, encoder):
-    inference, gp, inverter, known = _embedding_gp_inference(pool, pool_embeddings, encoder, "union", 4)
+    inference, gp, inverter, known = _embedding_gp_inference(pool, pool_embeddings, encoder, inversion_select="union",
+                                                             inversion_neighbours=4)
     assert inference.pool == list(pool)  # the inverter's pool by default
     fresh_pool = [t for t in pool if t not in known]
     scores = gp.log_ei(encoder.encode_batch_tensor(fresh_pool).double())
@@ -116,23 +114,16 @@ def test_union_selection_adds_the_unevaluated_pool_to_the_inversion_candidates(p
 
 def test_racing_screens_out_a_proposal_worse_than_the_incumbent_without_a_gp_observation(pool, pool_embeddings,
                                                                                          encoder):
-    config = LIPOConfig.preset("debug").replace(embedding_dim=384, iterations=2, num_restarts=2, raw_samples=16,
-                                                acq_maxiter=5, inversion_n_steps=5, gp_retrain_epochs=5,
-                                                gp_input="embedding", inversion_select="union", invbo_race_alpha=0.05)
-    vae = InstructionVAE(config).eval()
-    errors = torch.tensor([1.0 - instruction_quality(t) for t in pool[:30]])
-    gp = GPWithEI(384, gp_latent_dim=4)
-    gp.set_data(pool_embeddings[:30].double(), errors)
-    gp.fit(epochs=10, lr=0.01, patience=5)
-    inverter = NearestNeighbourInverter(pool, pool_embeddings, encoder, rewrite="none")
-    known = {t: float(e) for t, e in zip(pool[:30], errors, strict=True)}
     asked = []
 
     def evaluate_at(text, questions):  # every answer wrong: far worse than the incumbent
         asked.append((text, questions))
         return 1.0
 
-    inference = LIPOInference(vae, gp, encoder, inverter, None, config, known=known, evaluate_at=evaluate_at)
+    inference, gp, _, known = _embedding_gp_inference(
+        pool, pool_embeddings, encoder, n=30, epochs=10, evaluate_at=evaluate_at, iterations=2, num_restarts=2,
+        raw_samples=16, acq_maxiter=5, inversion_n_steps=5, gp_retrain_epochs=5, inversion_select="union",
+        invbo_race_alpha=0.05)
     result = inference.run()
     assert all(r["raced_out"] and r["fidelity"] == 20 for r in result["history"])  # race_fidelities(40, 10, 2)
     assert [q for _, q in asked] == [20, 20] and len({t for t, _ in asked}) == 2  # no proposal raced twice
