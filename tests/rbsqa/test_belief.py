@@ -252,15 +252,20 @@ def test_update_belief_agrees_with_the_public_methods():
     with torch.no_grad():
         tracker.log_temperature.fill_(0.5)
         tracker.confidence_bias.fill_(-0.3)
-    kept = revised_away = 0
+    kept = revised_away = skipped = 0
     for seg in range(8):
         start, end = torch.randn(10) * (4.0 if seg in (0, 5) else 1.0), torch.randn(10)
         ctx, states = torch.randn(2, 8), torch.randn(10, 8)
         held = next((c for c in reversed(tracker.belief.span_history) if c.span == tracker.belief.best_span), None)
         expected = tracker.extract_best_span((start, end), seg, 10 * seg, ctx)
         revised = None if held is None else tracker.re_score_past_spans([held], ctx)[0].confidence
+        previous = tracker.belief.best_span
         belief = tracker.update_belief((start, end), seg, ctx, 10 * seg, token_states=states)
         got = belief.span_history[-1]
+        if revised is not None:  # the decision is the re-scored old span against the new one, re-scored or not
+            kept_old = revised > expected.confidence
+            assert belief.best_span == (previous if kept_old else expected.span)
+            skipped += held.confidence <= expected.confidence  # the old span cannot win: not re-scored
         assert (got.span, got.segment_id, got.gmm_context_hash) == (expected.span, seg, expected.gmm_context_hash)
         assert got.confidence == pytest.approx(expected.confidence, rel=1e-6)
         if revised is not None and belief.best_span != got.span:
@@ -271,4 +276,4 @@ def test_update_belief_agrees_with_the_public_methods():
         if belief.best_span == got.span:
             i, j = got.span[0] - 10 * seg + 1, got.span[1] - 10 * seg + 1
             assert torch.allclose(got.span_embedding, states[i : j + 1].mean(0))
-    assert kept and revised_away  # both branches were taken
+    assert kept and revised_away and skipped  # every branch was taken

@@ -242,15 +242,27 @@ class BeliefStateTracker(nn.Module):
         self.__dict__["_fast_cache"] = (key, arrays)  # a plain attribute: not a parameter, buffer or module
         return arrays
 
-    def _document_params(self) -> tuple[np.ndarray, ...]:
-        """`_fast_params` as `update_belief` reads them: fetched (and checked) at the first segment of each
-        document, then kept for its other segments. The arrays are views of the parameters (CPU, float32), so
-        in-place writes are seen at once; a parameter *replaced* in the middle of a document (a new object,
-        `.data =`, `.to()`) is seen from the next document. The public methods check on every call.
+    def _document_params(self) -> tuple[tuple[np.ndarray, ...], tuple[float, float] | None, tuple | None]:
+        """What `update_belief` reads of the parameters, fetched (and checked) at the first segment of each
+        document and kept for its other segments: (`_fast_params` arrays, calibration (scale / temperature,
+        bias) as Python floats or None when calibration is off, learned re-scorer (W1 (H, 2D), b1 (H,), w2 (H,),
+        b2 (1,)) views or None). The re-scorer's arrays are views of the parameters (CPU, float32), so in-place
+        writes are seen at once; the calibration floats, and a parameter *replaced* in the middle of a document
+        (a new object, `.data =`, `.to()`), are seen from the next document. The public methods read the
+        parameters on every call.
         """
         cached = self.__dict__.get("_document_cache")
         if cached is None or self.belief.total_segments == 0:
-            cached = self.__dict__["_document_cache"] = self._fast_params()
+            arrays = self._fast_params()
+            calibration = None
+            if self.confidence_calibration:
+                scale, bias, log_t = arrays[:3]
+                calibration = (float(scale[0]) / math.exp(float(log_t[0])), float(bias[0]))
+            rescorer = None
+            if len(arrays) > 3:
+                w1, b1, w2, b2 = arrays[3:]
+                rescorer = (w1, b1, w2.reshape(-1), b2)
+            cached = self.__dict__["_document_cache"] = (arrays, calibration, rescorer)
         return cached
 
     def compute_confidence(self, start_logits: torch.Tensor, end_logits: torch.Tensor,
@@ -340,14 +352,16 @@ class BeliefStateTracker(nn.Module):
             log.warning("re-scoring failed (%s); keeping the original confidences", err)
             return [c.confidence for c in past_spans]
 
-    def _re_score_held(self, held: SpanCandidate, now: np.ndarray | None, params: tuple[np.ndarray, ...]) -> float:
-        """`_re_score` of the one candidate `update_belief` re-scores, in as few NumPy calls as it takes."""
-        if self.re_scoring_method != "learned" or held.span_embedding is None or now is None:
-            return self._re_score([held], now, params)[0]  # cosine weighting, or the general path's fallbacks
-        w1, b1, w2, b2 = params[3:]
+    def _re_score_held(self, held: SpanCandidate, now: np.ndarray | None, params: tuple) -> float:
+        """`_re_score` of the one candidate `update_belief` re-scores, in as few NumPy calls as it takes
+        (`params`: `_document_params`)."""
+        rescorer = params[2]
+        if self.re_scoring_method != "learned" or rescorer is None or held.span_embedding is None or now is None:
+            return self._re_score([held], now, params[0])[0]  # cosine weighting, or the general path's fallbacks
+        w1, b1, w2, b2 = rescorer
         hidden = w1 @ np.concatenate((_numpy(held.span_embedding), now))  # (H,): [span embedding, context now]
         hidden += b1
-        logit = float(np.maximum(hidden, 0.0, out=hidden) @ w2[0] + b2[0])
+        logit = float(w2 @ np.maximum(hidden, 0.0, out=hidden)) + b2.item()
         return held.confidence * _sigmoid(logit)
 
     # ---- belief ----------------------------------------------------------------------------------------
@@ -369,34 +383,48 @@ class BeliefStateTracker(nn.Module):
         Returns:
             Updated BeliefState with potential non-monotonic revisions
         """
-        # The per-segment path runs on Python floats and a few NumPy calls: the model's forward leaves the CPU's
-        # caches cold, and each first call into NumPy or torch after it costs several microseconds, so the count
-        # of calls, not arithmetic, is what this step costs (benchmarks/rbsqa.py, tracker_overhead_frac).
+        # The per-segment path runs on Python floats and a few NumPy calls. The model's forward leaves the CPU's
+        # caches cold, and each first call of a kind after it (a NumPy reduction, a ufunc, a torch method) costs
+        # 10-30 us where a warm one costs 1-3, so the count of *distinct* calls, not arithmetic, is what this step
+        # costs (benchmarks/rbsqa.py, tracker_overhead_frac): the averages below are BLAS products like the
+        # re-scorer's layers, and the candidate is built inline (`_candidate` is the same for one segment).
         params = self._document_params()
+        calibration = params[1]
         context = _context_array(gmm_context)  # (D,)
-        current, s, e = self._candidate(current_logits, current_segment_id, global_offset, context, params)
+        start, end = current_logits[0].tolist(), current_logits[1].tolist()  # (L,) each, Python floats
+        s, e, best = _best_span_lists(start, end, self.max_answer_len)
+        z = best - (start[0] + end[0])  # span-vs-null logit
+        confidence = _sigmoid(calibration[0] * z + calibration[1] if calibration is not None else z)
+        current = SpanCandidate((global_offset + s - 1, global_offset + e - 1), confidence, current_segment_id,
+                                0 if context is None else zlib.crc32(context), z,
+                                None if context is None else torch.from_numpy(context))
         belief = self.belief
         previous_span = belief.best_span
         held = None
-        if belief.best_span is not None:
+        if previous_span is not None:
             # the held span as last found, with the confidence it had then: re-scoring weighs it by what the
             # context now says (not the already re-scored belief, which would compound the weights)
-            held = next((c for c in reversed(belief.span_history) if c.span == belief.best_span), None)
+            history = belief.span_history
+            held = history[-1] if history and history[-1].span == previous_span else next(
+                (c for c in reversed(history) if c.span == previous_span), None)
             if held is None:
-                held = SpanCandidate(belief.best_span, belief.confidence, belief.segment_id, 0)
-            revised = self._re_score_held(held, context, params) if self.enable_re_scoring else held.confidence
-            if not 0.0 <= revised <= 1.0:  # also False for NaN
-                revised = held.confidence  # fallback to original belief if the revision is invalid
-            if revised > current.confidence:
+                held = SpanCandidate(previous_span, belief.confidence, belief.segment_id, 0)
+            revised = -1.0
+            # Both re-scoring methods multiply the confidence by a weight in [0, 1], so a held span found with a
+            # confidence <= the new span's cannot win whatever the context says: skipping its re-scoring gives
+            # the same belief (the product of floats is monotone: c * w <= c for w <= 1).
+            if held.confidence > confidence:
+                revised = self._re_score_held(held, context, params) if self.enable_re_scoring else held.confidence
+                if not 0.0 <= revised <= 1.0:  # also False for NaN
+                    revised = held.confidence  # fallback to original belief if the revision is invalid
+            if revised > confidence:
                 belief.confidence = revised  # old belief confirmed by the new context
             else:
-                if current.span != belief.best_span:
+                if current.span != previous_span:
                     belief.revision_count += 1  # new span beats the re-scored old one: belief revision
-                belief.best_span, belief.confidence, belief.segment_id = (current.span, current.confidence,
-                                                                          current.segment_id)
+                belief.best_span, belief.confidence, belief.segment_id = current.span, confidence, current_segment_id
         else:
-            belief.best_span, belief.confidence, belief.segment_id = (current.span, current.confidence,
-                                                                      current.segment_id)
+            belief.best_span, belief.confidence, belief.segment_id = current.span, confidence, current_segment_id
         if current.span == belief.best_span:
             held = current  # the belief's latest candidate: the one re-scored from now on
             if token_states is not None and self.re_scoring_method == "learned":
@@ -408,9 +436,11 @@ class BeliefStateTracker(nn.Module):
             history = history[-self.max_segments :]
             if held is not None and all(c is not held for c in history):
                 history = [held, *history[1:]]  # truncation never drops what re-scoring needs
-        belief.span_history = history
-        belief.confidence_history.append(belief.confidence)
-        belief.confidence_history = belief.confidence_history[-self.max_segments :]
+            belief.span_history = history
+        confidences = belief.confidence_history
+        confidences.append(belief.confidence)
+        if len(confidences) > self.max_segments:
+            del confidences[: len(confidences) - self.max_segments]
         belief.total_segments += 1
         self.stable_for = self.stable_for + 1 if belief.best_span == previous_span else 1
         return belief
@@ -468,13 +498,16 @@ def _best_span_lists(start: list[float], end: list[float], max_answer_len: int) 
     (the higher sum, then the smaller start, then the shorter span). The band is searched one span length
     at a time with the interpreter's own map / max: one segment holds a few dozen logits, so per-call overhead,
     not arithmetic, is the cost, and no NumPy call is made."""
-    length = len(start)
+    add = operator.add
+    starts, ends = start[1:], end[1:]  # non-null positions; map() stops at the shorter of its two lists
     best, best_i, best_k = -math.inf, 0, 0
-    for k in range(min(max_answer_len, length - 1)):
-        sums = list(map(operator.add, start[1 : length - k], end[1 + k :]))  # spans (i, i + k), i = 1..
+    for k in range(min(max_answer_len, len(starts))):
+        sums = list(map(add, starts, ends[k:] if k else ends))  # spans (i, i + k), i = 1..
         top = max(sums)
-        if top > best or (top == best and sums.index(top) < best_i):
-            best, best_i, best_k = top, sums.index(top), k
+        if top >= best:
+            i = sums.index(top)
+            if top > best or i < best_i:
+                best, best_i, best_k = top, i, k
     return best_i + 1, best_i + best_k + 1, best
 
 
@@ -503,6 +536,17 @@ def _as_array(tensor: torch.Tensor | np.ndarray, dtype) -> np.ndarray:
     return np.asarray(tensor, dtype=dtype)
 
 
+def _averager(n: int) -> np.ndarray:
+    """(n,) float32 weights 1/n: a mean as one BLAS product (`weights @ rows`), cached per n."""
+    weights = _AVERAGERS.get(n)
+    if weights is None:
+        weights = _AVERAGERS[n] = np.full(n, 1.0 / n, dtype=np.float32)
+    return weights
+
+
+_AVERAGERS: dict[int, np.ndarray] = {}
+
+
 def _context_array(gmm_context: torch.Tensor | None) -> np.ndarray | None:
     """Memory summary (D,) float32 of a (K, D) / (1, K, D) context: its mean over slots (a new array)."""
     if gmm_context is None:
@@ -511,14 +555,17 @@ def _context_array(gmm_context: torch.Tensor | None) -> np.ndarray | None:
     if flat.dtype != np.float32:
         flat = flat.astype(np.float32)
     flat = flat.reshape(-1, flat.shape[-1])  # (K, D)
-    # np.add.reduce / K is what np.mean computes (and torch's mean, bit for bit), without its wrapper
-    return flat[0].copy() if flat.shape[0] == 1 else np.add.reduce(flat, axis=0) / flat.shape[0]
+    # a BLAS product with 1/K weights, as the re-scorer's layers are: no reduction machinery to warm up (it
+    # agrees with torch's mean to float32 rounding)
+    return flat[0].copy() if flat.shape[0] == 1 else _averager(flat.shape[0]) @ flat
 
 
 def _span_embedding(token_states: torch.Tensor, s: int, e: int) -> torch.Tensor:
     """Mean token state (D,) over positions s..e of (L, D) states aligned with the logits."""
     states = _numpy(token_states)[s : e + 1]
-    return torch.from_numpy(np.add.reduce(states.astype(np.float32, copy=False), axis=0) / (e + 1 - s))
+    if states.dtype != np.float32:
+        states = states.astype(np.float32)
+    return torch.from_numpy(states[0].copy() if e == s else _averager(e + 1 - s) @ states)
 
 
 def fit_temperature(tracker: BeliefStateTracker, z: torch.Tensor, correct: torch.Tensor, steps: int = 100) -> dict:
