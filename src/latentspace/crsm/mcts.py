@@ -355,10 +355,13 @@ class MCTS:
                 # one descent by PUCT from the root to an unexpanded or terminal node, virtual loss applied after:
                 # score(child) = Q(child) + c_puct * prior * sqrt(N(parent) + 1) / (1 + N(child)), N counting
                 # virtual visits and Q counting each virtual visit as a loss; an unvisited child's Q is its
-                # parent's. Inlined: this loop is most of the tree's cost. An expanded node's count is 1 plus its
-                # children's (its own evaluation, then one per descent through it), so count 1 means no child is
-                # visited: every score is default + explore * prior, and the first child, the top prior (children
-                # come in top-k order), wins, as it does in the loop (ties keep the first).
+                # parent's. Inlined: this loop is most of the tree's cost. Children come in top-k order, so their
+                # priors do not increase, and an unvisited child's score is default + explore * prior: of the
+                # unvisited ones the first wins (ties keep the first). Hence the visited children (count > 0) are
+                # always the first few (a collided descent's undo never takes a count to 0: it only passes nodes
+                # an earlier descent of its round holds), and the scan stops at the first unvisited child: those
+                # after it cannot win. An expanded node's count is 1 plus its children's (its own evaluation, then
+                # one per descent through it), so count 1 means no child is visited: the first child wins.
                 node, path = 0, [0]
                 first = first_child[0]
                 while first >= 0:
@@ -373,11 +376,11 @@ class MCTS:
                     best, best_score = -1, -inf
                     for child in range(first, first + k):
                         n_child = count[child]
-                        if n_child:
-                            score = ((value_sum[child] - virtual[child]) / n_child
-                                     + explore * prior[child] / (1 + n_child))
-                        else:
-                            score = default + explore * prior[child]
+                        if not n_child:  # the first unvisited child: the last that can win (see above)
+                            if default + explore * prior[child] > best_score:
+                                best = child
+                            break
+                        score = (value_sum[child] - virtual[child]) / n_child + explore * prior[child] / (1 + n_child)
                         if score > best_score:
                             best, best_score = child, score
                     node = best
@@ -434,20 +437,28 @@ class MCTS:
         return tree, True
 
     def _result(self, tree: Tree, latent: torch.Tensor, sims: int, seconds: float) -> SearchResult:
+        # once a search ends no virtual loss is left: a node's count is its visits
+        count, first_child, k = tree.count, tree.first_child, tree.k
         children = tree.children(0)
         slots = []
-        for child in children:  # follow each root child's most-visited line to its end
+        for child in children:  # follow each root child's most-visited line to its end (ties keep the first)
             node = child
-            while tree.first_child[node] >= 0:
-                best = max(tree.children(node), key=tree.visits)
-                if tree.visits(best) == 0:
+            first = first_child[node]
+            while first >= 0:
+                best, most = first, count[first]
+                for other in range(first + 1, first + k):
+                    if count[other] > most:
+                        best, most = other, count[other]
+                if most == 0:
                     break
                 node = best
+                first = first_child[node]
             slots.append(max(tree.slot[node], 0))  # slot 0 is the root: an unevaluated child keeps the root latent
-        futures = (tree.latents.index_select(0, torch.tensor(slots, device=latent.device)) if slots
-                   else latent.unsqueeze(0))  # (K, D)
+        futures = tree.latents[slots] if slots else latent.unsqueeze(0)  # (K, D)
+        value_sum = tree.value_sum
         return SearchResult(
-            actions=[tree.token[c] for c in children], visits=[tree.visits(c) for c in children],
-            q_values=[tree.q(c) for c in children], priors=[tree.prior[c] for c in children], root_latent=latent,
-            future_latents=futures, simulations=sims, seconds=seconds,
+            actions=[tree.token[c] for c in children], visits=[count[c] for c in children],
+            q_values=[value_sum[c] / count[c] if count[c] else 0.0 for c in children],
+            priors=[tree.prior[c] for c in children], root_latent=latent, future_latents=futures, simulations=sims,
+            seconds=seconds,
         )
