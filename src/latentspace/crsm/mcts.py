@@ -352,7 +352,7 @@ class MCTS:
             for _ in range(2 * want):  # descents that collide are retried, at most `want` times per round
                 if taken == want:
                     break
-                # one descent by PUCT from the root to an unexpanded or terminal node, virtual loss applied after:
+                # one descent by PUCT from the root to an unexpanded or terminal node, virtual loss applied on the way:
                 # score(child) = Q(child) + c_puct * prior * sqrt(N(parent) + 1) / (1 + N(child)), N counting
                 # virtual visits and Q counting each virtual visit as a loss; an unvisited child's Q is its
                 # parent's. Inlined: this loop is most of the tree's cost. Children come in top-k order, so their
@@ -362,16 +362,22 @@ class MCTS:
                 # an earlier descent of its round holds), and the scan stops at the first unvisited child: those
                 # after it cannot win. An expanded node's count is 1 plus its children's (its own evaluation, then
                 # one per descent through it), so count 1 means no child is visited: the first child wins.
+                # (A node's virtual visit is added as the descent leaves it: its parent has read its numbers by then.)
                 node, path = 0, [0]
-                first = first_child[0]
-                while first >= 0:
+                while True:
                     n = count[node]
-                    if n == 1:
+                    first = first_child[node]
+                    if first < 0 or n == 1:
+                        count[node] = n + 1
+                        virtual[node] += 1
+                        if first < 0:
+                            break
                         node = first
                         path.append(node)
-                        first = first_child[node]
                         continue
-                    default = (value_sum[node] - virtual[node]) / n if n else 0.0
+                    lost = virtual[node]
+                    default = (value_sum[node] - lost) / n if n else 0.0
+                    count[node], virtual[node] = n + 1, lost + 1
                     explore = c_puct * sqrt(n + 1)
                     best, best_score = -1, -inf
                     for child in range(first, first + k):
@@ -385,10 +391,6 @@ class MCTS:
                             best, best_score = child, score
                     node = best
                     path.append(node)
-                    first = first_child[node]
-                for step in path:
-                    count[step] += 1
-                    virtual[step] += 1
                 if terminal[node]:
                     v = value[node]
                     for step in path:  # back up at once: the virtual visit becomes a real one
