@@ -255,6 +255,7 @@ class MCTS:
         self._tree: Tree | None = None  # kept between searches (its state buffers are reused)
         self._tree_lock = threading.Lock()
         self._k: int | None = None  # children per node: min(top_k, vocabulary size)
+        self._explore_table: tuple[float, list[float]] | None = None  # (c_puct, c_puct * sqrt(n + 1) by n)
 
     # ---- expansion -------------------------------------------------------------------------------
     def _expand(self, tree: Tree, nodes: list[int], latents: torch.Tensor, prefix: list[int], kernels) -> list[float]:
@@ -341,6 +342,7 @@ class MCTS:
         count, value_sum, virtual, prior = tree.count, tree.value_sum, tree.virtual, tree.prior
         first_child, terminal, value = tree.first_child, tree.terminal, tree.value
         k, c_puct, sqrt, inf = tree.k, self.c_puct, math.sqrt, math.inf
+        explores = self._explores(num_simulations)  # explores[n] = c_puct * sqrt(n + 1), the same floats
         while sims < num_simulations:
             if time_budget is not None and time.perf_counter() - start > time_budget:
                 break
@@ -378,7 +380,10 @@ class MCTS:
                     lost = virtual[node]
                     default = (value_sum[node] - lost) / n if n else 0.0
                     count[node], virtual[node] = n + 1, lost + 1
-                    explore = c_puct * sqrt(n + 1)
+                    try:
+                        explore = explores[n]
+                    except IndexError:
+                        explore = c_puct * sqrt(n + 1)
                     best, best_score = -1, -inf
                     for child in range(first, first + k):
                         n_child = count[child]
@@ -420,6 +425,15 @@ class MCTS:
         result = self._result(tree, latent, sims, time.perf_counter() - start)
         result.rounds, result.evaluated = rounds, evaluated
         return result
+
+    def _explores(self, num_simulations: int) -> list[float]:
+        """c_puct * sqrt(n + 1) for n < min(num_simulations, 4096) + 2 * batch + 2 (kept while c_puct stays)."""
+        size = min(num_simulations, 4096) + 2 * self.batch + 2
+        table = self._explore_table
+        if table is None or table[0] != self.c_puct or len(table[1]) < size:
+            c_puct, sqrt = self.c_puct, math.sqrt
+            table = self._explore_table = (c_puct, [c_puct * sqrt(n + 1) for n in range(size)])
+        return table[1]
 
     def _tree_for(self, latent: torch.Tensor, caches: list | None, num_simulations: int) -> tuple[Tree, bool]:
         """The tree of the last search, emptied and rooted at `latent`, or a new one when it cannot hold this one.
