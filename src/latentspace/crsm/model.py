@@ -67,22 +67,23 @@ class SearchHeads:
         self._work = Workspace(self._arrays)
 
     def _arrays(self, n: int, k: int) -> tuple:
-        """The scratch arrays of an (n rows, top k) call: NumPy arrays and PyTorch views of the same memory."""
+        """The scratch arrays of an (n rows, top k) call: NumPy arrays and PyTorch views of the same memory, the bias
+        repeated over the n rows."""
         v = self.vocab
         out = np.empty((n, self.w_t.shape[1]), np.float32)  # (N, V + Hv)
         out_t = torch.from_numpy(out)
         top, tokens, priors = torch.empty(n * k), torch.empty(n * k, dtype=torch.long), torch.empty(n * k)
-        return (out, out[:, v:], out_t[:, :v], out_t[:, v:], top.view(n, k), tokens, tokens.view(n, k), priors,
-                priors.view(n, k))
+        return (out, np.tile(self._bias_np, (n, 1)), out[:, v:], out_t[:, :v], out_t[:, v:], top.view(n, k), tokens,
+                tokens.view(n, k), priors, priors.view(n, k))
 
     def __call__(self, latents: torch.Tensor, k: int) -> tuple[list[int], list[float], list[float]]:
         """latents (N, D) -> top tokens (N*K), priors (N*K), values (N)."""
         b, exp = self.b_value, math.exp
         n = latents.shape[0]
         if self.numpy and numpy_fits(latents, n):
-            out, hidden, logits_t, hidden_t, top, tokens, tokens_nk, priors, priors_nk = self._work.get(n, k)
-            np.matmul(latents.detach().numpy(), self._w_np, out=out)  # (N, V + Hv)
-            out += self._bias_np
+            out, bias, hidden, logits_t, hidden_t, top, tokens, tokens_nk, priors, priors_nk = self._work.get(n, k)
+            np.matmul((latents.detach() if latents.requires_grad else latents).numpy(), self._w_np, out=out)
+            out += bias  # (N, V + Hv)
             torch.topk(logits_t, k, out=(top, tokens_nk))
             silu_(hidden_t)  # (N, Hv), in place
             scores = (hidden @ self._w_value_np).tolist()
