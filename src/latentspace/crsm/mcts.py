@@ -470,7 +470,8 @@ class MCTS:
                 node = best
                 first = first_child[node]
             slots.append(max(tree.slot[node], 0))  # slot 0 is the root: an unevaluated child keeps the root latent
-        futures = tree.latents[slots] if slots else latent.unsqueeze(0)  # (K, D)
+        futures = (tree.latents.index_select(0, torch.tensor(slots, device=latent.device)) if slots
+                   else latent.unsqueeze(0))  # (K, D)
         value_sum = tree.value_sum
         return SearchResult(
             actions=[tree.token[c] for c in children], visits=[count[c] for c in children],
