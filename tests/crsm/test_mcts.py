@@ -299,3 +299,50 @@ def test_numpy_and_torch_paths_of_the_fused_kernels_agree():
             torch.testing.assert_close(torch.tensor(fp), torch.tensor(pp))
             torch.testing.assert_close(torch.tensor(nv), torch.tensor(pv))
             torch.testing.assert_close(torch.tensor(fv), torch.tensor(pv))
+
+
+def test_numpy_kernels_reuse_their_scratch_arrays_per_thread():
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    model, latent, _ = _tiny_crsm()
+    with threadpool_limits(1, user_api="blas"), torch.no_grad():
+        model._kernels = None
+        fused = model.search_kernels()
+        assert fused.dynamics.numpy and fused.heads.numpy
+        batches = [torch.randn(n, latent.shape[-1]) for n in (3, 8, 3, 1, 8)]
+        tokens = [[int(t) for t in torch.randint(0, model.config.vocab_size, (len(b),))] for b in batches]
+
+        def run():  # every batch's transition and heads, in order (the same row count comes back: arrays reused)
+            out = []
+            for batch, toks in zip(batches, tokens, strict=True):
+                buffer = torch.cat([batch, torch.zeros_like(batch)])
+                n = len(batch)
+                fused.transition(buffer, list(range(n)), toks, slice(n, 2 * n))
+                out.append((buffer[n:].clone(), fused.heads(buffer[n:], 4)))
+            return out
+
+        expected = [(model.dynamics_step(b, torch.tensor(t)), None) for b, t in zip(batches, tokens, strict=True)]
+        serial = run()
+        for (states, heads), (reference, _) in zip(serial, expected, strict=True):
+            torch.testing.assert_close(states, reference)
+            assert heads == fused.heads(states, 4)  # lists, not views of the scratch arrays
+        assert fused.heads._work.get(8, 4) is fused.heads._work.get(8, 4)
+        results, seen = [], []
+
+        def worker():
+            with threadpool_limits(1, user_api="blas"):
+                seen.append(fused.heads._work.get(8, 4))
+                results.append([run() for _ in range(20)])
+
+        threads = [threading.Thread(target=worker) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert seen[0] is not seen[1] and seen[0] is not fused.heads._work.get(8, 4)  # one set per thread
+        for runs in results:
+            for out in runs:
+                for (states, heads), (states_serial, heads_serial) in zip(out, serial, strict=True):
+                    assert torch.equal(states, states_serial) and heads == heads_serial

@@ -255,6 +255,7 @@ class MCTS:
         self._tree: Tree | None = None  # kept between searches (its state buffers are reused)
         self._tree_lock = threading.Lock()
         self._k: int | None = None  # children per node: min(top_k, vocabulary size)
+        self._explore_table: tuple[float, list[float]] | None = None  # (c_puct, c_puct * sqrt(n + 1) by n)
 
     # ---- expansion -------------------------------------------------------------------------------
     def _expand(self, tree: Tree, nodes: list[int], latents: torch.Tensor, prefix: list[int], kernels) -> list[float]:
@@ -341,6 +342,7 @@ class MCTS:
         count, value_sum, virtual, prior = tree.count, tree.value_sum, tree.virtual, tree.prior
         first_child, terminal, value = tree.first_child, tree.terminal, tree.value
         k, c_puct, sqrt, inf = tree.k, self.c_puct, math.sqrt, math.inf
+        explores = self._explores(num_simulations)  # explores[n] = c_puct * sqrt(n + 1), the same floats
         while sims < num_simulations:
             if time_budget is not None and time.perf_counter() - start > time_budget:
                 break
@@ -352,40 +354,48 @@ class MCTS:
             for _ in range(2 * want):  # descents that collide are retried, at most `want` times per round
                 if taken == want:
                     break
-                # one descent by PUCT from the root to an unexpanded or terminal node, virtual loss applied after:
+                # one descent by PUCT from the root to an unexpanded or terminal node, virtual loss applied on the way:
                 # score(child) = Q(child) + c_puct * prior * sqrt(N(parent) + 1) / (1 + N(child)), N counting
                 # virtual visits and Q counting each virtual visit as a loss; an unvisited child's Q is its
-                # parent's. Inlined: this loop is most of the tree's cost. An expanded node's count is 1 plus its
-                # children's (its own evaluation, then one per descent through it), so count 1 means no child is
-                # visited: every score is default + explore * prior, and the first child, the top prior (children
-                # come in top-k order), wins, as it does in the loop (ties keep the first).
+                # parent's. Inlined: this loop is most of the tree's cost. Children come in top-k order, so their
+                # priors do not increase, and an unvisited child's score is default + explore * prior: of the
+                # unvisited ones the first wins (ties keep the first). Hence the visited children (count > 0) are
+                # always the first few (a collided descent's undo never takes a count to 0: it only passes nodes
+                # an earlier descent of its round holds), and the scan stops at the first unvisited child: those
+                # after it cannot win. An expanded node's count is 1 plus its children's (its own evaluation, then
+                # one per descent through it), so count 1 means no child is visited: the first child wins.
+                # (A node's virtual visit is added as the descent leaves it: its parent has read its numbers by then.)
                 node, path = 0, [0]
-                first = first_child[0]
-                while first >= 0:
+                while True:
                     n = count[node]
-                    if n == 1:
+                    first = first_child[node]
+                    if first < 0 or n == 1:
+                        count[node] = n + 1
+                        virtual[node] += 1
+                        if first < 0:
+                            break
                         node = first
                         path.append(node)
-                        first = first_child[node]
                         continue
-                    default = (value_sum[node] - virtual[node]) / n if n else 0.0
-                    explore = c_puct * sqrt(n + 1)
+                    lost = virtual[node]
+                    default = (value_sum[node] - lost) / n if n else 0.0
+                    count[node], virtual[node] = n + 1, lost + 1
+                    try:
+                        explore = explores[n]
+                    except IndexError:
+                        explore = c_puct * sqrt(n + 1)
                     best, best_score = -1, -inf
                     for child in range(first, first + k):
                         n_child = count[child]
-                        if n_child:
-                            score = ((value_sum[child] - virtual[child]) / n_child
-                                     + explore * prior[child] / (1 + n_child))
-                        else:
-                            score = default + explore * prior[child]
+                        if not n_child:  # the first unvisited child: the last that can win (see above)
+                            if default + explore * prior[child] > best_score:
+                                best = child
+                            break
+                        score = (value_sum[child] - virtual[child]) / n_child + explore * prior[child] / (1 + n_child)
                         if score > best_score:
                             best, best_score = child, score
                     node = best
                     path.append(node)
-                    first = first_child[node]
-                for step in path:
-                    count[step] += 1
-                    virtual[step] += 1
                 if terminal[node]:
                     v = value[node]
                     for step in path:  # back up at once: the virtual visit becomes a real one
@@ -416,6 +426,15 @@ class MCTS:
         result.rounds, result.evaluated = rounds, evaluated
         return result
 
+    def _explores(self, num_simulations: int) -> list[float]:
+        """c_puct * sqrt(n + 1) for n < min(num_simulations, 4096) + 2 * batch + 2 (kept while c_puct stays)."""
+        size = min(num_simulations, 4096) + 2 * self.batch + 2
+        table = self._explore_table
+        if table is None or table[0] != self.c_puct or len(table[1]) < size:
+            c_puct, sqrt = self.c_puct, math.sqrt
+            table = self._explore_table = (c_puct, [c_puct * sqrt(n + 1) for n in range(size)])
+        return table[1]
+
     def _tree_for(self, latent: torch.Tensor, caches: list | None, num_simulations: int) -> tuple[Tree, bool]:
         """The tree of the last search, emptied and rooted at `latent`, or a new one when it cannot hold this one.
 
@@ -434,20 +453,29 @@ class MCTS:
         return tree, True
 
     def _result(self, tree: Tree, latent: torch.Tensor, sims: int, seconds: float) -> SearchResult:
+        # once a search ends no virtual loss is left: a node's count is its visits
+        count, first_child, k = tree.count, tree.first_child, tree.k
         children = tree.children(0)
         slots = []
-        for child in children:  # follow each root child's most-visited line to its end
+        for child in children:  # follow each root child's most-visited line to its end (ties keep the first)
             node = child
-            while tree.first_child[node] >= 0:
-                best = max(tree.children(node), key=tree.visits)
-                if tree.visits(best) == 0:
+            first = first_child[node]
+            while first >= 0:
+                best, most = first, count[first]
+                for other in range(first + 1, first + k):
+                    if count[other] > most:
+                        best, most = other, count[other]
+                if most == 0:
                     break
                 node = best
+                first = first_child[node]
             slots.append(max(tree.slot[node], 0))  # slot 0 is the root: an unevaluated child keeps the root latent
         futures = (tree.latents.index_select(0, torch.tensor(slots, device=latent.device)) if slots
                    else latent.unsqueeze(0))  # (K, D)
+        value_sum = tree.value_sum
         return SearchResult(
-            actions=[tree.token[c] for c in children], visits=[tree.visits(c) for c in children],
-            q_values=[tree.q(c) for c in children], priors=[tree.prior[c] for c in children], root_latent=latent,
-            future_latents=futures, simulations=sims, seconds=seconds,
+            actions=[tree.token[c] for c in children], visits=[count[c] for c in children],
+            q_values=[value_sum[c] / count[c] if count[c] else 0.0 for c in children],
+            priors=[tree.prior[c] for c in children], root_latent=latent, future_latents=futures, simulations=sims,
+            seconds=seconds,
         )

@@ -13,13 +13,14 @@ import math
 import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..core.checkpoint import CheckpointMixin
 from ..core.errors import CheckpointError, ConfigError
 from .config import CRSMConfig
-from .dynamics import FusedDynamics, LatentDynamics, numpy_blas_single_threaded, numpy_fits
+from .dynamics import FusedDynamics, LatentDynamics, Workspace, numpy_blas_single_threaded, numpy_fits, silu_
 from .mamba import LayerCache, MambaLM
 from .tokenizer import make_tokenizer, tokenizer_from_json, tokenizer_to_json
 
@@ -47,7 +48,9 @@ class SearchHeads:
     logits (equal to the renormalised top-k of the full softmax) and the values (N) = sigmoid(value_head), the
     sigmoid taken in Python on the N numbers. Equal to `CRSM.logits` and `CRSM.value` up to float rounding. The
     product and the value head's last layer run in NumPy for small CPU float32 batches (like `FusedDynamics`'s
-    products: cheaper calls at these sizes), the SiLU, top-k and softmax in PyTorch on views of the same memory.
+    products: cheaper calls at these sizes), the SiLU, top-k and softmax in PyTorch on views of the same memory,
+    every array of a call preallocated (`Workspace`: per thread, per row count), the top-k and softmax written into
+    flat buffers so that each list is one `tolist`.
     """
 
     def __init__(self, lm_head: nn.Linear, value_head: ValueHead):
@@ -61,22 +64,36 @@ class SearchHeads:
         self.numpy = self.w_t.device.type == "cpu" and self.w_t.dtype == torch.float32 and numpy_blas_single_threaded()
         if self.numpy:  # views of the same memory
             self._w_np, self._bias_np, self._w_value_np = self.w_t.numpy(), self.bias.numpy(), self.w_value.numpy()
+        self._work = Workspace(self._arrays)
+
+    def _arrays(self, n: int, k: int) -> tuple:
+        """The scratch arrays of an (n rows, top k) call: NumPy arrays and PyTorch views of the same memory, the bias
+        repeated over the n rows."""
+        v = self.vocab
+        out = np.empty((n, self.w_t.shape[1]), np.float32)  # (N, V + Hv)
+        out_t = torch.from_numpy(out)
+        top, tokens, priors = torch.empty(n * k), torch.empty(n * k, dtype=torch.long), torch.empty(n * k)
+        return (out, np.tile(self._bias_np, (n, 1)), out[:, v:], out_t[:, :v], out_t[:, v:], top.view(n, k), tokens,
+                tokens.view(n, k), priors, priors.view(n, k))
 
     def __call__(self, latents: torch.Tensor, k: int) -> tuple[list[int], list[float], list[float]]:
         """latents (N, D) -> top tokens (N*K), priors (N*K), values (N)."""
         b, exp = self.b_value, math.exp
-        if self.numpy and numpy_fits(latents, latents.shape[0]):
-            out = latents.detach().numpy() @ self._w_np  # (N, V + Hv)
-            out += self._bias_np
-            top_logits, top_tokens = torch.from_numpy(out[:, : self.vocab]).topk(k, dim=-1)
-            hidden = out[:, self.vocab :]
-            torch.nn.functional.silu(torch.from_numpy(hidden), inplace=True)  # (N, Hv), in place
+        n = latents.shape[0]
+        if self.numpy and numpy_fits(latents, n):
+            out, bias, hidden, logits_t, hidden_t, top, tokens, tokens_nk, priors, priors_nk = self._work.get(n, k)
+            np.matmul((latents.detach() if latents.requires_grad else latents).numpy(), self._w_np, out=out)
+            out += bias  # (N, V + Hv)
+            torch.topk(logits_t, k, out=(top, tokens_nk))
+            silu_(hidden_t)  # (N, Hv), in place
             scores = (hidden @ self._w_value_np).tolist()
-        else:
-            out = torch.addmm(self.bias, latents, self.w_t)  # (N, V + Hv)
-            top_logits, top_tokens = out[:, : self.vocab].topk(k, dim=-1)
-            hidden = torch.nn.functional.silu(out[:, self.vocab :], inplace=True)  # (N, Hv)
-            scores = hidden.mv(self.w_value).tolist()
+            torch.softmax(top, dim=-1, out=priors_nk)
+            values = [1.0 / (1.0 + exp(-(x + b))) for x in scores]
+            return tokens.tolist(), priors.tolist(), values
+        out = torch.addmm(self.bias, latents, self.w_t)  # (N, V + Hv)
+        top_logits, top_tokens = out[:, : self.vocab].topk(k, dim=-1)
+        hidden = torch.nn.functional.silu(out[:, self.vocab :], inplace=True)  # (N, Hv)
+        scores = hidden.mv(self.w_value).tolist()
         values = [1.0 / (1.0 + exp(-(x + b))) for x in scores]
         return top_tokens.view(-1).tolist(), torch.softmax(top_logits, dim=-1).view(-1).tolist(), values
 
@@ -184,10 +201,15 @@ class CRSM(nn.Module, CheckpointMixin):
             from .mcts import GenericKernels
 
             return GenericKernels(self)
-        dyn, val = self.dynamics.net, self.value_head.net  # every weight the kernels read, named (no module walk)
-        params = (self.backbone.embedding.weight, self.backbone.lm_head.weight, dyn[0].weight, dyn[0].bias,
-                  dyn[2].weight, dyn[2].bias, dyn[4].weight, dyn[4].bias, val[0].weight, val[0].bias,
-                  val[2].weight, val[2].bias)
+        # every weight the kernels read, by name, through the modules' own dicts: this runs once per search, and
+        # `nn.Module.__getattr__` and `Sequential[i]` cost about 1 µs a step (27 steps: most of a 1-simulation search's
+        # fixed cost before)
+        mods = self._modules
+        backbone = mods["backbone"]._modules
+        dyn, val = mods["dynamics"]._modules["net"]._modules, mods["value_head"]._modules["net"]._modules
+        params = (backbone["embedding"]._parameters["weight"], backbone["lm_head"]._parameters["weight"],
+                  *(p for layer in (dyn["0"], dyn["2"], dyn["4"], val["0"], val["2"])
+                    for p in (layer._parameters["weight"], layer._parameters["bias"])))
         key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
         if self._kernels is None or self._kernels[0] != key:
             self._kernels = (key, SearchKernels(self))
