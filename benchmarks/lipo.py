@@ -14,7 +14,8 @@ Methods at equal budget, repeated over seeds:
   GP sees embeddings) -> decoder -> the nearest unevaluated table instructions (inversion restricted to the
   table) -> the one of highest LogEI, with every other unevaluated row among the candidates (--invbo-select
   union, the cpu preset; acq: the neighbours only; nearest: the closest one) -> racing evaluation at 20/40/80
-  questions against the incumbent (the preset's invbo_race_alpha, --invbo-race-alpha 0: straight to full).
+  questions against the incumbent (the preset's invbo_race_alpha, --invbo-race-alpha 0: straight to full); the
+  candidates are ranked by the preset's invbo_rank (mean: the GP's predicted error; log_ei: the acquisition).
 
 Anytime curves: after every full-fidelity evaluation (at its call count) the incumbent is the instruction of
 lowest measured full-fidelity error, credited with its true error; the same for every method. Settings of LIPO
@@ -148,10 +149,12 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
     the decoded pool latents, or to the pool embeddings when the GP sees embeddings); select="acq" re-encodes
     those `inversion_neighbours` candidates and keeps the one of highest LogEI, "nearest" the closest one;
     select="union" adds every unevaluated table row to those candidates (LIPOInference's inversion_select="union":
-    the acquisition's best pool point wins when the decoded target's neighbours score lower by LogEI).
-    Returns {"steps", "from_inversion"(, "raced_out")}: InvBO steps run, how many evaluated one of the decoded
-    target's `inversion_neighbours` nearest unevaluated rows (and, with config.invbo_race_alpha > 0, how many
-    were stopped below full fidelity by the racing test, hyperband.race_to_full).
+    the acquisition's best pool point wins when the decoded target's neighbours score lower by LogEI). The candidates
+    are ranked by LogEI or, with config.invbo_rank="mean" (the cpu preset), by the GP's predicted error.
+    Returns {"steps", "from_inversion"(, "raced_out", "new_incumbents")}: InvBO steps run, how many evaluated one
+    of the decoded target's `inversion_neighbours` nearest unevaluated rows (and, with config.invbo_race_alpha > 0,
+    how many were stopped below full fidelity by the racing test, hyperband.race_to_full; how many reached full
+    fidelity below the incumbent's error).
     """
     stats = {"steps": 0, "from_inversion": 0}
     ids, errors = hb.high_fidelity_data()
@@ -167,6 +170,10 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
         else:
             pool_ref = torch.nn.functional.normalize(features.float(), dim=-1)  # (N, E) pool embeddings
     decode = None if on_latents else (lambda z: vae.decode(z.float()).double())
+
+    def rank(gp, x):  # higher is better: LogEI, or minus the predicted error (LIPOInference.score, invbo_rank)
+        return -gp.predict(x)[0] if config.invbo_rank == "mean" else gp.log_ei(x)
+
     for step in range(steps):
         if cache.calls >= horizon:
             return stats
@@ -177,22 +184,22 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
         sims = (pool_ref @ target.T).squeeze(-1)
         evaluated = {i for i, _ in cache.errors}
         near = [i for i in sims.argsort(descending=True).tolist() if i not in evaluated][: config.inversion_neighbours]
-        if select in ("acq", "union"):  # re-encode the candidates (their table rows), keep the highest LogEI
+        if select in ("acq", "union"):  # re-encode the candidates (their table rows), keep the best ranked
             with torch.no_grad():
-                scores = gp.log_ei(features[near])
+                scores = rank(gp, features[near])
                 i = near[int(scores.argmax())]
                 if select == "union":
                     rest = [j for j in range(len(features)) if j not in evaluated and j not in near]
                     if rest:
-                        rest_scores = gp.log_ei(features[rest])
+                        rest_scores = rank(gp, features[rest])
                         if float(rest_scores.max()) > float(scores.max()):
                             i = rest[int(rest_scores.argmax())]
         else:
             i = near[0]
         stats["steps"] += 1
         stats["from_inversion"] += int(i in near)
+        incumbent = min(e for (_, f), e in cache.errors.items() if f >= nvalid)
         if config.invbo_race_alpha > 0:  # racing: screened out when significantly worse than the incumbent
-            incumbent = min(e for (_, f), e in cache.errors.items() if f >= nvalid)
             error, _, raced_out = race_to_full(lambda f, i=i: cache.evaluate(i, f), nvalid, incumbent,
                                                race_fidelities(nvalid, config.bmin, config.eta,
                                                                config.min_fidelity_pct), config.invbo_race_alpha)
@@ -201,6 +208,7 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
                 continue
         else:
             error = cache.evaluate(i, nvalid)
+        stats["new_incumbents"] = stats.get("new_incumbents", 0) + int(error < incumbent)
         gp.add_observation(features[i], error)
         gp.fit(config.gp_retrain_epochs, config.gp_retrain_lr, config.gp_retrain_patience)
     return stats
@@ -371,6 +379,8 @@ def main() -> None:
                         help="LIPO's GP input (default: the cpu preset's gp_input)")
     parser.add_argument("--invbo-race-alpha", type=float, default=None,
                         help="racing level of the InvBO evaluations (default: the cpu preset's invbo_race_alpha)")
+    parser.add_argument("--invbo-rank", default=None, choices=("log_ei", "mean"),
+                        help="how InvBO ranks its candidates (default: the cpu preset's invbo_rank)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     n = args.n or (400 if args.quick else 1000)
@@ -382,6 +392,8 @@ def main() -> None:
         config = config.replace(gp_input=args.gp_input)
     if args.invbo_race_alpha is not None:
         config = config.replace(invbo_race_alpha=args.invbo_race_alpha)
+    if args.invbo_rank is not None:
+        config = config.replace(invbo_rank=args.invbo_rank)
     if args.invbo_select is None:
         args.invbo_select = {"acquisition": "acq", "union": "union"}.get(config.inversion_select, "nearest")
     t0 = time.time()
@@ -418,7 +430,7 @@ def main() -> None:
             results = list(pool_exec.map(_run_task, tasks))
     else:
         results = [_run_task(task) for task in tasks]
-    invbo_counts = {"steps": 0, "from_inversion": 0, "raced_out": 0}
+    invbo_counts = {"steps": 0, "from_inversion": 0, "raced_out": 0, "new_incumbents": 0}
     for (name, seed), (curve, elapsed, stats) in zip(tasks, results, strict=True):
         for key, value in stats.items():
             invbo_counts[key] += value
@@ -525,6 +537,7 @@ def main() -> None:
                           "invbo_steps_run": invbo_counts["steps"],
                           "invbo_from_inversion_neighbours": invbo_counts["from_inversion"],
                           "invbo_race_alpha": config.invbo_race_alpha, "invbo_raced_out": invbo_counts["raced_out"],
+                          "invbo_rank": config.invbo_rank, "invbo_new_incumbents": invbo_counts["new_incumbents"],
                           "chosen_on": "table seed 1 (a different APE pool and validation sample)"},
         "wall_s": round(time.time() - t0, 1),
     }

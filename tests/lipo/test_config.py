@@ -21,6 +21,7 @@ def test_json_round_trip_and_presets():
     assert LIPOConfig.from_json(c.to_json()) == c
     assert c.offline and not LIPOConfig().offline
     assert LIPOConfig.preset("debug").ape_num_instructions == 10
+    assert (LIPOConfig().invbo_rank, c.invbo_rank) == ("log_ei", "mean")  # chosen on the validation table
 
 
 def test_explicit_options_win_over_the_preset():
@@ -33,7 +34,7 @@ def test_explicit_options_win_over_the_preset():
 
 
 @pytest.mark.parametrize("bad", [{"eta": 1.0}, {"bmin": 0}, {"validation_size": 5}, {"inverter": "x"},
-                                 {"min_fidelity_pct": 0.0}])
+                                 {"min_fidelity_pct": 0.0}, {"invbo_rank": "ucb"}])
 def test_invalid_values_are_named(bad):
     with pytest.raises(ConfigError):
         LIPOConfig(**bad)

@@ -112,6 +112,29 @@ def test_union_selection_adds_the_unevaluated_pool_to_the_inversion_candidates(p
                       pool_features=pool_embeddings[:4])
 
 
+def test_mean_ranking_takes_the_candidate_of_lowest_predicted_error(pool, pool_embeddings, encoder):
+    inference, gp, inverter, known = _embedding_gp_inference(pool, pool_embeddings, encoder, inversion_select="union",
+                                                             inversion_neighbours=4, invbo_rank="mean")
+    fresh_pool = [t for t in pool if t not in known]
+    features = encoder.encode_batch_tensor(fresh_pool).double()
+    mean, _ = gp.predict(features)
+    best_mean = fresh_pool[int(mean.argmin())]
+    assert inference.score(features).tolist() == pytest.approx((-mean).tolist())
+    for target_row in (3, 60):
+        assert inference.select_candidate(pool_embeddings[target_row], fallback=pool[3]) == best_mean
+    # with invbo_rank="log_ei" (the default) the same call takes the highest LogEI
+    by_ei = LIPOInference(inference.vae, gp, encoder, inverter, None, inference.config.replace(invbo_rank="log_ei"),
+                          known=known)
+    scores = gp.log_ei(features)
+    assert by_ei.select_candidate(pool_embeddings[3], fallback=pool[3]) == fresh_pool[int(scores.argmax())]
+    # acquisition selection ranks the inverter's candidates by predicted error too
+    narrow = LIPOInference(inference.vae, gp, encoder, inverter, None,
+                           inference.config.replace(inversion_select="acquisition"), known=known)
+    candidates = [c for c in inverter.candidates(pool_embeddings[60], k=4) if c not in known]
+    cand_mean, _ = gp.predict(encoder.encode_batch_tensor(candidates).double())
+    assert narrow.select_candidate(pool_embeddings[60], fallback=pool[3]) == candidates[int(cand_mean.argmin())]
+
+
 def test_racing_screens_out_a_proposal_worse_than_the_incumbent_without_a_gp_observation(pool, pool_embeddings,
                                                                                          encoder):
     asked = []

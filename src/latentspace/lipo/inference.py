@@ -16,7 +16,9 @@ unevaluated one of highest LogEI is evaluated (instead of the closest one, which
 `inversion_select="union"` every not yet evaluated pool instruction joins those candidates: the snap from the
 continuous optimum back to text then never evaluates a text the acquisition ranks below an available one (the
 nearest neighbours of decoder(z_opt) are often poor by the GP's own LogEI), and inverted texts that score higher
-than every pool instruction still win.
+than every pool instruction still win. Candidates are ranked by LogEI (`invbo_rank="log_ei"`, the default) or by the
+GP's predicted error (`invbo_rank="mean"`): the InvBO step then evaluates the candidate most likely to beat the
+incumbent, and exploration is left to Hyperband's BO proposals, which are screened at low fidelity.
 """
 
 from __future__ import annotations
@@ -106,22 +108,28 @@ class LIPOInference:
         with inversion_select="union" every unevaluated pool instruction is a candidate too."""
         return self.select_with_source(embedding, fallback)[0]
 
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """(B,) how the InvBO step ranks candidates of GP inputs (B, D), higher is better: their LogEI
+        (invbo_rank="log_ei") or minus their predicted error (invbo_rank="mean")."""
+        with torch.no_grad():
+            if self.config.invbo_rank == "mean":
+                return -self.gp.predict(features)[0]
+            return self.gp.log_ei(features)
+
     def select_with_source(self, embedding: torch.Tensor, fallback: str) -> tuple[str, str]:
         """(text, source) of `select_candidate`; source: "inversion", "pool" or "fallback"."""
         candidates = self.inverter.candidates(embedding, k=self.config.inversion_neighbours)
         fresh = list(dict.fromkeys(c for c in candidates if c not in self.known and c not in self.screened))
         best: tuple[float, str, str] | None = None
         if fresh:
-            with torch.no_grad():
-                scores = self.gp.log_ei(self.gp_inputs_of(fresh))
+            scores = self.score(self.gp_inputs_of(fresh))
             k = int(scores.argmax())
             best = (float(scores[k]), fresh[k], "inversion")
         if self.config.inversion_select == "union":
             seen = set(fresh) | set(self.screened)
             rows = [i for i, t in enumerate(self.pool) if t not in self.known and t not in seen]
             if rows:
-                with torch.no_grad():
-                    scores = self.gp.log_ei(self.pool_features()[rows])
+                scores = self.score(self.pool_features()[rows])
                 k = int(scores.argmax())
                 if best is None or float(scores[k]) > best[0]:
                     best = (float(scores[k]), self.pool[rows[k]], "pool")
