@@ -56,13 +56,10 @@ class Workspace:
         self._local = threading.local()
 
     def get(self, *shape) -> tuple:
-        try:
-            return self._local.arrays[shape]
-        except AttributeError:
-            self._local.arrays = {}
-        except KeyError:
-            pass
-        arrays = self._local.arrays[shape] = self._make(*shape)
+        made = self._local.__dict__.setdefault("arrays", {})  # this thread's arrays, by call shape
+        arrays = made.get(shape)
+        if arrays is None:
+            arrays = made[shape] = self._make(*shape)
         return arrays
 
 

@@ -212,12 +212,13 @@ class BeliefStateTracker(nn.Module):
             return torch.sigmoid(z)
         return torch.sigmoid(self.confidence_scaler * z / self.temperature + self.confidence_bias)
 
-    def _calibrate_scalar(self, z: float, params: tuple[np.ndarray, ...] | None = None) -> float:
-        """`calibrate` of one Python float, without building tensors (the per-segment path)."""
-        if self.confidence_calibration:
-            scale, bias, log_t = (params or self._fast_params())[:3]
-            z = float(scale[0]) * z / math.exp(float(log_t[0])) + float(bias[0])
-        return _sigmoid(z)
+    def _calibration(self, arrays: tuple[np.ndarray, ...] | None = None) -> tuple[float, float] | None:
+        """The calibration as Python floats (scale / temperature, bias), None when calibration is off: a span's
+        confidence is sigmoid(scale / temperature * z + bias), computed without tensors (the per-segment path)."""
+        if not self.confidence_calibration:
+            return None
+        scale, bias, log_t = (arrays or self._fast_params())[:3]
+        return float(scale[0]) / math.exp(float(log_t[0])), float(bias[0])
 
     def _fast_params(self) -> tuple[np.ndarray, ...]:
         """NumPy arrays of the tracker's parameters for the per-segment path: (scale, bias, log temperature)
@@ -254,10 +255,7 @@ class BeliefStateTracker(nn.Module):
         cached = self.__dict__.get("_document_cache")
         if cached is None or self.belief.total_segments == 0:
             arrays = self._fast_params()
-            calibration = None
-            if self.confidence_calibration:
-                scale, bias, log_t = arrays[:3]
-                calibration = (float(scale[0]) / math.exp(float(log_t[0])), float(bias[0]))
+            calibration = self._calibration(arrays)
             rescorer = None
             if len(arrays) > 3:
                 w1, b1, w2, b2 = arrays[3:]
@@ -290,21 +288,23 @@ class BeliefStateTracker(nn.Module):
             gmm_context: memory after this segment, (K, D) or (1, K, D).
             token_states: (L, D) states aligned with the logits, for the span embedding.
         """
-        candidate, s, e = self._candidate(logits, segment_id, global_offset, _context_array(gmm_context))
+        candidate, s, e = self._candidate(logits, segment_id, global_offset, _context_array(gmm_context),
+                                          self._calibration())
         if token_states is not None:
             candidate.span_embedding = _span_embedding(token_states, s, e)
         return candidate
 
     def _candidate(self, logits: tuple[torch.Tensor, torch.Tensor], segment_id: int, global_offset: int,
                    context: np.ndarray | None,
-                   params: tuple[np.ndarray, ...] | None = None) -> tuple[SpanCandidate, int, int]:
-        """(candidate, start, end in the segment's logits) of one segment, given its memory summary (D,)."""
+                   calibration: tuple[float, float] | None) -> tuple[SpanCandidate, int, int]:
+        """(candidate, start, end in the segment's logits) of one segment, given its memory summary (D,) and the
+        calibration (`_calibration`)."""
         start, end = logits[0].tolist(), logits[1].tolist()  # (L,) each, Python floats
         s, e, best = _best_span_lists(start, end, self.max_answer_len)
         z = best - (start[0] + end[0])  # span-vs-null logit
         candidate = SpanCandidate(
             span=(global_offset + s - 1, global_offset + e - 1),
-            confidence=self._calibrate_scalar(z, params),
+            confidence=_sigmoid(calibration[0] * z + calibration[1] if calibration is not None else z),
             segment_id=segment_id,
             gmm_context_hash=0 if context is None else zlib.crc32(context),  # the array's buffer, no copy
             score=z,
@@ -386,18 +386,12 @@ class BeliefStateTracker(nn.Module):
         # The per-segment path runs on Python floats and a few NumPy calls. The model's forward leaves the CPU's
         # caches cold, and each first call of a kind after it (a NumPy reduction, a ufunc, a torch method) costs
         # 10-30 us where a warm one costs 1-3, so the count of *distinct* calls, not arithmetic, is what this step
-        # costs (benchmarks/rbsqa.py, tracker_overhead_frac): the averages below are BLAS products like the
-        # re-scorer's layers, and the candidate is built inline (`_candidate` is the same for one segment).
+        # costs (benchmarks/rbsqa.py, tracker_overhead_frac; benchmarks/rbsqa_tracker_profile.py): the averages
+        # are BLAS products like the re-scorer's layers, and the parameters are read once per document.
         params = self._document_params()
-        calibration = params[1]
         context = _context_array(gmm_context)  # (D,)
-        start, end = current_logits[0].tolist(), current_logits[1].tolist()  # (L,) each, Python floats
-        s, e, best = _best_span_lists(start, end, self.max_answer_len)
-        z = best - (start[0] + end[0])  # span-vs-null logit
-        confidence = _sigmoid(calibration[0] * z + calibration[1] if calibration is not None else z)
-        current = SpanCandidate((global_offset + s - 1, global_offset + e - 1), confidence, current_segment_id,
-                                0 if context is None else zlib.crc32(context), z,
-                                None if context is None else torch.from_numpy(context))
+        current, s, e = self._candidate(current_logits, current_segment_id, global_offset, context, params[1])
+        confidence = current.confidence
         belief = self.belief
         previous_span = belief.best_span
         held = None
