@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import math
 import operator
-import zlib
 from typing import Any
 
 import numpy as np
@@ -212,13 +211,14 @@ class BeliefStateTracker(nn.Module):
             return torch.sigmoid(z)
         return torch.sigmoid(self.confidence_scaler * z / self.temperature + self.confidence_bias)
 
-    def _calibration(self, arrays: tuple[np.ndarray, ...] | None = None) -> tuple[float, float] | None:
+    def _calibration(self, entry: tuple | None = None) -> tuple[float, float] | None:
         """The calibration as Python floats (scale / temperature, bias), None when calibration is off: a span's
-        confidence is sigmoid(scale / temperature * z + bias), computed without tensors (the per-segment path)."""
+        confidence is sigmoid(scale / temperature * z + bias), computed without tensors (the per-segment path).
+        `entry`: a `_fast_entry` (fetched when None)."""
         if not self.confidence_calibration:
             return None
-        scale, bias, log_t = (arrays or self._fast_params())[:3]
-        return float(scale[0]) / math.exp(float(log_t[0])), float(bias[0])
+        scale, bias, log_t = (entry or self._fast_entry())[2]  # memoryviews: mv[0] is a Python float
+        return scale[0] / math.exp(log_t[0]), bias[0]
 
     def _fast_params(self) -> tuple[np.ndarray, ...]:
         """NumPy arrays of the tracker's parameters for the per-segment path: (scale, bias, log temperature)
@@ -227,6 +227,14 @@ class BeliefStateTracker(nn.Module):
         On CPU in float32 they are views of the parameters themselves, so any in-place update (an optimizer
         step, `load_state_dict`, `.data.fill_`) is seen at once; a replaced parameter (another data pointer)
         or, elsewhere, a changed version makes them be fetched again.
+        """
+        return self._fast_entry()[1]
+
+    def _fast_entry(self) -> tuple:
+        """(key, `_fast_params` arrays, memoryviews of the three calibration arrays, the re-scorer's arrays as
+        tensors or None), cached while the parameters' (data pointer, version) stay the same. The memoryviews and
+        tensors share the arrays' memory, so what the arrays see they see; reading a float through a memoryview
+        or multiplying by a tensor calls no NumPy function (entering NumPy right after a forward costs ~30 us).
         """
         own = self._parameters  # direct dict reads: module attribute lookup costs more than the check itself
         params = [own["confidence_scaler"], own["confidence_bias"], own["log_temperature"]]
@@ -237,30 +245,27 @@ class BeliefStateTracker(nn.Module):
         key = tuple((p.data_ptr(), p._version) for p in params)
         cached = self.__dict__.get("_fast_cache")
         if cached is not None and cached[0] == key:
-            return cached[1]
+            return cached
         arrays = tuple(p.detach().numpy() if p.device.type == "cpu" and p.dtype == torch.float32
                        else p.detach().float().cpu().numpy() for p in params)
-        self.__dict__["_fast_cache"] = (key, arrays)  # a plain attribute: not a parameter, buffer or module
-        return arrays
+        views = tuple(memoryview(a) for a in arrays[:3])
+        tensors = tuple(torch.from_numpy(a) for a in arrays[3:]) or None  # no copy: the arrays' memory
+        cached = self.__dict__["_fast_cache"] = (key, arrays, views, tensors)  # a plain attribute, not a parameter
+        return cached
 
     def _document_params(self) -> tuple[tuple[np.ndarray, ...], tuple[float, float] | None, tuple | None]:
         """What `update_belief` reads of the parameters, fetched (and checked) at the first segment of each
         document and kept for its other segments: (`_fast_params` arrays, calibration (scale / temperature,
-        bias) as Python floats or None when calibration is off, learned re-scorer (W1 (H, 2D), b1 (H,), w2 (H,),
-        b2 (1,)) views or None). The re-scorer's arrays are views of the parameters (CPU, float32), so in-place
-        writes are seen at once; the calibration floats, and a parameter *replaced* in the middle of a document
-        (a new object, `.data =`, `.to()`), are seen from the next document. The public methods read the
-        parameters on every call.
+        bias) as Python floats or None when calibration is off, learned re-scorer (W1 (H, 2D), b1 (H,), w2 (1, H),
+        b2 (1,)) as tensors or None). The re-scorer's tensors share the parameters' memory (CPU, float32: through
+        the `_fast_params` views), so in-place writes are seen at once; the calibration floats, and a parameter
+        *replaced* in the middle of a document (a new object, `.data =`, `.to()`), are seen from the next
+        document. The public methods read the parameters on every call.
         """
         cached = self.__dict__.get("_document_cache")
         if cached is None or self.belief.total_segments == 0:
-            arrays = self._fast_params()
-            calibration = self._calibration(arrays)
-            rescorer = None
-            if len(arrays) > 3:
-                w1, b1, w2, b2 = arrays[3:]
-                rescorer = (w1, b1, w2.reshape(-1), b2)
-            cached = self.__dict__["_document_cache"] = (arrays, calibration, rescorer)
+            entry = self._fast_entry()
+            cached = self.__dict__["_document_cache"] = (entry[1], self._calibration(entry), entry[3])
         return cached
 
     def compute_confidence(self, start_logits: torch.Tensor, end_logits: torch.Tensor,
@@ -288,14 +293,14 @@ class BeliefStateTracker(nn.Module):
             gmm_context: memory after this segment, (K, D) or (1, K, D).
             token_states: (L, D) states aligned with the logits, for the span embedding.
         """
-        candidate, s, e = self._candidate(logits, segment_id, global_offset, _context_array(gmm_context),
+        candidate, s, e = self._candidate(logits, segment_id, global_offset, _context_vector(gmm_context),
                                           self._calibration())
         if token_states is not None:
             candidate.span_embedding = _span_embedding(token_states, s, e)
         return candidate
 
     def _candidate(self, logits: tuple[torch.Tensor, torch.Tensor], segment_id: int, global_offset: int,
-                   context: np.ndarray | None,
+                   context: torch.Tensor | None,
                    calibration: tuple[float, float] | None) -> tuple[SpanCandidate, int, int]:
         """(candidate, start, end in the segment's logits) of one segment, given its memory summary (D,) and the
         calibration (`_calibration`)."""
@@ -306,9 +311,9 @@ class BeliefStateTracker(nn.Module):
             span=(global_offset + s - 1, global_offset + e - 1),
             confidence=_sigmoid(calibration[0] * z + calibration[1] if calibration is not None else z),
             segment_id=segment_id,
-            gmm_context_hash=0 if context is None else zlib.crc32(context),  # the array's buffer, no copy
+            gmm_context_hash=0 if context is None else _context_hash(context),
             score=z,
-            context_vector=None if context is None else torch.from_numpy(context),
+            context_vector=context,
         )
         return candidate, s, e
 
@@ -322,7 +327,8 @@ class BeliefStateTracker(nn.Module):
         learned: confidence * re_score_network([span embedding, context now]).
         Falls back to the original confidence (with a warning) when a span lacks what re-scoring needs.
         """
-        revised = self._re_score(past_spans, _context_array(gmm_context))
+        context = _context_vector(gmm_context)
+        revised = self._re_score(past_spans, None if context is None else context.numpy())
         return [dataclasses.replace(c, confidence=r) for c, r in zip(past_spans, revised, strict=True)]
 
     def _re_score(self, past_spans: list[SpanCandidate], now: np.ndarray | None,
@@ -352,17 +358,17 @@ class BeliefStateTracker(nn.Module):
             log.warning("re-scoring failed (%s); keeping the original confidences", err)
             return [c.confidence for c in past_spans]
 
-    def _re_score_held(self, held: SpanCandidate, now: np.ndarray | None, params: tuple) -> float:
-        """`_re_score` of the one candidate `update_belief` re-scores, in as few NumPy calls as it takes
-        (`params`: `_document_params`)."""
-        rescorer = params[2]
-        if self.re_scoring_method != "learned" or rescorer is None or held.span_embedding is None or now is None:
-            return self._re_score([held], now, params[0])[0]  # cosine weighting, or the general path's fallbacks
+    def _re_score_held(self, held: SpanCandidate, now: torch.Tensor | None, params: tuple) -> float:
+        """`_re_score` of the one candidate `update_belief` re-scores, in three torch calls (`params`:
+        `_document_params`; `now`: the context summary (D,))."""
+        rescorer, embedding = params[2], held.span_embedding
+        if (self.re_scoring_method != "learned" or rescorer is None or now is None or embedding is None
+                or embedding.dtype != torch.float32 or embedding.device.type != "cpu"):
+            # cosine weighting, or the general path's conversions and fallbacks
+            return self._re_score([held], None if now is None else now.numpy(), params[0])[0]
         w1, b1, w2, b2 = rescorer
-        hidden = w1 @ np.concatenate((_numpy(held.span_embedding), now))  # (H,): [span embedding, context now]
-        hidden += b1
-        logit = float(w2 @ np.maximum(hidden, 0.0, out=hidden)) + b2.item()
-        return held.confidence * _sigmoid(logit)
+        hidden = F.linear(torch.cat((embedding, now)), w1, b1)  # (H,): [span embedding, context now]
+        return held.confidence * _sigmoid(F.linear(hidden.relu_(), w2, b2).item())
 
     # ---- belief ----------------------------------------------------------------------------------------
 
@@ -383,13 +389,15 @@ class BeliefStateTracker(nn.Module):
         Returns:
             Updated BeliefState with potential non-monotonic revisions
         """
-        # The per-segment path runs on Python floats and a few NumPy calls. The model's forward leaves the CPU's
+        # The per-segment path runs on Python floats and a few torch calls. The model's forward leaves the CPU's
         # caches cold, and each first call of a kind after it (a NumPy reduction, a ufunc, a torch method) costs
         # 10-30 us where a warm one costs 1-3, so the count of *distinct* calls, not arithmetic, is what this step
-        # costs (benchmarks/rbsqa.py, tracker_overhead_frac; benchmarks/rbsqa_tracker_profile.py): the averages
-        # are BLAS products like the re-scorer's layers, and the parameters are read once per document.
+        # costs (benchmarks/rbsqa.py, tracker_overhead_frac; benchmarks/rbsqa_tracker_profile.py). The averages
+        # and the re-scorer are torch matrix products and linear layers, which the forward has just run (warm
+        # code), and no NumPy function is called at all (entering NumPy first costs ~30 us); the parameters are
+        # read once per document.
         params = self._document_params()
-        context = _context_array(gmm_context)  # (D,)
+        context = _context_vector(gmm_context)  # (D,)
         current, s, e = self._candidate(current_logits, current_segment_id, global_offset, context, params[1])
         confidence = current.confidence
         belief = self.belief
@@ -505,14 +513,6 @@ def _best_span_lists(start: list[float], end: list[float], max_answer_len: int) 
     return best_i + 1, best_i + best_k + 1, best
 
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    """NumPy view of a tensor with one call in the common case (CPU, no grad); `_as_array` otherwise."""
-    try:
-        return tensor.numpy()
-    except (RuntimeError, TypeError, AttributeError):
-        return _as_array(tensor, np.float32)
-
-
 def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
@@ -530,36 +530,50 @@ def _as_array(tensor: torch.Tensor | np.ndarray, dtype) -> np.ndarray:
     return np.asarray(tensor, dtype=dtype)
 
 
-def _averager(n: int) -> np.ndarray:
-    """(n,) float32 weights 1/n: a mean as one BLAS product (`weights @ rows`), cached per n."""
+def _averager(n: int) -> torch.Tensor:
+    """(n,) float32 weights 1/n: a mean as one matrix product (`weights @ rows`), cached per n."""
     weights = _AVERAGERS.get(n)
     if weights is None:
-        weights = _AVERAGERS[n] = np.full(n, 1.0 / n, dtype=np.float32)
+        weights = _AVERAGERS[n] = torch.full((n,), 1.0 / n, dtype=torch.float32)
     return weights
 
 
-_AVERAGERS: dict[int, np.ndarray] = {}
+_AVERAGERS: dict[int, torch.Tensor] = {}
 
 
-def _context_array(gmm_context: torch.Tensor | None) -> np.ndarray | None:
-    """Memory summary (D,) float32 of a (K, D) / (1, K, D) context: its mean over slots (a new array)."""
+def _context_hash(context: torch.Tensor) -> int:
+    """Fingerprint of a context summary (D,): the hash of its values as Python floats. Deterministic across
+    processes (Python randomises the hashes of str and bytes, never of floats and tuples of them), and it calls
+    no NumPy function (a CRC of the buffer needs a NumPy view: ~30 us more right after a forward)."""
+    return hash(tuple(context.tolist()))
+
+
+def _cpu_float(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor without grad, on the CPU, in float32 (itself in the common case)."""
+    if tensor.requires_grad:
+        tensor = tensor.detach()
+    if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
+        tensor = tensor.to("cpu", torch.float32)
+    return tensor
+
+
+def _context_vector(gmm_context: torch.Tensor | None) -> torch.Tensor | None:
+    """Memory summary (D,) float32 CPU tensor of a (K, D) / (1, K, D) context: its mean over slots (a new tensor).
+
+    A matrix product with 1/K weights rather than `mean`: the forward has just run matrix products, so their
+    code is warm, and a reduction's is not (right after a forward: ~35 us vs ~70 us for NumPy's product, on
+    this project's 2-core machine); it agrees with `mean` to float32 rounding."""
     if gmm_context is None:
         return None
-    flat = _numpy(gmm_context)
-    if flat.dtype != np.float32:
-        flat = flat.astype(np.float32)
+    flat = _cpu_float(gmm_context)
     flat = flat.reshape(-1, flat.shape[-1])  # (K, D)
-    # a BLAS product with 1/K weights, as the re-scorer's layers are: no reduction machinery to warm up (it
-    # agrees with torch's mean to float32 rounding)
-    return flat[0].copy() if flat.shape[0] == 1 else _averager(flat.shape[0]) @ flat
+    return flat[0].clone() if flat.shape[0] == 1 else _averager(flat.shape[0]) @ flat
 
 
 def _span_embedding(token_states: torch.Tensor, s: int, e: int) -> torch.Tensor:
-    """Mean token state (D,) over positions s..e of (L, D) states aligned with the logits."""
-    states = _numpy(token_states)[s : e + 1]
-    if states.dtype != np.float32:
-        states = states.astype(np.float32)
-    return torch.from_numpy(states[0].copy() if e == s else _averager(e + 1 - s) @ states)
+    """Mean token state (D,) over positions s..e of (L, D) states aligned with the logits (a new tensor)."""
+    states = _cpu_float(token_states[s : e + 1])
+    return states[0].clone() if e == s else _averager(e + 1 - s) @ states
 
 
 def fit_temperature(tracker: BeliefStateTracker, z: torch.Tensor, correct: torch.Tensor, steps: int = 100) -> dict:
