@@ -5,8 +5,8 @@
 
 The checkpoint is the one `benchmarks/rbsqa.py` leaves. Each probe runs in its own pass over the test documents'
 segments, right after that segment's forward (encoder included, as in `read_document`): the first NumPy call
-(a small add), the first torch call (a small add), the learned re-scorer's first layer (W1 @ x) cold and then
-again warm, and `update_belief` cold (as in the read loop) and warm (the same update again from the same state).
+(a small add: the tracker's step calls none), the first torch call (a small add), the learned re-scorer's first
+layer (`F.linear`, as the tracker runs it) cold and then again warm, and `update_belief` cold (as in the read loop) and warm (the same update again from the same state).
 Medians over segments, in microseconds; writes benchmarks/results/rbsqa_tracker_profile.{json,md}.
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
@@ -54,8 +55,9 @@ def profile(model, docs) -> dict[str, float]:
     tracker = model.tracker
     small_np, small_t = np.ones(8, np.float32), torch.ones(8)
     net = tracker.re_score_network
-    w1 = None if net is None else net[0].weight.detach().numpy()
-    x = None if w1 is None else np.ones(w1.shape[1], np.float32)
+    w1 = None if net is None else net[0].weight.detach()  # the layer as update_belief runs it: F.linear
+    b1 = None if net is None else net[0].bias.detach()
+    x = None if w1 is None else torch.ones(w1.shape[1])
     times: dict[str, list[float]] = {k: [] for k in ("first_numpy_call", "first_torch_call", "rescorer_layer_cold",
                                                       "rescorer_layer_warm", "update_belief_cold",
                                                       "update_belief_warm")}
@@ -78,11 +80,11 @@ def profile(model, docs) -> dict[str, float]:
         update(s, doc, out)()
     if w1 is not None:
         for doc, s, out in segments(model, docs):
-            np.add(small_np, 1.0)  # NumPy entered: what follows is the layer itself
+            torch.add(small_t, 1.0)  # torch entered: what follows is the layer itself
             t0 = pc()
-            w1 @ x
+            F.linear(x, w1, b1)
             t1 = pc()
-            w1 @ x
+            F.linear(x, w1, b1)
             t2 = pc()
             times["rescorer_layer_cold"].append(t1 - t0)
             times["rescorer_layer_warm"].append(t2 - t1)
