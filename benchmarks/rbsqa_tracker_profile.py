@@ -6,7 +6,8 @@
 The checkpoint is the one `benchmarks/rbsqa.py` leaves. Each probe runs in its own pass over the test documents'
 segments, right after that segment's forward (encoder included, as in `read_document`): the first NumPy call
 (a small add: the tracker's step calls none), the first torch call (a small add), the learned re-scorer's first
-layer (`F.linear`, as the tracker runs it) cold and then again warm, and `update_belief` cold (as in the read loop) and warm (the same update again from the same state).
+layer (`F.linear`, as the tracker runs it) cold and then again warm, and `update_belief` cold (as in the read
+loop) and warm (the same update again from the same state).
 Medians over segments, in microseconds; writes benchmarks/results/rbsqa_tracker_profile.{json,md}.
 """
 
