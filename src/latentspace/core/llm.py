@@ -433,24 +433,26 @@ class MockOpenAIServer:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
-                    self._answer(prompt, count, chat, body)
+                    status, payload = self._answer(prompt, count, chat, body)
                 finally:
+                    # out of flight *before* the answer is written: a sequential client may send its next request
+                    # the moment it has read this one, and must not be counted as two requests at once
                     with server._lock:
                         server.in_flight -= 1
+                self._send(status, payload)
 
-            def _answer(self, prompt: str, count: int, chat: bool, body: dict) -> None:
+            def _answer(self, prompt: str, count: int, chat: bool, body: dict) -> tuple[int, dict]:
                 if prompt in server.hang:
                     time.sleep(server.hang_seconds)
                 if server.delay:
                     time.sleep(server.delay)
                 if count <= server.fail_first.get(prompt, 0):
-                    self._send(server.fail_status, {"error": {"message": "injected failure"}})
-                    return
+                    return server.fail_status, {"error": {"message": "injected failure"}}
                 text = server.responder(prompt)
                 choice = {"index": 0, "finish_reason": "stop"}
                 choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-                self._send(200, {"id": "mock", "object": "chat.completion", "model": body.get("model", ""),
-                                 "choices": [choice]})
+                return 200, {"id": "mock", "object": "chat.completion", "model": body.get("model", ""),
+                             "choices": [choice]}
 
             def _send(self, status: int, payload: dict) -> None:
                 data = json.dumps(payload).encode("utf-8")
