@@ -46,7 +46,13 @@ from latentspace.lipo.config import LIPOConfig
 from latentspace.lipo.encoder import GTRInstructionEncoder
 from latentspace.lipo.evaluate import SimulatedTaskModel, load_gsm8k
 from latentspace.lipo.gp import GPWithEI
-from latentspace.lipo.hyperband import EvaluationCache, LIPOHyperband, race_fidelities, race_to_full
+from latentspace.lipo.hyperband import (
+    EvaluationCache,
+    LIPOHyperband,
+    binomial_error_variance,
+    race_fidelities,
+    race_to_full,
+)
 from latentspace.lipo.vae import InstructionVAE, train_vae, vae_quality_metrics
 
 RESULTS = Path(__file__).parent / "results"
@@ -112,12 +118,13 @@ def run_random(outcomes, true_error, nvalid, horizon, seed):
 
 
 def run_hyperband(features, outcomes, true_error, nvalid, horizon, seed, use_bo, config, lipo_vae=None,
-                  invbo_steps=0, invbo_select="nearest", latents=None, invbo_stats=None):
+                  invbo_steps=0, invbo_select="nearest", latents=None, invbo_stats=None, gp_fidelity="high"):
     """Hyperband rounds (shared cache) until the horizon; with lipo_vae, InvBO steps after every round.
 
     features: the GP inputs (VAE latents, or sentence embeddings); latents: the VAE latents InvBO searches
     (default: features, i.e. the GP models the error on the latents); invbo_stats: a dict that the InvBO
-    steps' counts ({"steps", "from_inversion"}) are added to.
+    steps' counts ({"steps", "from_inversion"}) are added to; gp_fidelity: what the GP is trained on (high: the
+    seed's >= min_fidelity_pct points; all: every evaluated instruction with binomial noise, LIPOHyperband).
     """
     tracker = Tracker(true_error, nvalid)
     cache = TrackedCache(lambda i, a, b: float(outcomes[i, a:b].mean()), tracker)
@@ -125,7 +132,7 @@ def run_hyperband(features, outcomes, true_error, nvalid, horizon, seed, use_bo,
     while cache.calls < horizon:
         hb = LIPOHyperband(features, cache.evaluate_range, nvalid, config.bmin, config.eta,
                            config.random_interleaving_prob, config.min_fidelity_pct, config.for_hyperband_gp(),
-                           use_bo=use_bo, cache=cache, seed=seed * 1000 + round_index)
+                           use_bo=use_bo, cache=cache, seed=seed * 1000 + round_index, gp_fidelity=gp_fidelity)
         for bracket in hb.schedule:
             if cache.calls >= horizon:
                 break
@@ -157,12 +164,12 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
     fidelity below the incumbent's error).
     """
     stats = {"steps": 0, "from_inversion": 0}
-    ids, errors = hb.high_fidelity_data()
-    if len(ids) < 4:
+    ids, errors, variances = hb.gp_data()
+    if len(hb.high_fidelity_data()[0]) < 4:
         return stats
     on_latents = features is latents
     gp = GPWithEI(features.shape[1], config.gp_latent_dim, seed=seed, **config.gp_options())
-    gp.set_data(features[ids], torch.tensor(errors))
+    gp.set_data(features[ids], torch.tensor(errors), torch.tensor(variances))
     gp.fit(**config.for_hyperband_gp())
     with torch.no_grad():
         if on_latents:
@@ -200,11 +207,16 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
         stats["from_inversion"] += int(i in near)
         incumbent = min(e for (_, f), e in cache.errors.items() if f >= nvalid)
         if config.invbo_race_alpha > 0:  # racing: screened out when significantly worse than the incumbent
-            error, _, raced_out = race_to_full(lambda f, i=i: cache.evaluate(i, f), nvalid, incumbent,
-                                               race_fidelities(nvalid, config.bmin, config.eta,
-                                                               config.min_fidelity_pct), config.invbo_race_alpha)
+            error, fidelity, raced_out = race_to_full(lambda f, i=i: cache.evaluate(i, f), nvalid, incumbent,
+                                                      race_fidelities(nvalid, config.bmin, config.eta,
+                                                                      config.min_fidelity_pct),
+                                                      config.invbo_race_alpha)
             stats["raced_out"] = stats.get("raced_out", 0) + int(raced_out)
-            if raced_out:
+            if raced_out:  # no GP observation (the seed's rule), unless the GP takes noisy low-fidelity ones
+                if hb.gp_fidelity == "all":
+                    var = binomial_error_variance(torch.tensor([error]), torch.tensor([fidelity]), nvalid)
+                    gp.add_observation(features[i], error, float(var))
+                    gp.fit(config.gp_retrain_epochs, config.gp_retrain_lr, config.gp_retrain_patience)
                 continue
         else:
             error = cache.evaluate(i, nvalid)
@@ -215,7 +227,7 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
 
 
 def gp_ids(hb):
-    return hb.high_fidelity_data()[0]
+    return hb.gp_data()[0]
 
 
 _TASK: dict = {}  # what the (method, seed) runs share; set before the worker processes fork
@@ -235,10 +247,12 @@ def _run_task(task: tuple[str, int]) -> tuple[list, float, dict]:
         curve = run_hyperband(t["latents"], *common, False, t["config"])
     elif name == "hbbops":
         curve = run_hyperband(t["embeddings"], *common, True, t["config"])
+    elif name == "hbbops_all":  # HbBoPs with LIPO's gp_fidelity="all" GP (a control: what the GP data alone give)
+        curve = run_hyperband(t["embeddings"], *common, True, t["config"], gp_fidelity="all")
     else:
         curve = run_hyperband(t["lipo_features"], *common, True, t["config"], lipo_vae=t["vae"],
                               invbo_steps=t["invbo_steps"], invbo_select=t["invbo_select"], latents=t["latents"],
-                              invbo_stats=stats)
+                              invbo_stats=stats, gp_fidelity=t["config"].gp_fidelity)
     return curve, time.time() - start, stats
 
 
@@ -386,6 +400,10 @@ def main() -> None:
                         help="racing level of the InvBO evaluations (default: the cpu preset's invbo_race_alpha)")
     parser.add_argument("--invbo-rank", default=None, choices=("log_ei", "mean"),
                         help="how InvBO ranks its candidates (default: the cpu preset's invbo_rank)")
+    parser.add_argument("--gp-fidelity", default=None, choices=("high", "all"),
+                        help="what LIPO's GP is trained on (default: the cpu preset's gp_fidelity)")
+    parser.add_argument("--control", action="store_true",
+                        help="also run hbbops_all: HbBoPs with LIPO's gp_fidelity='all' GP")
     args = parser.parse_args()
     torch.set_num_threads(1)
     n = args.n or (400 if args.quick else 1000)
@@ -401,6 +419,8 @@ def main() -> None:
         config = config.replace(invbo_race_alpha=args.invbo_race_alpha)
     if args.invbo_rank is not None:
         config = config.replace(invbo_rank=args.invbo_rank)
+    if args.gp_fidelity is not None:
+        config = config.replace(gp_fidelity=args.gp_fidelity)
     if args.invbo_select is None:
         args.invbo_select = {"acquisition": "acq", "union": "union"}.get(config.inversion_select, "nearest")
     t0 = time.time()
@@ -422,7 +442,8 @@ def main() -> None:
         refresh_gp_timing(latents, true_error, config, n)
         return
     lipo_features = embeddings.double() if config.gp_input == "embedding" else latents
-    curves: dict[str, list] = {m: [] for m in ("random", "hyperband", "hbbops", "lipo")}
+    methods = ("random", "hyperband", "hbbops", "lipo") + (("hbbops_all",) if args.control else ())
+    curves: dict[str, list] = {m: [] for m in methods}
     reach: dict[str, list] = {m: [] for m in curves}
     seconds: dict[str, float] = dict.fromkeys(curves, 0.0)
     _TASK.update(outcomes=outcomes, true_error=true_error, nvalid=nvalid, horizon=horizon, config=config,
@@ -501,7 +522,7 @@ def main() -> None:
                 "mean": float(values.mean()), "se": float(values.std(ddof=1) / np.sqrt(seeds)) if seeds > 1 else 0.0,
                 "per_seed": values.tolist()}
     # paired comparison (same seed index): how often LIPO's area is below each baseline's
-    for m in ("random", "hyperband", "hbbops"):
+    for m in [name for name in curves if name != "lipo"]:
         diff = per_seed["lipo"].mean(1) - per_seed[m].mean(1)
         metrics[f"anytime_auc_lipo_minus_{m}"] = round(float(diff.mean()), 4)
         anytime_summary["lipo"][f"auc_minus_{m}"] = {
@@ -539,7 +560,8 @@ def main() -> None:
         "anytime": {"budget_frac": grid.tolist(), **anytime},
         "anytime_se": anytime_se, "anytime_summary": anytime_summary,
         "gp_space_heldout": space,
-        "lipo_settings": {"gp_input": config.gp_input, "invbo_steps_per_round": args.invbo_steps,
+        "lipo_settings": {"gp_input": config.gp_input, "gp_fidelity": config.gp_fidelity,
+                          "invbo_steps_per_round": args.invbo_steps,
                           "invbo_select": args.invbo_select, "table_seed": args.table_seed,
                           "invbo_steps_run": invbo_counts["steps"],
                           "invbo_from_inversion_neighbours": invbo_counts["from_inversion"],
@@ -568,7 +590,7 @@ def main() -> None:
               f"{m} {anytime_summary['lipo'][f'auc_minus_{m}']['mean']:+.4f} +- "
               f"{anytime_summary['lipo'][f'auc_minus_{m}']['se']:.4f} (LIPO lower on "
               f"{anytime_summary['lipo'][f'auc_minus_{m}']['seeds_lipo_lower']}/{seeds} seeds)"
-              for m in ("random", "hyperband", "hbbops")), "",
+              for m in curves if m != "lipo"), "",
           "GP held-out Spearman (fit on n random table rows): " + ", ".join(
               f"{k} {v['mean']:.2f}" for k, v in space.items()), ""]
     (RESULTS / f"{stem}.md").write_text("\n".join(md))

@@ -34,7 +34,8 @@ def test_explicit_options_win_over_the_preset():
 
 
 @pytest.mark.parametrize("bad", [{"eta": 1.0}, {"bmin": 0}, {"validation_size": 5}, {"inverter": "x"},
-                                 {"min_fidelity_pct": 0.0}, {"invbo_rank": "ucb"}])
+                                 {"min_fidelity_pct": 0.0}, {"invbo_rank": "ucb"},
+                                 {"gp_fidelity": "low"}])
 def test_invalid_values_are_named(bad):
     with pytest.raises(ConfigError):
         LIPOConfig(**bad)

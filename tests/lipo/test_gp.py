@@ -218,3 +218,55 @@ def test_optimize_through_a_decoder_searches_the_latent_box():
     # the optimum beats every random latent of the box under the same LogEI of the decoded point
     rand = bounds[0] + (bounds[1] - bounds[0]) * torch.rand(256, 2, dtype=torch.float64)
     assert float(g.log_ei(decode(z).unsqueeze(0))) >= float(g.log_ei(decode(rand)).max()) - 1e-3
+
+
+def test_known_noise_mll_matches_gpytorch_and_weighs_noisy_points_less():
+    """Per-point known noise (a FixedNoiseGaussianLikelihood): exact_mll (all points and a subset) equals GPyTorch's
+    marginal likelihood, and a noisy observation pulls the posterior less than an exact one at the same input."""
+    from gpytorch.likelihoods import FixedNoiseGaussianLikelihood
+
+    torch.manual_seed(2)
+    X = torch.rand(30, 4, dtype=torch.float64)
+    err = X[:, 0] * 0.5
+    var = torch.where(torch.arange(30) % 2 == 0, 0.0, 0.004).to(torch.float64)
+    g = GPWithEI(4, gp_latent_dim=2)
+    g.set_data(X, err, var)
+    assert g.noisy
+    model = g._build()
+    assert isinstance(model.likelihood, FixedNoiseGaussianLikelihood)
+    model.train()
+    fixed = model.likelihood.noise_covar.noise  # standardised: var / std(y)^2 (the GPyTorch floor 1e-6 at 0)
+    assert torch.allclose(fixed, (var / err.std() ** 2).clamp_min(1e-6), rtol=1e-6)
+    params = [p for p in model.parameters() if p.requires_grad]
+    fast = exact_mll(model)
+    reference = ExactMarginalLogLikelihood(model.likelihood, model)(model(*model.train_inputs), model.train_targets)
+    assert torch.allclose(fast, reference, rtol=1e-9, atol=1e-9)
+    for a, b in zip(torch.autograd.grad(fast, params), torch.autograd.grad(reference, params), strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-9)
+    index = torch.arange(1, 30, 2)  # a subset keeps its own points' noise
+    sub = GPWithEI(4, gp_latent_dim=2)
+    sub.set_data(X[index], err[index], var[index])
+    sub_model = sub._build()
+    sub_model.load_state_dict({k: v for k, v in model.state_dict().items() if k != "likelihood.noise_covar.noise"},
+                              strict=False)
+    sub_model.train_targets = model.train_targets[index]
+    sub_model.likelihood.noise_covar.noise = fixed[index]
+    sub_model.train()
+    assert torch.allclose(exact_mll(model, index), exact_mll(sub_model), rtol=1e-9)
+
+    # one surprising observation (error 0.9 where the rest say ~0.25) at a new input: exact vs noisy
+    x_new = torch.full((1, 4), 0.5, dtype=torch.float64)
+    pulls = {}
+    for noise in (0.0, 0.05):
+        h = GPWithEI(4, gp_latent_dim=2, seed=0)
+        h.set_data(torch.cat([X, x_new]), torch.cat([err, torch.tensor([0.9], dtype=torch.float64)]),
+                   torch.cat([torch.zeros(30, dtype=torch.float64), torch.tensor([noise], dtype=torch.float64)]))
+        h.fit(epochs=100, lr=0.02, patience=20)
+        pulls[noise] = float(h.predict(x_new)[0])
+    assert pulls[0.0] > pulls[0.05] + 0.05  # the noisy point is believed less
+    # with noisy data the LogEI reference is the lowest posterior mean at the data, not a lucky raw value
+    h.add_observation(torch.full((1, 4), 0.9, dtype=torch.float64), 0.0, 0.02)
+    h.fit(epochs=100, lr=0.02, patience=20)
+    assert h.best_error == pytest.approx(float(h.predict(h.X)[0].min())) and h.best_error > 0.0
+    with pytest.raises(DataError, match="noise variances"):
+        h.set_data(X, err, -var)

@@ -98,3 +98,37 @@ def test_race_to_full_stops_a_clearly_worse_instruction_and_lets_a_good_one_thro
     assert abs(error - cache.evaluate(1, 200)) < 1e-12
     # alpha 0 never stops
     assert race_to_full(lambda f: cache.evaluate(0, f), 200, 0.1, [20, 40, 80], alpha=0.0)[2] is False
+
+
+def test_binomial_error_variance():
+    from latentspace.lipo.hyperband import binomial_error_variance
+
+    err = torch.tensor([0.0, 0.3, 0.3, 0.25])
+    f = torch.tensor([10, 10, 40, 200])
+    var = binomial_error_variance(err, f, 200)
+    # p = (k + 1) / (f + 2); p (1 - p) / f * (N - f) / (N - 1)
+    p0, p1, p2 = 1 / 12, 4 / 12, 13 / 42
+    expected = [p0 * (1 - p0) / 10 * 190 / 199, p1 * (1 - p1) / 10 * 190 / 199, p2 * (1 - p2) / 40 * 160 / 199, 0.0]
+    assert torch.allclose(var, torch.tensor(expected, dtype=torch.float64))
+    assert var[0] > 0 and var[1] > var[2] > var[3] == 0  # never zero below full fidelity, shrinking with questions
+
+
+def test_gp_on_all_fidelities_starts_early_and_weights_by_noise():
+    features, outcomes, true = _pool()
+    evaluate = lambda i, a, b: sum(outcomes[i][a:b]) / (b - a)  # noqa: E731
+    hb = LIPOHyperband(features, evaluate, nvalid=80, bmin=10, eta=2.0,
+                       gp_settings={"epochs": 40, "lr": 0.02, "patience": 10}, seed=0, gp_fidelity="all")
+    first = hb.schedule[0]
+    for i in hb.propose(first.n, exclude=set()):  # one screening stage: no full-fidelity point exists yet
+        hb.cache.evaluate(i, first.stages[0].fidelity)
+    assert hb.high_fidelity_data()[0] == []
+    ids, errors, variances = hb.gp_data()
+    assert len(ids) == first.n and all(v > 0 for v in variances)
+    assert hb.fit_gp() and hb.gp.noisy and hb.gp.n == first.n  # the seed's rule would have no GP here
+    result = hb.run()
+    assert float(true[result.best_id]) <= float(true.quantile(0.2))
+    ids, errors, variances = hb.gp_data()
+    for i, v in zip(ids, variances, strict=True):
+        assert (v == 0.0) == (hb.cache.highest(i)[0] == 80)
+    with pytest.raises(ValueError, match="gp_fidelity"):
+        LIPOHyperband(features, evaluate, nvalid=80, gp_fidelity="low")

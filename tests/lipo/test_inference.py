@@ -152,3 +152,16 @@ def test_racing_screens_out_a_proposal_worse_than_the_incumbent_without_a_gp_obs
     assert [q for _, q in asked] == [20, 20] and len({t for t, _ in asked}) == 2  # no proposal raced twice
     assert gp.n == 30 and set(inference.screened) == {t for t, _ in asked}
     assert result["best_error"] == min(known.values())
+
+
+def test_racing_with_gp_fidelity_all_keeps_the_screened_proposal_as_a_noisy_observation(pool, pool_embeddings,
+                                                                                        encoder):
+    inference, gp, _, known = _embedding_gp_inference(
+        pool, pool_embeddings, encoder, n=30, epochs=10, evaluate_at=lambda text, questions: 1.0, iterations=2,
+        num_restarts=2, raw_samples=16, acq_maxiter=5, inversion_n_steps=5, gp_retrain_epochs=5,
+        inversion_select="union", invbo_race_alpha=0.05, gp_fidelity="all")
+    result = inference.run()
+    assert all(r["raced_out"] for r in result["history"])
+    assert gp.n == 32 and gp.noisy  # both screened proposals became observations, with binomial noise
+    assert (gp.y_var[30:] > 0).all() and (gp.y_var[:30] == 0).all()
+    assert result["best_error"] == min(known.values())  # a screened error never becomes the incumbent

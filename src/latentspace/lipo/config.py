@@ -58,6 +58,9 @@ class LIPOConfig(BaseConfig):
     eta: float = _f(2.0, "Successive-halving rate.")
     random_interleaving_prob: float = _f(0.1, "Probability of a random proposal instead of a BO one.")
     min_fidelity_pct: float = _f(0.75, "GP trains only on points at >= this fraction of full fidelity.")
+    gp_fidelity: str = _f("high", "What the Hyperband GP is trained on: high (the seed: points at >= min_fidelity_pct) "
+                                  "| all (every evaluated instruction at its highest fidelity, with the binomial "
+                                  "noise of an error measured on that many questions).")
     validation_size: int = _f(200, "Validation questions (full fidelity, nvalid).")
     # GP training
     gp_epochs: int = _f(10000, "Max GP epochs (exact marginal likelihood, AdamW).")
@@ -129,6 +132,8 @@ class LIPOConfig(BaseConfig):
             problems.append("random_interleaving_prob must lie in [0, 1]")
         if not 0 < self.min_fidelity_pct <= 1:
             problems.append("min_fidelity_pct must lie in (0, 1]")
+        if self.gp_fidelity not in ("high", "all"):
+            problems.append(f"gp_fidelity must be high or all, got {self.gp_fidelity!r}")
         if self.inverter not in ("auto", "vec2text", "nearest"):
             problems.append(f"inverter must be auto, vec2text or nearest, got {self.inverter!r}")
         if self.inversion_rewrite not in ("none", "recombine", "llm"):

@@ -32,7 +32,7 @@ from botorch.optim import optimize_acqf
 from gpytorch.constraints import Interval
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.kernels import MaternKernel, ScaleKernel
-from gpytorch.likelihoods import GaussianLikelihood
+from gpytorch.likelihoods import FixedNoiseGaussianLikelihood, GaussianLikelihood
 from gpytorch.means import ZeroMean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.models import ExactGP
@@ -58,18 +58,25 @@ class InstructionDeepKernelGP(ExactGP, GPyTorchModel):
     Args:
         train_X: (N, D) raw inputs (VAE latents); normalised by `input_transform` inside the model.
         train_Y: (N, 1) targets to maximise; standardised by `outcome_transform`.
-        likelihood: a GaussianLikelihood.
+        likelihood: a GaussianLikelihood, or a FixedNoiseGaussianLikelihood when `train_Yvar` is given.
         adapter: module (..., D) -> (..., k); `nn.Identity()` makes this a plain Matern GP on the inputs.
         ard_num_dims: k, the adapter output size.
+        train_Yvar: (N, 1) known observation noise variances of train_Y (e.g. binomial noise of an error measured
+            on a few questions); standardised with train_Y and set as the likelihood's fixed noise.
     """
 
     _num_outputs = 1
 
     def __init__(self, train_X: torch.Tensor, train_Y: torch.Tensor, likelihood: GaussianLikelihood,
-                 adapter: nn.Module, ard_num_dims: int, input_transform=None, outcome_transform=None):
+                 adapter: nn.Module, ard_num_dims: int, input_transform=None, outcome_transform=None,
+                 train_Yvar: torch.Tensor | None = None):
         if outcome_transform is not None:
             outcome_transform.train()
-            train_Y, _ = outcome_transform(train_Y)
+            train_Y, train_Yvar = outcome_transform(train_Y, train_Yvar)
+        if train_Yvar is not None:
+            if not isinstance(likelihood, FixedNoiseGaussianLikelihood):
+                raise DataError("known observation noise (train_Yvar) needs a FixedNoiseGaussianLikelihood")
+            likelihood.noise_covar.noise = train_Yvar.squeeze(-1).clamp_min(1e-6)  # GPyTorch floor
         # raw inputs are stored; forward normalises them in training, eval() stores the normalised ones (BoTorch)
         ExactGP.__init__(self, train_X, train_Y.squeeze(-1), likelihood)
         self.adapter = adapter
@@ -132,11 +139,14 @@ def exact_mll(model: InstructionDeepKernelGP, index: torch.Tensor | None = None)
         a scalar tensor to maximise: (log N(y | 0, K + noise I) + sum log prior) / m.
     """
     x, y = model.train_inputs[0], model.train_targets  # (N, D), (N,)
+    noise = model.likelihood.noise.reshape(-1)  # (1,) learned, or (N,) fixed per point + learned
     if index is not None:
         x, y = x[index], y[index]
+        if noise.numel() > 1:
+            noise = noise[index]
     latent = model.adapter(model.transform_inputs(x))  # (m, k)
     K = model.covar_module(latent).to_dense()  # (m, m)
-    K = K + torch.diag_embed(model.likelihood.noise.reshape(-1).expand(y.shape[0]))
+    K = K + torch.diag_embed(noise.expand(y.shape[0]))
     log_density = -_GaussianNegLogDensity.apply(K, y) - 0.5 * y.shape[0] * math.log(2 * math.pi)
     for _, module, prior, closure, _ in model.named_priors():
         log_density = log_density + prior.log_prob(closure(module)).sum()
@@ -233,6 +243,8 @@ class GPWithEI:
         self.adapter = adapter if adapter is not None else make_adapter(input_dim, gp_latent_dim)
         self.X = torch.empty(0, input_dim, dtype=torch.float64)
         self.y = torch.empty(0, dtype=torch.float64)  # error rates
+        self.y_var = torch.empty(0, dtype=torch.float64)  # known noise variances of the error rates (0: exact)
+        self._best_error: float | None = None
         self.model: InstructionDeepKernelGP | None = None
         self._warm_state: dict | None = None
         self.last_fit: dict[str, float] = {}
@@ -242,11 +254,20 @@ class GPWithEI:
         return int(self.y.numel())
 
     @property
+    def noisy(self) -> bool:
+        """Whether some observation carries known noise (then the likelihood is a FixedNoiseGaussianLikelihood)."""
+        return bool((self.y_var > 0).any())
+
+    @property
     def best_error(self) -> float:
+        """The reference of LogEI: the lowest observed error; with noisy observations the lowest posterior mean at
+        the observed points (a lucky 0/10 on a few questions would otherwise make every improvement look hopeless)."""
+        if self.noisy and self._best_error is not None:
+            return self._best_error
         return float(self.y.min())
 
-    def set_data(self, X: torch.Tensor, errors: torch.Tensor) -> None:
-        """Replace the training data: X (N, D), errors (N,)."""
+    def set_data(self, X: torch.Tensor, errors: torch.Tensor, error_var: torch.Tensor | None = None) -> None:
+        """Replace the training data: X (N, D), errors (N,), optional known noise variances (N,) (None: exact)."""
         X = torch.as_tensor(X, dtype=torch.float64)
         errors = torch.as_tensor(errors, dtype=torch.float64).reshape(-1)
         if X.ndim != 2 or X.shape[1] != self.input_dim or X.shape[0] != errors.shape[0]:
@@ -254,19 +275,31 @@ class GPWithEI:
                             f"and {tuple(errors.shape)}")
         if not (torch.isfinite(X).all() and torch.isfinite(errors).all()):
             raise DataError("GP training data hold NaN or inf")
-        self.X, self.y = X, errors
+        var = torch.zeros_like(errors) if error_var is None else torch.as_tensor(error_var, dtype=torch.float64)
+        var = var.reshape(-1)
+        if var.shape != errors.shape or not torch.isfinite(var).all() or bool((var < 0).any()):
+            raise DataError(f"GP noise variances must be (N,) = {tuple(errors.shape)}, finite and >= 0")
+        self.X, self.y, self.y_var = X, errors, var
+        self._best_error = None
 
-    def add_observation(self, x: torch.Tensor, error: float) -> None:
+    def add_observation(self, x: torch.Tensor, error: float, error_var: float = 0.0) -> None:
         self.set_data(torch.cat([self.X, torch.as_tensor(x, dtype=torch.float64).reshape(1, -1)]),
-                      torch.cat([self.y, torch.tensor([float(error)], dtype=torch.float64)]))
+                      torch.cat([self.y, torch.tensor([float(error)], dtype=torch.float64)]),
+                      torch.cat([self.y_var, torch.tensor([float(error_var)], dtype=torch.float64)]))
 
     def _build(self) -> InstructionDeepKernelGP:
         bounds = torch.stack([self.X.min(0).values, self.X.max(0).values])
         bounds[1] = torch.maximum(bounds[1], bounds[0] + 1e-6)
-        likelihood = GaussianLikelihood(noise_constraint=Interval(0.001, 0.1))
+        if self.noisy:  # known per-point noise + the learned noise of the exact case
+            likelihood = FixedNoiseGaussianLikelihood(noise=torch.full((self.n,), 1e-6, dtype=torch.float64),
+                                                      learn_additional_noise=True,
+                                                      noise_constraint=Interval(0.001, 0.1))
+        else:
+            likelihood = GaussianLikelihood(noise_constraint=Interval(0.001, 0.1))
         model = InstructionDeepKernelGP(
             self.X, -self.y.unsqueeze(-1), likelihood, self.adapter.double(), self.gp_latent_dim,
             input_transform=Normalize(d=self.input_dim, bounds=bounds), outcome_transform=Standardize(m=1),
+            train_Yvar=self.y_var.unsqueeze(-1) if self.noisy else None,
         )
         if self._warm_state is not None:  # incremental retrain: start from the last kernel, noise and adapter
             model.load_state_dict(self._warm_state, strict=False)
@@ -303,7 +336,10 @@ class GPWithEI:
         model.eval()
         self.model = model
         self._warm_state = {k: v for k, v in model.state_dict().items()
-                            if not k.startswith(("input_transform", "outcome_transform"))}
+                            if not k.startswith(("input_transform", "outcome_transform"))
+                            and k != "likelihood.noise_covar.noise"}  # the fixed noise belongs to the data
+        if self.noisy:
+            self._best_error = float(self.predict(self.X)[0].min())
         self.last_fit = {"gp_epochs": epochs_run + full_epochs, "gp_full_epochs": full_epochs, "gp_neg_mll": best}
         return self.last_fit
 
@@ -377,7 +413,7 @@ class GPWithEI:
         """
         if self.model is None:
             raise DataError("GPWithEI.optimize before fit")
-        acq = qLogExpectedImprovement(model=self.model, best_f=float(-self.y.min()))
+        acq = qLogExpectedImprovement(model=self.model, best_f=-self.best_error)
         if decode is not None:
             if search_points is None:
                 raise DataError("GPWithEI.optimize with decode needs search_points (the latents to search around)")

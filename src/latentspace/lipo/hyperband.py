@@ -8,7 +8,9 @@ seed's b_i = bmin * eta^i, and every bracket's last stage reaches full fidelity,
 
 A bracket's n instructions are proposed one by one: with probability `random_interleaving_prob` a random
 unevaluated instruction, otherwise the unevaluated instruction of highest LogEI under the GP, which is
-trained only on instructions evaluated at >= min_fidelity_pct * nvalid questions (their highest fidelity).
+trained only on instructions evaluated at >= min_fidelity_pct * nvalid questions (their highest fidelity), or,
+with gp_fidelity="all", on every evaluated instruction at its highest fidelity f, with the binomial noise of an
+error measured on f of the nvalid questions as known observation noise (`binomial_error_variance`).
 
 `EvaluationCache` keys errors by (instruction_id, fidelity); asking for a higher fidelity evaluates only the
 questions not yet seen and combines: total = (prev_error * prev_f + new_error * (f - prev_f)) / f.
@@ -91,6 +93,18 @@ class EvaluationCache:
         return total
 
 
+def binomial_error_variance(error: torch.Tensor, fidelity: torch.Tensor, nvalid: int) -> torch.Tensor:
+    """Noise variance of an error rate measured on `fidelity` of the `nvalid` validation questions, as an estimate
+    of the error on all nvalid: p (1 - p) / f * (nvalid - f) / (nvalid - 1) (sampling without replacement; 0 at
+    f = nvalid), with p = (k + 1) / (f + 2) for k wrong answers (the Laplace estimate, nonzero at 0/f and f/f).
+
+    error, fidelity: (N,) tensors; returns (N,).
+    """
+    f = fidelity.to(torch.float64)
+    p = ((error.to(torch.float64) * f).round() + 1.0) / (f + 2.0)
+    return p * (1.0 - p) / f * (nvalid - f).clamp_min(0.0) / max(nvalid - 1, 1)
+
+
 @dataclass
 class HyperbandResult:
     best_id: int
@@ -110,13 +124,18 @@ class LIPOHyperband:
         use_bo: False gives plain Hyperband (random proposals only).
         gp_factory: fn() -> GPWithEI (default: a fresh deep-kernel GP on D inputs).
         cache: an EvaluationCache to share between runs (default: a new one).
+        gp_fidelity: "high" (the seed): the GP sees instructions evaluated at >= min_fidelity_pct * nvalid; "all":
+            every evaluated instruction at its highest fidelity, with binomial observation noise.
     """
 
     def __init__(self, features: torch.Tensor, evaluate_range: Callable[[int, int, int], float], nvalid: int,
                  bmin: int = 10, eta: float = 2.0, random_interleaving_prob: float = 0.1,
                  min_fidelity_pct: float = 0.75, gp_settings: dict | None = None, use_bo: bool = True,
                  gp_factory: Callable[[], GPWithEI] | None = None, cache: EvaluationCache | None = None,
-                 seed: int = 0, min_gp_points: int = 4):
+                 seed: int = 0, min_gp_points: int = 4, gp_fidelity: str = "high"):
+        if gp_fidelity not in ("high", "all"):
+            raise ValueError(f"gp_fidelity must be high or all, got {gp_fidelity!r}")
+        self.gp_fidelity = gp_fidelity
         self.features = torch.as_tensor(features, dtype=torch.float64)
         self.nvalid, self.bmin, self.eta = nvalid, bmin, eta
         self.random_interleaving_prob = random_interleaving_prob
@@ -146,6 +165,18 @@ class LIPOHyperband:
                 errors.append(e)
         return ids, errors
 
+    def gp_data(self) -> tuple[list[int], list[float], list[float]]:
+        """What the GP is trained on: (ids, errors, noise variances): high_fidelity_data with zero noise, or with
+        gp_fidelity="all" every evaluated instruction at its highest fidelity with its binomial noise."""
+        if self.gp_fidelity == "high":
+            ids, errors = self.high_fidelity_data()
+            return ids, errors, [0.0] * len(ids)
+        ids = sorted({i for i, _ in self.cache.errors})
+        highest = [self.cache.highest(i) for i in ids]
+        fidelities = torch.tensor([f for f, _ in highest], dtype=torch.float64)
+        errors = torch.tensor([e for _, e in highest], dtype=torch.float64)
+        return ids, errors.tolist(), binomial_error_variance(errors, fidelities, self.nvalid).tolist()
+
     def incumbent(self) -> tuple[int, float] | None:
         """The best instruction at full fidelity so far: (id, error)."""
         full = [(e, i) for (i, f), e in self.cache.errors.items() if f >= self.nvalid]
@@ -155,11 +186,11 @@ class LIPOHyperband:
         return i, e
 
     def fit_gp(self) -> bool:
-        ids, errors = self.high_fidelity_data()
+        ids, errors, variances = self.gp_data()
         if len(ids) < self.min_gp_points:
             return False
         self.gp = self.gp_factory()
-        self.gp.set_data(self.features[ids], torch.tensor(errors))
+        self.gp.set_data(self.features[ids], torch.tensor(errors), torch.tensor(variances))
         self.gp.fit(**self.gp_settings)
         return True
 

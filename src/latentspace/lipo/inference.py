@@ -182,8 +182,14 @@ class LIPOInference:
             error = float(self.evaluate(text))
         else:
             error = float(pred_mean)
-        if raced_out:  # significantly worse than the incumbent at low fidelity: not a GP observation (seed rule)
-            self.screened[text] = error
+        if raced_out:  # significantly worse than the incumbent at low fidelity: not a GP observation (seed rule),
+            self.screened[text] = error  # unless the GP takes noisy low-fidelity observations (gp_fidelity="all")
+            if cfg.gp_fidelity == "all":
+                from .hyperband import binomial_error_variance
+
+                var = binomial_error_variance(torch.tensor([error]), torch.tensor([fidelity]), cfg.validation_size)
+                self.gp.add_observation(z_text, error, float(var))
+                self.gp.fit(cfg.gp_retrain_epochs, cfg.gp_retrain_lr, cfg.gp_retrain_patience)
         elif not duplicate:
             self.known[text] = error
             self.gp.add_observation(z_text, error)

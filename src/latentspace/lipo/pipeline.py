@@ -191,7 +191,7 @@ def run_lipo(config: LIPOConfig, run: Run, mode: str = "standard", quiet: bool =
     if mode in ("standard", "hyperband_only"):
         hb = LIPOHyperband(gp_features, cache.evaluate_range, nvalid, config.bmin, config.eta,
                            config.random_interleaving_prob, config.min_fidelity_pct, config.for_hyperband_gp(),
-                           cache=cache, seed=config.seed,
+                           cache=cache, seed=config.seed, gp_fidelity=config.gp_fidelity,
                            gp_factory=lambda: GPWithEI(gp_dim, config.gp_latent_dim, seed=config.seed,
                                                        **config.gp_options()))
         result = hb.run(quiet=quiet)
@@ -206,13 +206,14 @@ def run_lipo(config: LIPOConfig, run: Run, mode: str = "standard", quiet: bool =
             evaluations.append({"text": pool[i], "error": error, "fidelity": fidelity})
         (run.path / "hyperband_evals.json").write_text(json.dumps({"nvalid": nvalid, "instructions": evaluations},
                                                                   indent=1))
-        observed_ids, observed_errors = hb.high_fidelity_data()
+        observed_ids, observed_errors, observed_var = hb.gp_data()
     else:
         rows = sorted(preloaded, key=lambda r: r["error"])
         if mode == "load_grid":
             rows = rows[: config.top_k]
         observed_ids = [registry.ids[r["text"]] for r in rows]
         observed_errors = [r["error"] for r in rows]
+        observed_var = [0.0] * len(rows)
         for i, e in zip(observed_ids, observed_errors, strict=True):
             cache.errors[(i, nvalid)] = e  # loaded results count as full-fidelity evaluations
         hyperband_section = {"best_instruction": rows[0]["text"], "best_error": rows[0]["error"], "llm_calls": 0,
@@ -227,7 +228,7 @@ def run_lipo(config: LIPOConfig, run: Run, mode: str = "standard", quiet: bool =
         # Phase 4: GP on the high-fidelity data, then InvBO
         adapter = adapter_model.adapter if config.gp_input == "latent" else None  # None: a fresh E -> k adapter
         gp = GPWithEI(gp_dim, config.gp_latent_dim, adapter=adapter, seed=config.seed, **config.gp_options())
-        gp.set_data(gp_features[observed_ids], torch.tensor(observed_errors))
+        gp.set_data(gp_features[observed_ids], torch.tensor(observed_errors), torch.tensor(observed_var))
         gp.fit(config.gp_epochs, config.gp_lr, config.gp_patience)
         inverter = make_inverter(config.inverter, pool, embeddings, encoder, config.inversion_rewrite,
                                  config.inversion_neighbours, client=writer, model_type=config.vec2text_model,
@@ -237,7 +238,8 @@ def run_lipo(config: LIPOConfig, run: Run, mode: str = "standard", quiet: bool =
         def evaluate_text(text: str) -> float:
             return cache.evaluate(registry.add(text), nvalid)
 
-        known = {registry.texts[i]: e for i, e in zip(observed_ids, observed_errors, strict=True)}
+        # what counts as evaluated (and as the incumbent): the full-fidelity errors, whatever the GP was trained on
+        known = {registry.texts[i]: e for (i, f), e in cache.errors.items() if f >= nvalid}
         inference = LIPOInference(vae, gp, encoder, inverter, evaluate_text, config, known=known,
                                   calls=lambda: cache.calls, pool=pool, pool_features=gp_features,
                                   evaluate_at=lambda text, questions: cache.evaluate(registry.add(text), questions))
