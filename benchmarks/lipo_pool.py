@@ -27,6 +27,7 @@ RESULTS = Path(__file__).parent / "results"
 METHODS = ("random", "hyperband", "hbbops", "lipo")
 SAME = ("table", "lipo_settings", "horizon_frac")  # what must agree between pooled runs
 COUNTS = ("invbo_steps_run", "invbo_from_inversion_neighbours", "invbo_raced_out", "invbo_new_incumbents")
+DEFAULTS = {"lipo_settings": {"gp_fidelity": "high"}}  # settings that older result files do not record
 
 
 def paired(lipo: np.ndarray, other: np.ndarray) -> dict:
@@ -43,6 +44,9 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="result JSONs of benchmarks/lipo.py on disjoint seeds")
     args = parser.parse_args()
     runs = [json.loads(Path(p).read_text()) for p in args.runs]
+    for run in runs:
+        for key, defaults in DEFAULTS.items():
+            run[key] = {**defaults, **run[key]}
     for key in SAME:
         first = runs[0][key]
         if isinstance(first, dict):  # the InvBO counts are outcomes of the run, not settings
