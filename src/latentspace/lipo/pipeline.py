@@ -225,7 +225,7 @@ def run_lipo(config: LIPOConfig, run: Run, mode: str = "standard", quiet: bool =
     }
     inference_history: list[dict] = []
     if mode != "hyperband_only":
-        # Phase 4: GP on the high-fidelity data, then InvBO
+        # Phase 4: GP on what Hyperband's GP saw (hb.gp_data: the high-fidelity data, or every fidelity), then InvBO
         adapter = adapter_model.adapter if config.gp_input == "latent" else None  # None: a fresh E -> k adapter
         gp = GPWithEI(gp_dim, config.gp_latent_dim, adapter=adapter, seed=config.seed, **config.gp_options())
         gp.set_data(gp_features[observed_ids], torch.tensor(observed_errors), torch.tensor(observed_var))
