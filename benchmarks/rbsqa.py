@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -83,15 +84,23 @@ def timing(model, docs, n: int, repeats: int = 3) -> dict:
             "model_ms_per_segment": 1000 * model_s / segments, "tracker_ms_per_segment": 1000 * tracker_s / segments}
 
 
-def timing_from_checkpoint(checkpoint: Path, n: int, threads: int) -> dict:
-    """`timing` in a new process on the saved model, as `latentspace rbsqa answer` / `evaluate` read documents.
+def timing_from_checkpoint(checkpoint: Path, n: int, threads: int, processes: int = 3) -> dict:
+    """`timing` in new processes on the saved model, as `latentspace rbsqa answer` / `evaluate` read documents:
+    the median over `processes` processes of each figure (one process's heap layout moves the tracker's share by
+    a few percent of itself), and every process's tracker share as `tracker_overhead_frac_process_<i>`.
 
     The training process is ~20% slower at everything afterwards (the model's forward and the tracker alike; its
     heap holds the training's tensors): its figure is kept as a detail, `*_training_process`."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, __file__, "--time-checkpoint", str(checkpoint), "--threads", str(threads),
-                          "--timing-docs", str(n)], env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    runs = []
+    for _ in range(processes):
+        out = subprocess.run([sys.executable, __file__, "--time-checkpoint", str(checkpoint), "--threads",
+                              str(threads), "--timing-docs", str(n)], env=env, check=True, capture_output=True,
+                             text=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    merged = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    merged.update({f"tracker_overhead_frac_process_{i}": r["tracker_overhead_frac"] for i, r in enumerate(runs)})
+    return merged
 
 
 def rescoring_ablation(model, docs, features) -> dict:
