@@ -86,8 +86,9 @@ def timing(model, docs, n: int, repeats: int = 3) -> dict:
 
 def timing_from_checkpoint(checkpoint: Path, n: int, threads: int, processes: int = 3) -> dict:
     """`timing` in new processes on the saved model, as `latentspace rbsqa answer` / `evaluate` read documents:
-    the median over `processes` processes of each figure (one process's heap layout moves the tracker's share by
-    a few percent of itself), and every process's tracker share as `tracker_overhead_frac_process_<i>`.
+    the median over `processes` processes of each figure (from process to process the tracker's share moves by
+    up to ~5 % of itself: 1.90-2.00 % on one checkpoint), and every process's share as
+    `tracker_overhead_frac_process_<i>`.
 
     The training process is ~20% slower at everything afterwards (the model's forward and the tracker alike; its
     heap holds the training's tensors): its figure is kept as a detail, `*_training_process`."""
