@@ -57,7 +57,7 @@ def task_scores(config: LogsConfig) -> dict:
 def speed(model, repeats: int = 1) -> dict:
     """Lines/s on one thread over every loghub system's raw lines (cold cache, then warm), and the reference."""
     torch.set_num_threads(1)
-    root = find_dataset("loghub")
+    root = find_dataset("loghub", sample=False)
     lines = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         lines += read_log_file(folder / f"{folder.name}_2k.log")[0]

@@ -56,13 +56,21 @@ def root(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
 
 
-@app.command("data")
+data_app = typer.Typer(help="Data sets: what is present, and `fetch` from their pinned public origins.",
+                       no_args_is_help=False, invoke_without_command=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.callback(invoke_without_command=True)
 def data_command(
+    ctx: typer.Context,
     data_dir: Path = typer.Option(None, "--data-dir", help="Folder holding data sets."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
-    """List the data sets found, with their origin and licence."""
-    from .core.data import data_roots, list_datasets
+    """List the data sets: where a full copy was found, what ships as a sample, origin and licence."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .core.data import data_home, data_roots, list_datasets
 
     infos = list_datasets(data_dir)
     if as_json:
@@ -70,11 +78,46 @@ def data_command(
                          indent=2))
         return
     roots = data_roots(data_dir)
-    console.print(f"data roots searched: {', '.join(map(str, roots)) or '(none found)'}")
-    table = Table("data set", "present", "origin", "licence", "used by")
+    console.print(f"searched: {', '.join(map(str, roots)) or '(no data folder exists yet)'}; "
+                  f"`latentspace data fetch` writes to {data_home()}")
+    table = Table("data set", "full copy", "embedded sample", "origin", "licence", "used by")
     for info in infos:
-        table.add_row(info.name, str(info.path) if info.path else "no", info.origin, info.licence, info.used_by)
+        size = f"{info.files} files, {info.size / 1e6:.1f} MB"
+        table.add_row(info.name, str(info.path) if info.path else f"no (fetch: {size})", info.sample or "none",
+                      info.origin, info.licence, info.used_by)
     console.print(table)
+
+
+@data_app.command("fetch")
+def data_fetch_command(
+    names: list[str] = typer.Argument(..., help="Data set names, or `all`."),
+    dest: Path = typer.Option(None, "--dest", help="Folder to write into (default: $LATENTSPACE_DATA, else the "
+                              "user cache)."),
+    mirror: str = typer.Option(None, "--mirror", help="Base URL replacing https://raw.githubusercontent.com "
+                               "(files are read from <mirror>/<repo>/<commit>/<path>)."),
+    force: bool = typer.Option(False, "--force", help="Fetch again even when the data set is present."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Download data sets from their pinned origins, sha256-checked, written atomically."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .core.data import data_home, fetch, manifest
+    from .core.errors import DataError
+
+    known = list(manifest())
+    wanted = known if "all" in names else names
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise DataError(f"unknown data set(s) {', '.join(unknown)}; known: {', '.join(known)}, all")
+    target = dest if dest is not None else data_home()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err_console, disable=quiet) as bar:
+        for name in wanted:
+            task = bar.add_task(name, total=len(manifest()[name]["files"]))
+            path = fetch(name, target, mirror=mirror, force=force,
+                         progress=lambda done, total, _f, task=task: bar.update(task, completed=done))
+            bar.update(task, completed=len(manifest()[name]["files"]))
+            console.print(f"{name}: {path}")
 
 
 @app.command("demo")
@@ -84,6 +127,7 @@ def demo_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Run each present family's small default job and write runs/demo/report.md."""
+    from .core.data import reset_used, used_datasets
     from .core.runs import format_value, markdown_table
 
     output.mkdir(parents=True, exist_ok=True)
@@ -95,18 +139,22 @@ def demo_command(
             raise LatentspaceError(f"unknown family {unknown}; known: {[f for f, _ in FAMILIES]}")
         present = [f for f in present if f in only]
     console.print(f"families present: {', '.join(present) or 'none'}; not yet landed: {', '.join(missing) or 'none'}")
-    sections, rows = [], []
+    sections, rows, data_used = [], [], {}
     for family in present:
         module = importlib.import_module(f"latentspace.{family}.cli")
         if not hasattr(module, "demo"):
             continue
         console.rule(f"[bold]{family}")
         start = time.time()
+        reset_used()
         result = module.demo(output / family, quiet)
         seconds = time.time() - start
+        data_line = "; ".join(f"{name}: {how}" for name, how in used_datasets().items()) or getattr(
+            module, "DEMO_DATA", "no data set (a generated task)")
+        data_used[family] = data_line
         for name, value in result.metrics.items():
             rows.append([family, name, format_value(value)])
-        section = [f"## {family}", "", result.summary.strip(), "", f"Ran in {seconds:.0f} s.", ""]
+        section = [f"## {family}", "", result.summary.strip(), "", f"Data: {data_line}. Ran in {seconds:.0f} s.", ""]
         section += [markdown_table(["metric", "value"], [[k, format_value(v)] for k, v in result.metrics.items()]), ""]
         for table in result.tables:
             section += [table, ""]
@@ -116,7 +164,8 @@ def demo_command(
     lines = ["# latentspace demo", "", f"latentspace {__version__}. Families present: {', '.join(present) or 'none'}."]
     if missing:
         lines.append(f"Not yet landed: {', '.join(missing)}.")
-    lines += ["", markdown_table(["family", "metric", "value"], rows) if rows else "(no metrics)", ""]
+    lines += ["", markdown_table(["family", "data used"], [[f, d] for f, d in data_used.items()]), ""]
+    lines += [markdown_table(["family", "metric", "value"], rows) if rows else "(no metrics)", ""]
     lines += sections
     report = output / "report.md"
     report.write_text("\n".join(lines).rstrip() + "\n")

@@ -49,7 +49,8 @@ def test_standardizer_and_windows():
         windows(100, 60, 8, step=0, end=50)
 
 
-@pytest.mark.skipif(find_dataset("time-mmd", required=False) is None, reason="Time-MMD is not in ../shared/data")
+@pytest.mark.skipif(find_dataset("time-mmd", required=False, sample=False) is None,
+                    reason="Time-MMD not found: run `latentspace data fetch time-mmd` or set $LATENTSPACE_DATA")
 def test_time_mmd_alignment():
     s = load_time_mmd("Economy")
     assert len(s) > 400 and s.period == 12 and s.text_coverage() > 0.9

@@ -36,7 +36,7 @@ def synthetic_severity(n: int = 200, seed: int = 0) -> Examples:
 def loghub():
     path = find_dataset("loghub", required=False)
     if path is None:
-        pytest.skip("loghub data set not present (../shared/data/loghub)")
+        pytest.skip("loghub not found: run `latentspace data fetch loghub` or set $LATENTSPACE_DATA")
     return path
 
 

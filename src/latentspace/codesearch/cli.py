@@ -198,6 +198,10 @@ def _threads() -> None:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))  # the machine's 2 cores; oversubscribing is slower
 
 
+# what the demo reads, for the report (no data set: real code, but a generated task)
+DEMO_DATA = "the latentspace package's own source code (real code; queries written for it, not real user queries)"
+
+
 def demo(out_dir: pathlib.Path, quiet: bool):
     """Index latentspace's own source, run a few searches, and a small held-out retrieval evaluation."""
     from ..core.runs import DemoResult, Run, markdown_table

@@ -1,41 +1,65 @@
-"""Where data sets are found: `--data-dir`, then `$LATENTSPACE_DATA`, then `../shared/data` beside a checkout.
+"""Where data sets are found, and how they are fetched from their public origins.
 
-`list_datasets` reads the table of the data root's README.md (folder, origin, what, licence, used by)
-so `latentspace data` can show what is present and where it came from.
+A data set is found, in order, in `--data-dir`, in `$LATENTSPACE_DATA`, in the user's data cache
+(`latentspace data fetch NAME` fills it), and last in the small real samples that ship inside the package
+(`latentspace/samples/`), which is what lets `make demo` run offline in a fresh clone. Benchmarks and the
+tests that need a full data set pass `sample=False` and never run on a sample by accident.
+
+`datasets.json` (beside this file, built by `scripts/build_data_manifest.py`) pins each data set: origin
+repository, commit, and every file's path, size and sha256. `fetch` downloads with pooch, checks each
+checksum, and moves the finished folder into place in one rename, so an interrupted or corrupted download
+never leaves a half-written data set where the finder looks.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import re
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from .errors import DataError
 
+log = logging.getLogger("latentspace")
+
 ENV_VAR = "LATENTSPACE_DATA"
+CACHE_ENV = "LATENTSPACE_CACHE"
+GITHUB_RAW = "https://raw.githubusercontent.com"
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"
+NOTICE = "NOTICE.md"
+
+# Data sets resolved since the last `reset_used()`: name -> "full (path)" or "embedded sample"; the demo
+# report says which data each family used.
+_used: dict[str, str] = {}
 
 
-def _checkout_candidates() -> list[Path]:
-    """`shared/data` beside the checkout (found from this file and from the working directory)."""
-    out = []
-    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
-        for parent in [start, *start.parents]:
-            candidate = parent.parent / "shared" / "data"
-            if (parent / "pyproject.toml").exists() and candidate.is_dir():
-                out.append(candidate)
-                break
-    return out
+def cache_root() -> Path:
+    """The user cache of latentspace: `$LATENTSPACE_CACHE`, else the platform's user cache folder."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("latentspace"))
+
+
+def data_home() -> Path:
+    """Where `data fetch` writes: `$LATENTSPACE_DATA` when set, else `<cache_root>/data`."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    return cache_root() / "data"
 
 
 def data_roots(data_dir: str | Path | None = None) -> list[Path]:
-    """The folders searched for data sets, in order; only those that exist."""
+    """The folders searched for full data sets, in order: --data-dir, $LATENTSPACE_DATA, the data cache."""
     roots: list[Path] = []
     if data_dir is not None:
         roots.append(Path(data_dir))
-    if os.environ.get(ENV_VAR):
-        roots.append(Path(os.environ[ENV_VAR]))
-    roots.extend(_checkout_candidates())
+    roots.append(data_home())
+    roots.append(cache_root() / "data")
     seen, out = set(), []
     for root in roots:
         key = root.resolve()
@@ -45,11 +69,33 @@ def data_roots(data_dir: str | Path | None = None) -> list[Path]:
     return out
 
 
-def find_dataset(name: str, data_dir: str | Path | None = None, required: bool = True) -> Path | None:
+@cache
+def manifest() -> dict[str, dict]:
+    """The pinned data sets: name -> {repo, commit, licence, what, used_by, files, notices, sample}."""
+    return json.loads((Path(__file__).with_name("datasets.json")).read_text())
+
+
+def sample_path(name: str) -> Path | None:
+    """The embedded sample of data set `name`, or None when none ships."""
+    folder = SAMPLES_DIR / name
+    spec = manifest().get(name)
+    if spec is None or not folder.is_dir() or not (spec["sample"]["files"] or spec["sample"]["derived"]):
+        return None
+    return folder
+
+
+def fetch_hint(name: str) -> str:
+    return f"run `latentspace data fetch {name}`, or pass --data-dir / set ${ENV_VAR} to a folder holding {name}/"
+
+
+def find_dataset(name: str, data_dir: str | Path | None = None, required: bool = True,
+                 sample: bool = True) -> Path | None:
     """The folder of data set `name` (e.g. "loghub", "gsm8k", "time-mmd").
 
+    Full copies win; the embedded sample is used when `sample` and no full copy is found, with a warning.
+
     Raises:
-        DataError naming the searched places, when `required` and it is not found.
+        DataError naming the searched places and `latentspace data fetch`, when `required` and not found.
     """
     searched = []
     if data_dir is not None and not Path(data_dir).is_dir():
@@ -58,16 +104,112 @@ def find_dataset(name: str, data_dir: str | Path | None = None, required: bool =
         candidate = root / name
         searched.append(str(candidate))
         if candidate.is_dir():
+            _used[name] = f"full ({candidate})"
             return candidate
         if root.name == name:
+            _used[name] = f"full ({root})"
             return root
+    if sample and (embedded := sample_path(name)) is not None:
+        if name not in _used:
+            log.warning("using the embedded sample of %s (%s); for the full data set %s", name,
+                        describe_sample(name), fetch_hint(name))
+        _used[name] = "embedded sample"
+        return embedded
     if required:
-        where = ", ".join(searched) or "no data root exists"
-        raise DataError(
-            f"data set '{name}' not found (searched: {where}); pass --data-dir or set ${ENV_VAR} to a "
-            f"folder holding {name}/"
-        )
+        where = ", ".join(searched) or "no data folder exists"
+        raise DataError(f"data set '{name}' not found (searched: {where}); {fetch_hint(name)}")
     return None
+
+
+def describe_sample(name: str) -> str:
+    """One line saying what the embedded sample of `name` holds."""
+    spec = manifest()[name]["sample"]
+    parts = list(spec["derived"].values())
+    if spec["files"]:
+        parts.append(f"{len(spec['files'])} unchanged files")
+    return "; ".join(parts)
+
+
+def reset_used() -> None:
+    _used.clear()
+
+
+def used_datasets() -> dict[str, str]:
+    """Data sets resolved since `reset_used()`: name -> "full (path)" or "embedded sample"."""
+    return dict(_used)
+
+
+def notice_text(name: str) -> str:
+    """NOTICE.md written beside a fetched data set or a sample: origin, commit, licence."""
+    spec = manifest()[name]
+    lines = [f"# {name}", "", f"{spec['what']}.", "",
+             f"Origin: https://github.com/{spec['repo']} at commit {spec['commit']}.",
+             f"Licence / terms: {spec['licence']}." + (
+                 f" See {', '.join(sorted(spec['notices']))}." if spec["notices"] else "")]
+    if name == "babi-tasks":
+        lines.append("bAbI tasks v1.2 by Facebook AI Research (Weston et al. 2015), CC BY 3.0; unchanged files.")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- fetching
+
+
+def file_url(spec: dict, source: str, mirror: str | None = None) -> str:
+    """The pinned URL of one file: `<base>/<repo>/<commit>/<source>`; `mirror` replaces GitHub's raw host."""
+    return f"{(mirror or GITHUB_RAW).rstrip('/')}/{spec['repo']}/{spec['commit']}/{source}"
+
+
+def fetch(name: str, dest: Path | None = None, mirror: str | None = None, force: bool = False,
+          progress: Callable[[int, int, str], None] | None = None, spec: dict | None = None) -> Path:
+    """Download data set `name` into `dest/name` (default: `data_home()`), checking every sha256.
+
+    Files go to `dest/.partial-<name>/` first (pooch writes each through a temporary file and deletes one
+    whose checksum does not match); the folder is renamed into place only when every file is verified,
+    so the finder never sees a half-fetched data set. Verified files stay in the partial folder, so a
+    rerun after a failure downloads only what is missing.
+
+    Raises:
+        DataError for an unknown name, an unreachable server or a checksum mismatch, naming the file.
+    """
+    import pooch
+    import requests
+
+    pooch.get_logger().setLevel(logging.WARNING)  # one line per file otherwise; the caller shows progress
+    known = manifest()
+    if spec is None:
+        if name not in known:
+            raise DataError(f"unknown data set {name!r}; known: {', '.join(known)}")
+        spec = known[name]
+    dest = Path(dest) if dest is not None else data_home()
+    final = dest / name
+    if final.is_dir() and not force:
+        return final
+    partial = dest / f".partial-{name}"
+    partial.mkdir(parents=True, exist_ok=True)
+    files = spec["files"]
+    for i, entry in enumerate(files):
+        target = partial / entry["path"]
+        url = file_url(spec, entry["source"], mirror)
+        if progress:
+            progress(i, len(files), entry["path"])
+        try:
+            pooch.retrieve(url, known_hash=f"sha256:{entry['sha256']}", fname=target.name, path=target.parent,
+                           progressbar=False)
+        except ValueError as err:  # pooch: "SHA256 hash of downloaded file (...) does not match the known hash"
+            raise DataError(f"{name}: {entry['path']} from {url} failed its checksum ({err}); nothing was "
+                            f"installed, rerun to retry") from None
+        except (requests.RequestException, OSError) as err:
+            raise DataError(f"{name}: cannot download {url} ({type(err).__name__}: {err}); check the network "
+                            f"or pass --mirror; files verified so far are kept in {partial}") from None
+    for local, text in spec.get("notices", {}).items():
+        (partial / local).write_bytes(text.encode())  # bytes: keep the notice's own line endings
+    (partial / NOTICE).write_text(notice_text(name) if name in known else f"# {name}\n\nOrigin: {spec['repo']}\n")
+    if progress:
+        progress(len(files), len(files), "")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return final
 
 
 @dataclass
@@ -78,29 +220,18 @@ class DatasetInfo:
     licence: str
     used_by: str
     path: Path | None
-
-
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+    sample: str | None
+    files: int
+    size: int
 
 
 def list_datasets(data_dir: str | Path | None = None) -> list[DatasetInfo]:
-    """Data sets described in the first data root's README.md table, with where each was found."""
-    infos: list[DatasetInfo] = []
-    for root in data_roots(data_dir):
-        readme = root / "README.md"
-        if not readme.is_file():
-            continue
-        lines = readme.read_text().splitlines()
-        for line in lines:
-            if not line.startswith("|") or set(line.replace("|", "").strip()) <= {"-", " "}:
-                continue
-            cells = _cells(line)
-            if len(cells) < 5 or cells[0].lower() == "folder":
-                continue
-            name = re.sub(r"[`/]", "", cells[0])
-            infos.append(DatasetInfo(name, cells[1], cells[2], cells[3], cells[4],
-                                     (root / name) if (root / name).is_dir() else None))
-        if infos:
-            break
+    """Every pinned data set, with where its full copy was found (or None) and what its sample holds."""
+    infos = []
+    for name, spec in manifest().items():
+        path = find_dataset(name, data_dir, required=False, sample=False)
+        _used.pop(name, None)
+        infos.append(DatasetInfo(name, f"{spec['repo']}@{spec['commit'][:7]}", spec["what"], spec["licence"],
+                                 spec["used_by"], path, describe_sample(name) if sample_path(name) else None,
+                                 len(spec["files"]), sum(f["size"] for f in spec["files"])))
     return infos

@@ -159,6 +159,10 @@ def evaluate_cmd(
         _console().print(markdown_table(["metric", "value"], list(metrics.items())), markup=False)
 
 
+# what the demo reads, for the report
+DEMO_DATA = "generated path-star graphs (synthetic)"
+
+
 def demo(out_dir: pathlib.Path, quiet: bool) -> DemoResult:
     """Small path-star pipeline (CPU, ~2 min): greedy vs planner accuracy, planner cost, sample generations."""
     import torch

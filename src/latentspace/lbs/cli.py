@@ -222,6 +222,10 @@ def evaluate(config: LBSConfig, data: str, data_dir, steps: int, lr: float, wind
     _echo({"run": str(run.path), **res.metrics}, as_json, quiet)
 
 
+# what the demo reads, for the report (Time-MMD has no licence file, so no sample of it ships)
+DEMO_DATA = "generated series (synthetic: regimes announced in text); `latentspace data fetch time-mmd` for real data"
+
+
 def demo(out_dir: pathlib.Path, quiet: bool):
     """The generated series (regimes announced in text first): LBS text vs no text vs baselines, steering."""
     import torch

@@ -115,10 +115,6 @@ def load_time_mmd(domain: str, data_dir: str | Path | None = None, max_steps: in
     the most recent steps (Environment is daily, ~16k steps).
     """
     root = Path(data_dir) if data_dir is not None else find_dataset("time-mmd")
-    if root is None:
-        raise DataError("Time-MMD not found: pass --data-dir or set LATENTSPACE_DATA "
-                        "(looked for ../shared/data/time-mmd)")
-    root = Path(root)
     if domain not in TIME_MMD_DOMAINS:
         raise DataError(f"unknown Time-MMD domain {domain!r}; known: {', '.join(TIME_MMD_DOMAINS)}")
     num_path = root / "numerical" / domain / f"{domain}.csv"

@@ -166,7 +166,7 @@ def demo(out_dir: Path, quiet: bool):
     from .pipeline import run_lipo
 
     config = LIPOConfig.preset("cpu").replace(ape_num_instructions=200, iterations=4, vae_epochs=150,
-                                                hb_gp_epochs=60, gp_retrain_epochs=50, test_size=200)
+                                                hb_gp_epochs=60, gp_retrain_epochs=50, test_size=100)
     run = Run("lipo", path=Path(out_dir))
     result = run_lipo(config, run, quiet=quiet)
     metrics = headline_metrics(result)

@@ -169,6 +169,10 @@ def evaluate_command(
     _emit({**metrics, "run": str(run.path)}, as_json, quiet)
 
 
+# what the demo reads, for the report
+DEMO_DATA = "the generated char task (synthetic)"
+
+
 def demo(out_dir: pathlib.Path, quiet: bool):
     """The family's small default job: train the char task briefly, sample, and compare priors."""
     from ..core.runs import DemoResult

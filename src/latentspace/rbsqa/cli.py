@@ -182,7 +182,7 @@ def _emit(metrics: dict, as_json: bool, line: str) -> None:
 
 
 def demo(out_dir: pathlib.Path, quiet: bool):
-    """Train a small RBS-QA model on generated data, evaluate it and plot a belief trajectory (a few minutes)."""
+    """Train a small RBS-QA model on bAbI qa1 stories and generated long documents, evaluate, plot a trajectory."""
     from ..core.runs import DemoResult, Run, markdown_table
     from .train import train_model
 
@@ -197,9 +197,9 @@ def demo(out_dir: pathlib.Path, quiet: bool):
     keys = ["f1_with_tracker", "f1_without_tracker", "revision_detection_rate", "false_revisions_per_doc",
             "ece_uncalibrated", "ece_calibrated", "segments_read_frac_halting", "f1_halting", "f1_full_read_long"]
     headline = {k: metrics[k] for k in keys}
-    summary = (f"RBS-QA reads generated stories (people moving, so the answer changes) and long documents "
-               f"(a fact paragraph among {config.distractors} distractors) segment by segment with a frozen MiniLM, "
-               f"gated memory and a QA head trained for {config.steps} steps on {config.train_docs} documents. The "
+    summary = (f"RBS-QA reads real bAbI qa1 stories (people moving, so the answer changes) and generated long "
+               f"documents (a fact paragraph among {config.distractors} distractors) segment by segment with a frozen "
+               f"MiniLM, gated memory and a QA head trained for {config.steps} steps on {config.train_docs} documents. The "
                f"belief tracker revises its answer when a later segment beats the re-scored old belief "
                f"(F1 {metrics['f1_with_tracker']:.2f} vs {metrics['f1_without_tracker']:.2f} for the best span over "
                f"all segments), and halting reads {metrics['segments_read_frac_halting']:.0%} of the long documents' "

@@ -50,8 +50,10 @@ class RBSQAConfig(Config):
     re_scoring_method: str = "learned"  # trained with the model; "context_weighted" needs no training
     max_segments: int = 32
     enable_trend_analysis: bool = True
-    # data: generated unless real bAbI / SQuAD files are found (data_dir, $LATENTSPACE_DATA, ../shared/data)
+    # data: stories are generated, or real bAbI qa1 ("babi": the babi-tasks data set, full copy or the embedded
+    # sample); long documents are generated unless a squad/ folder of SQuAD-format files is found
     task: str = "mixed"
+    stories: str = "generated"
     data_dir: str | None = None
     train_docs: int = 2000  # 1000 stories + 1000 long documents (800 before: the QA model fell for distractors)
     val_docs: int = 100
@@ -72,7 +74,7 @@ class RBSQAConfig(Config):
                      halting_val_docs=12,
                      val_docs=12, test_docs=12, steps=20, batch_size=4, story_sentences=10,
                      distractors=2),
-        "demo": dict(train_docs=200, val_docs=40, test_docs=40, steps=200, halting_val_docs=300),
+        "demo": dict(stories="babi", train_docs=200, val_docs=40, test_docs=40, steps=200, halting_val_docs=300),
         "small": dict(train_docs=400, val_docs=60, test_docs=80, steps=400, halting_val_docs=500),
         "base": {},
     }
@@ -80,6 +82,8 @@ class RBSQAConfig(Config):
     def __post_init__(self):
         if self.re_scoring_method not in RE_SCORING_METHODS:
             raise ConfigError(f"re_scoring_method {self.re_scoring_method!r}: expected one of {RE_SCORING_METHODS}")
+        if self.stories not in ("generated", "babi"):
+            raise ConfigError(f"stories {self.stories!r}: expected 'generated' or 'babi'")
         if self.task not in TASKS:
             raise ConfigError(f"task {self.task!r}: expected one of {TASKS}")
         if not 0 < self.segment_stride <= self.segment_len:

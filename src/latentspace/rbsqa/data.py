@@ -312,7 +312,8 @@ FACT_CHUNK = 400  # long documents generated per call of generate_fact_paragraph
 def build_documents(config: RBSQAConfig, split: str) -> list[Document]:
     """The documents of a split ("train", "val", "test"): real bAbI / SQuAD files when present, else generated.
 
-    Stories come from `babi/*qa1*train.txt` when found, long documents from `squad/*.json` when found.
+    Stories come from bAbI's `qa1_*train.txt` when `config.stories == "babi"`, long documents from
+    `squad/*.json` when found in `config.data_dir`.
     """
     sizes = {"train": config.train_docs, "val": config.val_docs, "test": config.test_docs,
              "halt": config.halting_val_docs}
@@ -327,7 +328,9 @@ def build_documents(config: RBSQAConfig, split: str) -> list[Document]:
     n_long = n - n_stories
     docs: list[Document] = []
     if n_stories:
-        babi = _real_file("babi", "*qa1*train.txt", config.data_dir)
+        babi = _real_file("babi-tasks", "*qa1_*train.txt", config.data_dir) if config.stories == "babi" else None
+        if config.stories == "babi" and babi is None:
+            raise DataError("bAbI qa1 (qa1_*train.txt) not found in the babi-tasks data set")
         if babi is not None:
             docs += _take_split(load_babi(babi), split, n_stories)
         else:
