@@ -199,8 +199,8 @@ def demo(out_dir: pathlib.Path, quiet: bool):
     headline = {k: metrics[k] for k in keys}
     summary = (f"RBS-QA reads real bAbI qa1 stories (people moving, so the answer changes) and generated long "
                f"documents (a fact paragraph among {config.distractors} distractors) segment by segment with a frozen "
-               f"MiniLM, gated memory and a QA head trained for {config.steps} steps on {config.train_docs} documents. The "
-               f"belief tracker revises its answer when a later segment beats the re-scored old belief "
+               f"MiniLM, gated memory and a QA head trained for {config.steps} steps on {config.train_docs} documents. "
+               f"The belief tracker revises its answer when a later segment beats the re-scored old belief "
                f"(F1 {metrics['f1_with_tracker']:.2f} vs {metrics['f1_without_tracker']:.2f} for the best span over "
                f"all segments), and halting reads {metrics['segments_read_frac_halting']:.0%} of the long documents' "
                f"segments.")
