@@ -1,5 +1,6 @@
 import pytest
 
+from latentspace.core.data import find_dataset
 from latentspace.core.errors import DataError
 from latentspace.core.llm import CallableBackend, LLMClient, MockOpenAIServer, OpenAIBackend
 from latentspace.lipo.evaluate import (
@@ -24,9 +25,18 @@ def test_is_correct_exact_match():
     assert is_correct("The answer is 18.", 18.0) and not is_correct("The answer is 19.", 18.0)
 
 
+@pytest.mark.skipif(find_dataset("gsm8k", required=False, sample=False) is None,
+                    reason="GSM8K not found: run `latentspace data fetch gsm8k` or set $LATENTSPACE_DATA")
 def test_load_gsm8k_real_data():
     test = load_gsm8k("test")
     assert len(test) == 1319 and test[0].target == 18.0 and test[0].steps == 2
+
+
+def test_load_gsm8k_falls_back_to_the_embedded_sample(tmp_path, monkeypatch):
+    monkeypatch.delenv("LATENTSPACE_DATA", raising=False)
+    monkeypatch.setenv("LATENTSPACE_CACHE", str(tmp_path))
+    train, test = load_gsm8k("train"), load_gsm8k("test")
+    assert (len(train), len(test)) == (200, 100) and test[0].target == 18.0
 
 
 def test_malformed_data_is_named(tmp_path):
