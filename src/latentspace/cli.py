@@ -54,6 +54,8 @@ def root(
 ):
     """latentspace: LBS, LTT, CRSM, RBS-QA and LIPO, with the codesearch and logs apps."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s")
+    # faiss's loader logs ~10 INFO lines (which CPU build it tried) on import: shown only with --verbose
+    logging.getLogger("faiss").setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 data_app = typer.Typer(help="Data sets: what is present, and `fetch` from their pinned public origins.",
@@ -71,7 +73,9 @@ def data_command(
     if ctx.invoked_subcommand is not None:
         return
     from .core.data import data_home, data_roots, list_datasets
+    from .core.errors import require_dir
 
+    require_dir(data_dir, "--data-dir")
     infos = list_datasets(data_dir)
     if as_json:
         print(json.dumps([{**info.__dict__, "path": str(info.path) if info.path else None} for info in infos],
@@ -182,27 +186,65 @@ def _mount_families() -> None:
 _mount_families()
 
 
+def _print_error(message: str) -> None:
+    """One error line on stderr: not wrapped at the terminal width, no rich markup read from the message."""
+    from rich.markup import escape
+
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+
+
+def _exit_interrupted() -> None:
+    err_console.print("[yellow]interrupted[/yellow]: what was computed is saved; rerun with --resume")
+    sys.exit(130)
+
+
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, aborts, exits) that typer may raise: its vendored click's (`typer._click`) and click's own.
+
+    typer 0.29 vendors click, so its UsageError / NoSuchOption / BadParameter are not
+    `click.exceptions.ClickException`; an older typer raises click's. Both are caught, whichever exist.
+    """
+    errors, aborts, exits = [], [typer.Abort], [typer.Exit]
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        errors.append(module.ClickException)
+        aborts += [module.Abort] if hasattr(module, "Abort") else []
+        exits += [module.Exit] if hasattr(module, "Exit") else []
+    return tuple(errors), tuple(aborts), tuple(exits)
+
+
 def main() -> None:
-    """Console entry point: bad input ends with one clear line and exit code 2; Ctrl-C with 130."""
+    """Console entry point: bad input ends with one clear message and exit code 2; Ctrl-C with 130.
+
+    A usage error (unknown option, command or value) prints click's usage line and one error line; a
+    `LatentspaceError` (a missing or malformed input) prints one error line. Neither prints a traceback.
+    """
     try:
-        app(standalone_mode=False)
+        # non-standalone: errors come back here instead of typer's rich boxes; an Exit comes back as its code
+        code = app(standalone_mode=False)
     except LatentspaceError as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        _print_error(str(err))
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/yellow]: what was computed is saved; rerun with --resume")
-        sys.exit(130)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
+        _exit_interrupted()
     except Exception as err:
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
+        usage_errors, aborts, exits = _click_exception_types()
+        if isinstance(err, usage_errors):
             err.show()
             sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
+        if isinstance(err, aborts):
+            err_console.print("[yellow]aborted[/yellow]")
             sys.exit(130)
+        if isinstance(err, exits):
+            sys.exit(err.exit_code)
         raise
+    if code == 130:  # typer turns Ctrl-C into Exit(130) and returns its code
+        _exit_interrupted()
+    if isinstance(code, int) and not isinstance(code, bool):
+        sys.exit(code)
 
 
 if __name__ == "__main__":

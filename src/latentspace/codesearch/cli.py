@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from ..core.config import config_command
-from ..core.errors import DataError
+from ..core.errors import DataError, require_path
 from .evaluate import EvalConfig
 from .index import IndexConfig
 
@@ -48,9 +48,8 @@ def index_command(config: IndexConfig, directory: pathlib.Path, output: pathlib.
     from .index import CodeIndex, build_index, is_index
     from .snippets import SkippedFile
 
+    require_path(directory, "source tree")
     _threads()
-    if not directory.exists():
-        raise DataError(f"{directory} does not exist")
     previous = None
     if output.exists() and not rebuild:
         if is_index(output):
@@ -159,7 +158,9 @@ def similar_command(
 def evaluate_command(config: EvalConfig, run_name: str | None, quiet: bool, as_json: bool):
     """Docstring -> function retrieval on installed packages (held out by package): MRR@10, Recall@1/10."""
     from ..core.runs import Run
+    from .evaluate import package_folders
 
+    package_folders(config.packages)  # a missing folder or package is named before the run folder is made
     _threads()
     run = Run("codesearch", run_name or f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}")
     result = evaluate_into_run(config, run, quiet)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import os
 import random
 import sysconfig
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.config import Config
-from ..core.errors import DataError
+from ..core.errors import DataError, require_path
 from .index import RRF_K, BM25Part, DensePart
 from .snippets import extract_snippets, first_sentence, read_source, walk_files
 
@@ -77,10 +78,13 @@ def package_folders(spec: str) -> dict[str, Path]:
                     continue
                 if (entry.is_dir() and (entry / "__init__.py").exists()) or entry.suffix == ".py":
                     out[name] = entry
-        elif Path(item).exists():
-            out[Path(item).name] = Path(item)
+        elif Path(item).exists() or "/" in item or os.sep in item:
+            out[Path(item).name] = require_path(item, "package folder")
         else:
-            spec_ = importlib.util.find_spec(item)
+            try:
+                spec_ = importlib.util.find_spec(item)
+            except (ImportError, ValueError):  # "a.b" whose parent "a" is not installed, or an empty part
+                spec_ = None
             if spec_ is None:
                 raise DataError(f"package {item!r} is not installed; give an installed package, a folder or 'stdlib'")
             locations = list(spec_.submodule_search_locations or [])

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from .errors import ConfigError
+from .errors import ConfigError, require_file
 
 C = TypeVar("C", bound="Config")
 
@@ -59,9 +59,7 @@ class Config:
     def from_json(cls: type[C], path_or_text: str | Path) -> C:
         text = str(path_or_text)
         if not text.lstrip().startswith("{"):
-            path = Path(path_or_text)
-            if not path.is_file():
-                raise ConfigError(f"config file {path} does not exist")
+            path = require_file(path_or_text, "config file", ConfigError)
             text = path.read_text()
         try:
             data = json.loads(text)

@@ -1,6 +1,8 @@
-"""Error types that the command line turns into one clear line and exit code 2."""
+"""Error types that the command line turns into one clear line and exit code 2; checks for missing paths."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 
 class LatentspaceError(Exception):
@@ -23,3 +25,36 @@ class BackboneError(LatentspaceError):
 
 class ConfigError(LatentspaceError):
     """A configuration holds an unknown field or an invalid value."""
+
+
+def require_path(path: str | Path | None, what: str, kind: str = "any", error: type[LatentspaceError] = DataError,
+                 hint: str = "") -> Path | None:
+    """`path` as a Path once it exists as a `kind` ("file", "folder" or "any"), else `error` naming it.
+
+    Commands call it before any other work, so a mistyped path is reported before a model is loaded or
+    trained. None or "" (an option not given) passes through as None; `hint` says what to do instead.
+    """
+    if path is None or path == "":
+        return None
+    path = Path(path)
+    if not path.exists():
+        problem = "does not exist"
+    elif kind == "file" and not path.is_file():
+        problem = "is not a file"
+    elif kind == "folder" and not path.is_dir():
+        problem = "is not a folder"
+    else:
+        return path
+    raise error(f"{what} {path} {problem}" + (f"; {hint}" if hint else ""))
+
+
+def require_file(path: str | Path | None, what: str, error: type[LatentspaceError] = DataError,
+                 hint: str = "") -> Path | None:
+    """`require_path` for a file: a log, a document, a JSON or JSONL input."""
+    return require_path(path, what, "file", error, hint)
+
+
+def require_dir(path: str | Path | None, what: str, error: type[LatentspaceError] = DataError,
+                hint: str = "") -> Path | None:
+    """`require_path` for a folder: a data folder, a checkpoint, a run, an index."""
+    return require_path(path, what, "folder", error, hint)

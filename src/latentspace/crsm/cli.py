@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from ..core.config import config_command
-from ..core.errors import ConfigError
+from ..core.errors import CheckpointError, ConfigError, require_dir
 from ..core.runs import DemoResult, default_run_name
 from .config import PipelineConfig
 
@@ -60,7 +60,10 @@ def _stage_command(stage_name: str, doc: str):
         if run_name is None and stage_name != "train-backbone":
             raise ConfigError(f"{stage_name} continues a pipeline run: pass --name of the run holding stage 1")
         root = _root(runs_dir, run_name)
-        root.mkdir(parents=True, exist_ok=True)
+        if stage_name == "train-backbone":
+            root.mkdir(parents=True, exist_ok=True)
+        else:  # named before anything is written: a mistyped --name leaves no empty run behind
+            require_dir(root, "pipeline run", CheckpointError, hint=f"run train-backbone --name {run_name} first")
         fn = {"train-backbone": pipeline.train_backbone, "distill": pipeline.distill,
               "train-value": pipeline.train_value}.get(stage_name)
         if fn is None:

@@ -11,7 +11,7 @@ from typing import Optional  # noqa: UP035 (typer needs typing.Optional)
 import typer
 
 from ..core.config import config_command
-from ..core.errors import CheckpointError
+from ..core.errors import CheckpointError, require_dir, require_file
 from .config import LBSConfig
 
 app = typer.Typer(help="LLM-integrated Bayesian state space: a Kalman-style filter with a frozen-LLM sensor.",
@@ -45,6 +45,13 @@ def _echo(payload, as_json: bool, quiet: bool = False) -> None:
         Console().print(payload)
 
 
+def _check_inputs(data: str | None, data_dir: Path | None) -> None:
+    """Name a missing --data CSV or --data-dir before a model is built or loaded (`_load` checks --model)."""
+    if data and data.endswith(".csv"):
+        require_file(data, "--data")
+    require_dir(data_dir, "--data-dir")
+
+
 def _setup():
     import torch
 
@@ -62,6 +69,7 @@ def _wcfg(window: int, batch: int, horizon: int, val_every: int = 0):
                 **TRAIN_OPTIONS)
 def train(config: LBSConfig, data: str, data_dir, steps: int, lr: float, window: int, batch: int, horizon: int,
           val_every: int, run_name: str, runs_dir: Path, quiet: bool, as_json: bool, resume: bool):
+    _check_inputs(data, data_dir)
     _setup()
     from ..core.runs import Run
     from ..core.training import TrainConfig, seed_everything
@@ -124,6 +132,7 @@ def forecast_command(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Forecast H steps: N prior rollouts, mean and 10/50/90% quantiles (original units)."""
+    _check_inputs(data, data_dir)
     _setup()
     from .data import Standardizer, load_series
     from .forecast import forecast
@@ -159,6 +168,7 @@ def steer_command(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Steer the forecast toward a goal (a target value or a goal text) and show how far it moved."""
+    _check_inputs(data, data_dir)
     _setup()
     import torch
 
@@ -204,6 +214,7 @@ def steer_command(
                 **TRAIN_OPTIONS)
 def evaluate(config: LBSConfig, data: str, data_dir, steps: int, lr: float, window: int, batch: int, horizon: int,
              val_every: int, run_name: str, runs_dir: Path, quiet: bool, as_json: bool):
+    _check_inputs(data, data_dir)
     _setup()
     from ..core.runs import Run
     from ..core.training import TrainConfig

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from ..core.config import config_command
-from ..core.errors import DataError
+from ..core.errors import DataError, require_dir, require_file
 from .config import LIPOConfig, apply_preset
 
 app = typer.Typer(help="Latent instruction prompt optimisation: APE -> VAE -> Hyperband + GP/LogEI -> inversion.",
@@ -64,6 +64,9 @@ def run_command(config: LIPOConfig, preset: str, debug: bool, skip_hbbops: bool,
     from ..core.runs import Run, markdown_table
     from .pipeline import run_lipo
 
+    require_file(load_grid, "--load-grid")
+    require_file(hyperband_evals_path, "--hyperband-evals-path")
+    require_dir(data_dir, "--data-dir")
     modes = [m for m, on in (("skip_hbbops", skip_hbbops), ("load_grid", bool(load_grid)),
                              ("hyperband_only", hyperband_only)) if on]
     if len(modes) > 1:
@@ -124,10 +127,10 @@ def evaluate_command(
     from .ape import STYLE_CATEGORIES
     from .pipeline import build_task_evaluator
 
+    require_file(result_file, "--result")
+    require_dir(data_dir, "--data-dir")
     texts = list(instruction or [])
     if result_file is not None:
-        if not result_file.is_file():
-            raise DataError(f"--result {result_file} does not exist")
         data = json.loads(result_file.read_text())
         texts += [data[k]["best_instruction"] for k in ("hyperband", "inference") if k in data]
     if not texts:

@@ -10,7 +10,7 @@ from typing import Optional  # noqa: UP035 (typer needs typing.Optional)
 import typer
 
 from ..core.config import config_command
-from ..core.errors import CheckpointError
+from ..core.errors import CheckpointError, require_dir, require_file, require_path
 from .config import LogsConfig
 
 app = typer.Typer(help="Log classification and anomaly detection with Raccoon continual learning.",
@@ -93,6 +93,7 @@ def load_learner(model: Path | None, quiet: bool):
                 quiet=(bool, typer.Option(False, "--quiet", "-q")),
                 as_json=(bool, typer.Option(False, "--json", help="print metrics as JSON")))
 def train(config: LogsConfig, data_dir, run_name, runs_dir, resume, quiet, as_json):
+    require_dir(data_dir, "--data-dir")
     run, metrics = _train_run(config, run_name, runs_dir, data_dir, quiet, resume)
     _echo({"run": str(run.path), **metrics}, as_json, quiet)
 
@@ -109,6 +110,8 @@ def classify(
     """Classify every line of FILE: label, confidence, anomaly score, alert flag (and template)."""
     from .parse import read_log_file
 
+    require_file(file, "log file")  # before a missing default model is trained
+    require_path(model, "--model", error=CheckpointError)
     learner, _ = load_learner(model, quiet)
     lines, issues = read_log_file(file)
     predictions = learner.model.classify_lines(lines, templates=templates, anomaly_threshold=anomaly_threshold)
@@ -144,6 +147,7 @@ def stream(
     from .raccoon import RaccoonLearner
     from .stream import LogStream
 
+    require_path(model, "--model", error=CheckpointError)
     if state is not None and (state / "learner.json").is_file():
         learner = RaccoonLearner.load(state, LogClassifier)  # a restart continues where it stopped
     else:
@@ -182,6 +186,8 @@ def evaluate(
     from .data import load_examples, split
     from .train import evaluate_model, scores
 
+    require_path(model, "--model", error=CheckpointError)
+    require_dir(data_dir, "--data-dir")
     learner, _ = load_learner(model, quiet)
     config = learner.model.config
     examples = load_examples(config.task, config.system_list(), data_dir)

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from ..core.config import config_command
+from ..core.errors import CheckpointError, require_dir
 from .config import LTTConfig
 
 app = typer.Typer(help="Latent Trajectory Transformer: char task, ODE/SDE/flow priors, latent planning.",
@@ -21,6 +22,8 @@ DEFAULT_STEPS = 1500
 def _checkpoint_dir(checkpoint: Path | None, runs_dir: Path) -> Path:
     """The model folder of a checkpoint argument: a model folder, a run folder, or the default run."""
     path = checkpoint or runs_dir / "ltt" / DEFAULT_RUN
+    require_dir(path, "--checkpoint" if checkpoint else "default run", CheckpointError,
+                hint="" if checkpoint else "train one first (latentspace ltt train) or pass --checkpoint")
     for candidate in (path, path / "checkpoints" / "last" / "model", path / "last" / "model"):
         if (candidate / "model.safetensors").is_file():
             return candidate

@@ -9,7 +9,7 @@ import time
 import typer
 
 from ..core.config import config_command
-from ..core.errors import DataError
+from ..core.errors import CheckpointError, DataError, require_dir, require_file
 from .config import RBSQAConfig
 
 app = typer.Typer(help="Segment-recurrent memory QA with a revising, calibrated, halting belief tracker.",
@@ -27,6 +27,12 @@ def _setup():
     import torch
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def _check_inputs(config: RBSQAConfig, checkpoint: pathlib.Path | None = None) -> None:
+    """Name a missing --checkpoint or --data-dir before a run folder is made or a model trained."""
+    require_dir(checkpoint, "--checkpoint", CheckpointError)
+    require_dir(config.data_dir, "--data-dir")
 
 
 def _latest_checkpoint(runs_dir: pathlib.Path) -> pathlib.Path | None:
@@ -49,6 +55,7 @@ def train(config: RBSQAConfig, run_name, runs_dir, quiet, as_json, resume):
     from ..core.runs import Run
     from .train import evaluate_documents, train_model
 
+    _check_inputs(config)
     _setup()
     run = Run("rbsqa", run_name, root=runs_dir)
     run.write_config(config)
@@ -81,10 +88,11 @@ def answer(config: RBSQAConfig, doc, question, checkpoint, halt, run_name, runs_
     from .halting import read_document
     from .plots import plot_trajectory
 
-    _setup()
     text = _read_text(doc)
     if not question.strip():
         raise DataError("--question is empty")
+    _check_inputs(config, checkpoint)
+    _setup()
     run = Run("rbsqa", run_name or f"answer-{time.strftime('%Y%m%d-%H%M%S')}", root=runs_dir)
     model = _model_for(checkpoint, config, run, quiet)
     if model.tracker is None:
@@ -118,6 +126,7 @@ def evaluate(config: RBSQAConfig, checkpoint, run_name, runs_dir, quiet, as_json
     """Evaluate on the test split and plot a belief trajectory and a reliability diagram."""
     from ..core.runs import Run
 
+    _check_inputs(config, checkpoint)
     _setup()
     run = Run("rbsqa", run_name or f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}", root=runs_dir)
     run.write_config(config)
@@ -153,8 +162,7 @@ def _evaluate_into(model, config: RBSQAConfig, run, quiet: bool):
 
 
 def _read_text(path: pathlib.Path) -> str:
-    if not path.is_file():
-        raise DataError(f"--doc {path} does not exist")
+    require_file(path, "--doc")
     raw = path.read_bytes()
     if b"\x00" in raw[:4096]:
         raise DataError(f"--doc {path} is a binary file; expected UTF-8 text")
