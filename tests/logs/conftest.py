@@ -34,9 +34,19 @@ def synthetic_severity(n: int = 200, seed: int = 0) -> Examples:
 
 @pytest.fixture(scope="session")
 def loghub():
+    """loghub's raw 2k logs: a full copy, else the embedded sample (the same unchanged .log files)."""
     path = find_dataset("loghub", required=False)
     if path is None:
         pytest.skip("loghub not found: run `latentspace data fetch loghub` or set $LATENTSPACE_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def loghub_full():
+    """The full loghub copy (with its structured CSVs), never the embedded sample of raw logs."""
+    path = find_dataset("loghub", required=False, sample=False)
+    if path is None:
+        pytest.skip("full loghub not found: run `latentspace data fetch loghub` or set $LATENTSPACE_DATA")
     return path
 
 

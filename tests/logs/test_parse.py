@@ -70,9 +70,9 @@ def test_split_level_and_prepare():
 
 
 @pytest.mark.parametrize("system", ["HDFS", "Hadoop", "Apache", "Android", "OpenStack", "Zookeeper", "BGL"])
-def test_levels_match_loghub_ground_truth(loghub, system):
-    raw = (loghub / system / f"{system}_2k.log").read_text(errors="replace").splitlines()
-    truth = pd.read_csv(loghub / system / f"{system}_2k.log_structured.csv")["Level"].astype(str)
+def test_levels_match_loghub_ground_truth(loghub_full, system):
+    raw = (loghub_full / system / f"{system}_2k.log").read_text(errors="replace").splitlines()
+    truth = pd.read_csv(loghub_full / system / f"{system}_2k.log_structured.csv")["Level"].astype(str)
     mapping = {"I": "INFO", "D": "DEBUG", "V": "DEBUG", "W": "WARN", "E": "ERROR", "notice": "INFO",
                "error": "ERROR", "FATAL": "ERROR", "SEVERE": "ERROR", "WARNING": "WARN"}
     found = [split_level(line)[0] for line in raw]

@@ -123,20 +123,10 @@ def packaged_smollm2_gguf() -> Path:
     return path
 
 
-def cache_root() -> Path:
-    """latentspace's user cache: `$LATENTSPACE_CACHE`, else the platform's user cache dir (~/.cache/latentspace)."""
-    if os.environ.get("LATENTSPACE_CACHE"):
-        return Path(os.environ["LATENTSPACE_CACHE"]).expanduser()
-    try:
-        from platformdirs import user_cache_dir
-    except ImportError:  # platformdirs comes only indirectly (through pooch); the XDG rule is its Linux answer
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        return Path(base).expanduser() / "latentspace"
-    return Path(user_cache_dir("latentspace", appauthor=False))
-
-
 def model_cache_dir() -> Path:
-    """Where converted models are cached: `cache_root() / "models"`."""
+    """Where converted models are cached: `<latentspace cache>/models` (see `core.data.cache_root`)."""
+    from .data import cache_root
+
     return cache_root() / "models"
 
 
