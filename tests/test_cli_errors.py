@@ -19,7 +19,7 @@ from latentspace import cli
 
 MISSING = "<missing>"  # replaced by a path that does not exist
 TEXT_FILE = "<text-file>"  # replaced by an existing small text file
-OUTPUT_OPTIONS = {"--runs-dir", "--output", "--state"}  # paths that are written, not read
+OUTPUT_OPTIONS = {"--runs-dir", "--output", "--state", "--dest"}  # paths that are written, not read
 
 
 def _leaves(command, path=()):
