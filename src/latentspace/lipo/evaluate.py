@@ -1,6 +1,6 @@
 """`GSM8KEvaluator`: error rate of an instruction on GSM8K (prompt, final-number extraction, exact match).
 
-Questions come from ../shared/data/gsm8k (train.jsonl / test.jsonl of openai/grade-school-math); the
+Questions come from the gsm8k data set (train.jsonl / test.jsonl of openai/grade-school-math; core/data.py); the
 validation set is a seeded sample of train, the test set the first `test_size` test questions. Answers come
 from an `LLMClient` (core/llm.py): a real model behind an OpenAI-compatible endpoint or local HF, or,
 offline, `SimulatedTaskModel`.
