@@ -1,57 +1,11 @@
-import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
-from latentspace.core.config import Config, config_command
 from latentspace.core.data import data_roots, find_dataset, list_datasets, sample_path
-from latentspace.core.errors import ConfigError, DataError
-
-
-@dataclasses.dataclass
-class ExampleConfig(Config):
-    latent_dim: int = 16
-    lr: float = 1e-3
-    name: str = "x"
-    dims: tuple[int, ...] = (1, 2)
-    PRESETS = {"big": {"latent_dim": 64}}
-
-
-def test_config_round_trips_through_json(tmp_path):
-    config = ExampleConfig(latent_dim=8, dims=(3, 4))
-    config.to_json(tmp_path / "c.json")
-    assert ExampleConfig.from_json(tmp_path / "c.json") == config
-    assert ExampleConfig.preset("big").latent_dim == 64
-    with pytest.raises(ConfigError, match="unknown field"):
-        ExampleConfig.from_dict({"latnt_dim": 3})
-    with pytest.raises(ConfigError, match="not valid JSON"):
-        ExampleConfig.from_json("{oops")
-
-
-def test_config_command_exposes_fields_as_options(tmp_path):
-    app = typer.Typer()
-    seen = {}
-
-    @config_command(app, "train", ExampleConfig, quiet=(bool, typer.Option(False, "--quiet")))
-    def train(config, quiet):
-        seen["config"], seen["quiet"] = config, quiet
-
-    @app.command("other")
-    def other():
-        pass
-
-    runner = CliRunner()
-    result = runner.invoke(app, ["train", "--latent-dim", "32", "--quiet"])
-    assert result.exit_code == 0, result.output
-    assert seen["config"] == ExampleConfig(latent_dim=32) and seen["quiet"] is True
-    (tmp_path / "c.json").write_text(json.dumps({"lr": 0.5, "name": "file"}))
-    result = runner.invoke(app, ["train", "--config", str(tmp_path / "c.json"), "--name", "cli"])
-    assert result.exit_code == 0, result.output
-    assert seen["config"].lr == 0.5 and seen["config"].name == "cli"
+from latentspace.core.errors import DataError
 
 
 def test_find_dataset_searches_data_dir_env_then_cache_then_sample(tmp_path, monkeypatch):
@@ -110,31 +64,3 @@ def test_cli_version_data_and_usage_errors(tmp_path):
     result = _cli("demo", "--only", "nosuchfamily", "-o", str(tmp_path / "d"))
     assert result.returncode == 2 and "unknown family" in result.stderr
 
-
-def test_bool_config_fields_switch_both_ways():
-    import dataclasses
-
-    import typer
-    from typer.testing import CliRunner
-
-    from latentspace.core.config import Config, config_command
-
-    @dataclasses.dataclass
-    class FlagConfig(Config):
-        flag: bool = True
-
-    app = typer.Typer()
-    seen = []
-
-    @config_command(app, "go", FlagConfig)
-    def go(config):
-        seen.append(config.flag)
-
-    @app.command("other")
-    def other():  # a second command, so typer keeps `go` as a subcommand instead of the whole app
-        pass
-
-    runner = CliRunner()
-    for args in (["go"], ["go", "--no-flag"], ["go", "--flag"]):
-        assert runner.invoke(app, args).exit_code == 0
-    assert seen == [True, False, True]
