@@ -52,8 +52,10 @@ def cpu_name() -> str:
 def bench_pathstar(settings, steps, samples, sims, work: Path, on_row=None, **size):
     rows = []
     for degree, length in settings:
-        config = PipelineConfig(pathstar_degree=degree, pathstar_length=length, backbone_steps=steps,
-                                distill_steps=150, value_steps=150, value_rollouts=256, mcts_simulations=sims, **size)
+        config = PipelineConfig().override({
+            "data": {"pathstar_degree": degree, "pathstar_length": length, "value_rollouts": 256},
+            "backbone.steps": steps, "distill.steps": 150, "value.steps": 150, "model.mcts_simulations": sims,
+            **size})
         start = time.time()
         model = run_pipeline(config, work / f"pathstar-{degree}-{length}", quiet=True)
         train_s = time.time() - start
@@ -66,8 +68,9 @@ def bench_pathstar(settings, steps, samples, sims, work: Path, on_row=None, **si
         rows.append({"degree": degree, "length": length, "greedy": greedy, "planner_backbone": planner,
                      "planner_dynamics": planner_dyn, "chance": 1 / degree, "train_s": train_s,
                      "eval_planner_s": time.time() - start, "backbone_steps": steps, "samples": samples,
-                     "simulations": sims, "model": {k: getattr(config, k) for k in ("d_model", "n_layers", "d_state")},
-                     "batch_size": config.batch_size})
+                     "simulations": sims,
+                     "model": {k: getattr(config.model, k) for k in ("d_model", "n_layers", "d_state")},
+                     "batch_size": config.data.batch_size})
         print(rows[-1], flush=True)
         if on_row is not None:
             on_row(rows)
@@ -373,22 +376,23 @@ def bench_perplexity(steps: int, work: Path, d_model: int = 96, n_layers: int = 
     """Mamba backbone vs a same-size GPT-2 (SDPA) on Python stdlib source, same tokens seen."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = PipelineConfig(task="lm", d_model=d_model, n_layers=n_layers, backbone_steps=steps, seq_len=seq_len,
-                            batch_size=16,
-                            backbone_lr=2e-3, corpus_bytes=corpus_bytes, distill_steps=60, value_steps=60,
-                            distill_sequences=32, value_rollouts=16)
+    config = PipelineConfig().override({
+        "model": {"d_model": d_model, "n_layers": n_layers},
+        "data": {"task": "lm", "seq_len": seq_len, "batch_size": 16, "corpus_bytes": corpus_bytes,
+                 "distill_sequences": 32, "value_rollouts": 16},
+        "backbone": {"steps": steps, "lr": 2e-3}, "distill.steps": 60, "value.steps": 60})
     start = time.time()
     mamba = run_pipeline(config, work / "lm", quiet=True)
     mamba_s = time.time() - start
     train, val = corpus_tokens(mamba, config)
-    ppl_mamba = perplexity(lambda t: mamba(t)[0], val, config.seq_len)
+    ppl_mamba = perplexity(lambda t: mamba(t)[0], val, config.data.seq_len)
     n_mamba = sum(p.numel() for p in mamba.backbone.parameters())
-    per_layer = 12 * config.d_model**2 + 13 * config.d_model
+    per_layer = 12 * config.model.d_model**2 + 13 * config.model.d_model
     layers = max(1, round((n_mamba - mamba.backbone.embedding.weight.numel()) / per_layer))
     torch.manual_seed(config.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=mamba.config.vocab_size, n_positions=config.seq_len,
-                                     n_embd=config.d_model, n_layer=layers, n_head=4,
+    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=mamba.config.vocab_size, n_positions=config.data.seq_len,
+                                     n_embd=config.model.d_model, n_layer=layers, n_head=4,
                                      attn_implementation="sdpa")).to(device)
     n_gpt = sum(p.numel() for p in gpt.parameters())
     opt = torch.optim.AdamW(gpt.parameters(), lr=1e-3, weight_decay=0.01)
@@ -399,7 +403,7 @@ def bench_perplexity(steps: int, work: Path, d_model: int = 96, n_layers: int = 
         lr = lr * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(step / steps * 3.14159)).item()))
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = lm_batch(train, config.batch_size, config.seq_len, seed=config.seed * 1_000_003 + step)
+        batch = lm_batch(train, config.data.batch_size, config.data.seq_len, seed=config.seed * 1_000_003 + step)
         batch = batch.to(device)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
             logits = gpt(batch[:, :-1]).logits
@@ -410,10 +414,10 @@ def bench_perplexity(steps: int, work: Path, d_model: int = 96, n_layers: int = 
         opt.zero_grad()
     gpt_s = time.time() - start
     gpt.eval().cpu()
-    ppl_gpt = perplexity(lambda t: gpt(t).logits, val, config.seq_len)
+    ppl_gpt = perplexity(lambda t: gpt(t).logits, val, config.data.seq_len)
     return mamba, {"ppl_mamba": ppl_mamba, "ppl_transformer": ppl_gpt, "params_mamba": n_mamba,
-                   "params_transformer": n_gpt, "transformer_layers": layers, "train_tokens": steps * config.batch_size
-                   * config.seq_len, "train_s_mamba_pipeline": mamba_s, "train_s_transformer": gpt_s,
+                   "params_transformer": n_gpt, "transformer_layers": layers,
+                   "train_tokens": steps * config.data.batch_size * config.data.seq_len, "train_s_mamba_pipeline": mamba_s, "train_s_transformer": gpt_s,
                    "corpus": f"Python standard library source (top-level *.py, sorted), {corpus_bytes} bytes, "
                              "byte tokens, "
                              "10% held out"}
@@ -606,8 +610,8 @@ def main():
                                                             "command": "python " + " ".join(sys.argv),
                                                             "seconds": time.time() - started}, indent=2))
 
-        bench_pathstar(settings, args.steps or 3000, 100, 48, work, on_row=save, d_model=128, n_layers=4,
-                       batch_size=64, backbone_lr=2e-3)
+        bench_pathstar(settings, args.steps or 3000, 100, 48, work, on_row=save, **{
+            "model.d_model": 128, "model.n_layers": 4, "data.batch_size": 64, "backbone.lr": 2e-3})
         return
     if args.lm_only:
         torch.set_num_threads(8)

@@ -6,8 +6,7 @@ from latentspace.crsm.model import CRSM
 from latentspace.crsm.planner import generate
 from latentspace.crsm.tasks import PathStarTask
 
-TINY = PipelineConfig(d_model=32, n_layers=2, d_state=8, backbone_steps=12, distill_steps=4, value_steps=4,
-                      batch_size=8, distill_sequences=8, value_rollouts=8, pathstar_length=3, mcts_simulations=8)
+TINY = PipelineConfig.preset("tiny")
 
 
 def test_pipeline_stages_resume_and_share_one_checkpoint_format(tmp_path):
@@ -41,7 +40,7 @@ def test_pipeline_stages_resume_and_share_one_checkpoint_format(tmp_path):
 
 def test_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path):
     root = tmp_path / "run"
-    config = TINY.replace(backbone_steps=8)
+    config = TINY.override({"backbone.steps": 8})
     from latentspace.core.training import fit as real_fit
 
     calls = {}
@@ -70,9 +69,22 @@ def test_interrupted_stage_resumes_from_its_last_checkpoint(tmp_path):
 
 
 def test_tiny_backbone_learns_beyond_chance(tmp_path):
-    config = TINY.replace(backbone_steps=40, backbone_lr=5e-3, batch_size=16)
+    config = TINY.override({"backbone": {"steps": 40, "lr": 5e-3}, "data.batch_size": 16})
     model = pipeline.train_backbone(config, tmp_path / "r", quiet=True)
     tokens, mask = PathStarTask(2, 3).batch(model, 32, seed=999)
     with torch.no_grad():
         loss = pipeline.backbone_loss(model, (tokens, mask))
     assert float(loss) < 0.8 * torch.log(torch.tensor(260.0))  # far below a uniform guess over the vocabulary
+
+
+def test_tiny_preset_is_the_flat_config_it_replaced():
+    """The nested tree holds the same settings as the flat PipelineConfig did; an old run config.json converts."""
+    flat = {"d_model": 32, "n_layers": 2, "d_state": 8, "backbone_steps": 12, "distill_steps": 4, "value_steps": 4,
+            "batch_size": 8, "distill_sequences": 8, "value_rollouts": 8, "pathstar_length": 3,
+            "mcts_simulations": 8, "seed": 0, "backbone_lr": 2e-3}
+    old = PipelineConfig.from_dict(flat)
+    assert old.override({f"{s}.checkpoint_every": 375 if s == "backbone" else 100 if s == "distill" else 75
+                         for s in ("backbone", "distill", "value")}) == TINY
+    assert old.backbone.checkpoint_every == 50 and old.backbone.warmup == 1 and TINY.value.warmup == 0
+    model = TINY.model_config(260)
+    assert (model.vocab_size, model.mcts_max_depth, model.d_model) == (260, 5, 32)

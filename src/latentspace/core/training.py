@@ -40,7 +40,7 @@ class TrainConfig(Config):
     steps: int = 1000
     lr: float = 3e-4
     weight_decay: float = 0.0
-    warmup_steps: int = 0
+    warmup_steps: int | None = 0  # None: min(50, steps // 10), resolved when used (`warmup`)
     schedule: str = "cosine"  # constant | linear | cosine (to min_lr_ratio * lr)
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # 0 disables clipping
@@ -50,6 +50,11 @@ class TrainConfig(Config):
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, none on CPU) | no | bf16 | fp16
     seed: int = 0
     cpu: bool = False  # force CPU even when a GPU is present
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps: `warmup_steps`, or min(50, steps // 10) when it is None (follows `steps`)."""
+        return min(50, self.steps // 10) if self.warmup_steps is None else self.warmup_steps
 
 
 class StopTraining(Exception):  # noqa: N818 (a signal, not an error)
@@ -70,12 +75,13 @@ class TrainResult:
 
 def lr_at(step: int, config: TrainConfig) -> float:
     """Learning rate at `step`: linear warm-up, then constant / linear / cosine decay to min_lr_ratio."""
-    if config.warmup_steps and step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
+    warmup = config.warmup
+    if warmup and step < warmup:
+        return config.lr * (step + 1) / warmup
     if config.schedule == "constant":
         return config.lr
-    span = max(1, config.steps - config.warmup_steps)
-    frac = min(1.0, (step - config.warmup_steps) / span)
+    span = max(1, config.steps - warmup)
+    frac = min(1.0, (step - warmup) / span)
     floor = config.lr * config.min_lr_ratio
     if config.schedule == "linear":
         return floor + (config.lr - floor) * (1.0 - frac)

@@ -176,11 +176,10 @@ def demo(out_dir: pathlib.Path, quiet: bool) -> DemoResult:
     from .tasks import PathStarTask, pathstar_accuracy
 
     torch.set_num_threads(2)
-    config = PipelineConfig(d_model=64, n_layers=2, backbone_steps=150, distill_steps=50, value_steps=50,
-                            value_rollouts=64, distill_sequences=64, batch_size=32, backbone_lr=3e-3)
+    config = PipelineConfig.preset("demo")
     root = Path(out_dir) / "pipeline"
     model = run_pipeline(config, root, quiet=quiet)
-    task = PathStarTask(config.pathstar_degree, config.pathstar_length)
+    task = PathStarTask(config.data.pathstar_degree, config.data.pathstar_length)
     greedy = pathstar_accuracy(model, task, 50)
     planned = pathstar_accuracy(model, task, 20, planner="sync", num_simulations=32)
     prompt, answer = task.sample(__import__("random").Random(7))
@@ -191,12 +190,12 @@ def demo(out_dir: pathlib.Path, quiet: bool) -> DemoResult:
         rows.append([mode, out.text, answer, f"{out.tokens_per_s:.1f}"])
     run = Run("crsm", path=Path(out_dir))
     metrics = {"pathstar_acc_greedy": greedy, "pathstar_acc_planner": planned,
-               "pathstar_degree": config.pathstar_degree, "pathstar_length": config.pathstar_length}
+               "pathstar_degree": config.data.pathstar_degree, "pathstar_length": config.data.pathstar_length}
     plots = [p for p in (root / "1-backbone" / "plots").glob("*.png")]
     table = markdown_table(["planner", "answer", "true path", "tokens/s"], rows)
     run.write_summary("CRSM demo", metrics, tables=[table])
-    summary = (f"A Mamba backbone trained by teacher forcing on path-star graphs G({config.pathstar_degree}, "
-               f"{config.pathstar_length}) answers {greedy:.0%} of fresh graphs greedily; with the MCTS planner "
+    summary = (f"A Mamba backbone trained by teacher forcing on path-star graphs G({config.data.pathstar_degree}, "
+               f"{config.data.pathstar_length}) answers {greedy:.0%} of fresh graphs greedily; with the MCTS planner "
                f"(exact backbone transitions, verifier reward at terminal nodes, value head elsewhere) it answers "
                f"{planned:.0%}. Pipeline: backbone -> dynamics distillation -> assembly -> value head. This CPU "
                f"demo trains 150 steps only, too few to learn edge following (which the planner's lines need); "

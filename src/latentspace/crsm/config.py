@@ -1,4 +1,5 @@
-"""Configs of the CRSM family: the model (`CRSMConfig`) and the four-stage pipeline (`PipelineConfig`)."""
+"""Configs of the CRSM family: the model (`CRSMConfig`) and the run config of the four-stage pipeline
+(`PipelineConfig`, nesting the model, the task (`TaskConfig`) and one `TrainConfig` per training stage)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 
 from ..core.config import Config
 from ..core.errors import ConfigError
+from ..core.training import TrainConfig
 
 
 @dataclasses.dataclass
@@ -64,42 +66,89 @@ class CRSMConfig(Config):
 
 
 @dataclasses.dataclass
-class PipelineConfig(Config):
-    """The four stages (backbone, distill, assemble, value) on one task, with the model's size."""
+class TaskConfig(Config):
+    """The task the pipeline trains on and the data each stage draws from it."""
 
     task: str = "pathstar"  # pathstar | lm
-    # model
-    d_model: int = 96
-    n_layers: int = 3
-    d_state: int = 16
-    expand: int = 2
-    tokenizer: str = "byte"
-    bpe_vocab_size: int = 512
-    # tasks
     pathstar_degree: int = 2
     pathstar_length: int = 4
     corpus_bytes: int = 400_000  # bytes of Python standard-library source for the lm task
     seq_len: int = 128  # lm window
-    # stage budgets
-    batch_size: int = 32
-    backbone_steps: int = 1500
-    backbone_lr: float = 2e-3
-    distill_steps: int = 400
-    distill_sequences: int = 256
-    value_steps: int = 300
-    value_rollouts: int = 256
-    seed: int = 0
-    # planner used by evaluate / generate
-    mcts_simulations: int = 48
-    transition: str = "backbone"
+    bpe_vocab_size: int = 512  # size of the BPE tokenizer trained on the corpus (model.tokenizer=bpe, lm task)
+    batch_size: int = 32  # sequences per backbone step
+    distill_sequences: int = 256  # sequences whose backbone traces stage 2 distills
+    value_rollouts: int = 256  # sampled continuations (pathstar) or windows (lm) stage 4 learns values from
 
     def __post_init__(self):
         if self.task not in ("pathstar", "lm"):
-            raise ConfigError(f"PipelineConfig.task={self.task!r}: expected pathstar or lm")
+            raise ConfigError(f"TaskConfig.task={self.task!r}: expected pathstar or lm")
         if self.pathstar_degree < 2 or self.pathstar_length < 2:
             raise ConfigError("path-star needs degree >= 2 and length >= 2")
 
+
+def stage_train(steps: int, lr: float) -> TrainConfig:
+    """A stage's optimisation defaults: AdamW (weight decay 0.01), warm-up min(50, steps // 10), cosine."""
+    return TrainConfig(steps=steps, lr=lr, warmup_steps=None, weight_decay=0.01, log_every=10,
+                       checkpoint_every=max(50, steps // 4))
+
+
+@dataclasses.dataclass
+class PipelineConfig(Config):
+    """The run config of the four stages (backbone, distill, assemble, value): model, task and one
+    `TrainConfig` per training stage (`--model.d-model`, `--data.task`, `--backbone.steps`, `--value.lr`)."""
+
+    # vocab_size 0: the tokenizer's size; mcts_max_depth 0: data.pathstar_length + 2 (both filled in by the pipeline)
+    model: CRSMConfig = dataclasses.field(default_factory=lambda: CRSMConfig(vocab_size=0, mcts_max_depth=0))
+    data: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    backbone: TrainConfig = dataclasses.field(default_factory=lambda: stage_train(1500, 2e-3))
+    distill: TrainConfig = dataclasses.field(default_factory=lambda: stage_train(400, 2e-3))
+    value: TrainConfig = dataclasses.field(default_factory=lambda: stage_train(300, 3e-3))
+    seed: int = 0  # the tasks' samples, the traces, the rollouts and the model's initialisation
+
+    PRESETS = {
+        # the CPU demo (`latentspace demo`): ~2 minutes
+        "demo": {"model": {"d_model": 64, "n_layers": 2}, "data": {"distill_sequences": 64, "value_rollouts": 64},
+                 "backbone": {"steps": 150, "lr": 3e-3, "checkpoint_every": 50},
+                 "distill": {"steps": 50, "checkpoint_every": 50}, "value": {"steps": 50, "checkpoint_every": 50}},
+        # tests: seconds
+        "tiny": {"model": {"d_model": 32, "n_layers": 2, "d_state": 8, "mcts_simulations": 8},
+                 "data": {"pathstar_length": 3, "batch_size": 8, "distill_sequences": 8, "value_rollouts": 8},
+                 "backbone.steps": 12, "distill.steps": 4, "value.steps": 4},
+    }
+
+    @classmethod
+    def from_dict(cls, data):
+        """Build from a dict; a flat config.json of a run from before the nested tree is converted."""
+        if any(key in data for key in _LEGACY):
+            data = _convert_legacy(data)
+        return super().from_dict(data)
+
     def model_config(self, vocab_size: int) -> CRSMConfig:
-        return CRSMConfig(vocab_size=vocab_size, d_model=self.d_model, n_layers=self.n_layers, d_state=self.d_state,
-                          expand=self.expand, tokenizer=self.tokenizer, mcts_simulations=self.mcts_simulations,
-                          transition=self.transition, mcts_max_depth=self.pathstar_length + 2)
+        """The model config with what the pipeline fills in: the tokenizer's size, the search depth."""
+        if self.model.vocab_size not in (0, vocab_size):
+            raise ConfigError(f"--model.vocab-size {self.model.vocab_size} differs from the tokenizer's size "
+                              f"{vocab_size}; leave it at 0")
+        return self.model.replace(vocab_size=vocab_size,
+                                  mcts_max_depth=self.model.mcts_max_depth or self.data.pathstar_length + 2)
+
+
+# fields of the flat PipelineConfig before the tree (runs/crsm/<name>/config.json) -> their place now
+_LEGACY = {
+    **{k: f"model.{k}" for k in ("d_model", "n_layers", "d_state", "expand", "tokenizer", "mcts_simulations",
+                                 "transition")},
+    **{k: f"data.{k}" for k in ("task", "pathstar_degree", "pathstar_length", "corpus_bytes", "seq_len",
+                                "bpe_vocab_size", "batch_size", "distill_sequences", "value_rollouts")},
+    "backbone_steps": "backbone.steps", "backbone_lr": "backbone.lr", "distill_steps": "distill.steps",
+    "value_steps": "value.steps",
+}
+
+
+def _convert_legacy(flat) -> dict:
+    """A flat pipeline config as the nested one: its fields moved, its stages' implicit settings made explicit."""
+    out = {_LEGACY.get(key, key): value for key, value in flat.items()}
+    defaults = PipelineConfig()
+    seed = flat.get("seed", 0)
+    for stage in ("backbone", "distill", "value"):
+        steps = out.get(f"{stage}.steps", getattr(defaults, stage).steps)
+        out.update({f"{stage}.seed": seed, f"{stage}.checkpoint_every": max(50, steps // 4)})
+    return out

@@ -25,9 +25,9 @@ def run_config_of(checkpoint: Path) -> PipelineConfig:
 def evaluate_checkpoint(model, checkpoint: Path, task: str | None = None, degree: int | None = None,
                         length: int | None = None, samples: int = 100, simulations: int = 48) -> dict:
     config = run_config_of(checkpoint)
-    task = task or config.task
+    task = task or config.data.task
     if task == "pathstar":
-        t = PathStarTask(degree or config.pathstar_degree, length or config.pathstar_length)
+        t = PathStarTask(degree or config.data.pathstar_degree, length or config.data.pathstar_length)
         model.config.mcts_max_depth = max(model.config.mcts_max_depth, t.length + 2)
         return {"task": "pathstar", "pathstar_degree": t.degree, "pathstar_length": t.length,
                 "pathstar_acc_greedy": pathstar_accuracy(model, t, samples),
@@ -37,5 +37,5 @@ def evaluate_checkpoint(model, checkpoint: Path, task: str | None = None, degree
         from .pipeline import corpus_tokens
 
         _, val = corpus_tokens(model, config)
-        return {"task": "lm", "ppl": perplexity(lambda x: model(x)[0], val, config.seq_len)}
+        return {"task": "lm", "ppl": perplexity(lambda x: model(x)[0], val, config.data.seq_len)}
     raise ConfigError(f"--task {task!r}: expected pathstar or lm")

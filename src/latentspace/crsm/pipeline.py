@@ -19,7 +19,7 @@ import torch
 from ..core.checkpoint import is_checkpoint, read_header
 from ..core.errors import CheckpointError
 from ..core.runs import Run
-from ..core.training import TrainConfig, fit
+from ..core.training import fit
 from .config import PipelineConfig
 from .dynamics import dynamics_loss
 from .model import CRSM
@@ -40,7 +40,7 @@ def stage_done(root: Path, stage: str) -> bool:
 
 
 def _task(config: PipelineConfig) -> PathStarTask:
-    return PathStarTask(config.pathstar_degree, config.pathstar_length)
+    return PathStarTask(config.data.pathstar_degree, config.data.pathstar_length)
 
 
 _CORPUS_CACHE: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -48,15 +48,10 @@ _CORPUS_CACHE: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 def corpus_tokens(model: CRSM, config: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Train / validation token streams of the standard-library corpus, tokenized by the model's tokenizer."""
-    key = (config.corpus_bytes, model.tokenizer.backend_tokenizer.to_str()[:2000])
+    key = (config.data.corpus_bytes, model.tokenizer.backend_tokenizer.to_str()[:2000])
     if key not in _CORPUS_CACHE:
-        _CORPUS_CACHE[key] = split_tokens(model.encode(stdlib_corpus(config.corpus_bytes)))
+        _CORPUS_CACHE[key] = split_tokens(model.encode(stdlib_corpus(config.data.corpus_bytes)))
     return _CORPUS_CACHE[key]
-
-
-def _train_config(config: PipelineConfig, steps: int, lr: float) -> TrainConfig:
-    return TrainConfig(steps=steps, lr=lr, warmup_steps=min(50, steps // 10), log_every=10, seed=config.seed,
-                       checkpoint_every=max(50, steps // 4), weight_decay=0.01)
 
 
 def _load_stage(root: Path, stage: str) -> CRSM:
@@ -79,10 +74,10 @@ def _save_stage(model: CRSM, root: Path, stage: str, metrics: dict) -> Path:
 
 # ---- stage 1 ------------------------------------------------------------------------------------
 def new_model(config: PipelineConfig) -> CRSM:
-    if config.task == "lm" and config.tokenizer == "bpe":
-        text = stdlib_corpus(config.corpus_bytes)
+    if config.data.task == "lm" and config.model.tokenizer == "bpe":
+        text = stdlib_corpus(config.data.corpus_bytes)
         tokenizer = make_tokenizer("bpe", [text[i : i + 4096] for i in range(0, len(text), 4096)],
-                                   config.bpe_vocab_size)
+                                   config.data.bpe_vocab_size)
     else:
         tokenizer = make_tokenizer("byte")
     torch.manual_seed(config.seed)
@@ -109,26 +104,27 @@ def train_backbone(config: PipelineConfig, root: Path, resume: bool = True, quie
     run = Run("crsm", path=Path(root) / STAGES[0])
     run.write_config(config)
     model = new_model(config)
-    if config.task == "pathstar":
+    if config.data.task == "pathstar":
         task = _task(config)
 
         def data(step):
-            return task.batch(model, config.batch_size, seed=config.seed * 1_000_003 + step)
+            return task.batch(model, config.data.batch_size, seed=config.seed * 1_000_003 + step)
     else:
         train, _ = corpus_tokens(model, config)
 
         def data(step):
-            return lm_batch(train, config.batch_size, config.seq_len, seed=config.seed * 1_000_003 + step), None
+            seed = config.seed * 1_000_003 + step
+            return lm_batch(train, config.data.batch_size, config.data.seq_len, seed=seed), None
     params = list(model.backbone.parameters())
-    result = fit(model, backbone_loss, data, _train_config(config, config.backbone_steps, config.backbone_lr),
+    result = fit(model, backbone_loss, data, config.backbone,
                  run=run, resume=resume, quiet=quiet, parameters=params, description="stage 1: backbone")
     if result.interrupted:
         raise KeyboardInterrupt
     metrics = {"loss": result.metrics.get("loss")}
-    if config.task == "lm":
+    if config.data.task == "lm":
         _, val = corpus_tokens(model, config)
         device = next(model.parameters()).device
-        metrics["ppl"] = perplexity(lambda t: model(t.to(device))[0], val, config.seq_len)
+        metrics["ppl"] = perplexity(lambda t: model(t.to(device))[0], val, config.data.seq_len)
     _save_stage(model, root, STAGES[0], metrics)
     run.plot_metrics(["loss"], "loss.png", title="stage 1: backbone")
     return model
@@ -139,11 +135,11 @@ def train_backbone(config: PipelineConfig, root: Path, resume: bool = True, quie
 def collect_traces(model: CRSM, config: PipelineConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(state h_t, action embedding e(x_{t+1}), next state h_{t+1}), each (M, D), from the trained backbone."""
     model.eval()
-    if config.task == "pathstar":
-        tokens, _ = _task(config).batch(model, config.distill_sequences, seed=10**9 + config.seed)
+    if config.data.task == "pathstar":
+        tokens, _ = _task(config).batch(model, config.data.distill_sequences, seed=10**9 + config.seed)
     else:
         train, _ = corpus_tokens(model, config)
-        tokens = lm_batch(train, config.distill_sequences, config.seq_len, seed=10**9 + config.seed)
+        tokens = lm_batch(train, config.data.distill_sequences, config.data.seq_len, seed=10**9 + config.seed)
     states, actions, nexts = [], [], []
     for i in range(0, len(tokens), 64):
         chunk = tokens[i : i + 64]
@@ -180,7 +176,7 @@ def distill(config: PipelineConfig, root: Path, resume: bool = True, quiet: bool
         err = ((nx - pred) ** 2).mean()
         return {"mse": float(err), "mse_identity": float(base), "r2": float(1 - err / base)}
 
-    result = fit(model, loss_fn, data, _train_config(config, config.distill_steps, 2e-3), run=run, resume=resume,
+    result = fit(model, loss_fn, data, config.distill, run=run, resume=resume,
                  quiet=quiet, parameters=list(model.dynamics.parameters()), eval_fn=eval_fn,
                  description="stage 2: distill")
     if result.interrupted:
@@ -217,10 +213,10 @@ def value_targets(model: CRSM, config: PipelineConfig) -> tuple[torch.Tensor, to
     outcome (1 if the path reaches the goal). lm: the target is exp(-mean NLL) of the next 8 true tokens.
     """
     model.eval()
-    if config.task == "pathstar":
+    if config.data.task == "pathstar":
         task = _task(config)
         rng = random.Random(config.seed + 31)
-        samples = [task.sample(rng) for _ in range(config.value_rollouts)]
+        samples = [task.sample(rng) for _ in range(config.data.value_rollouts)]
         tokens = torch.tensor([model.encode(p) for p, _ in samples])
         gen = torch.Generator().manual_seed(config.seed + 37)
         latent, caches = model.prefill(tokens)
@@ -240,7 +236,7 @@ def value_targets(model: CRSM, config: PipelineConfig) -> tuple[torch.Tensor, to
         stacked = torch.stack(states[1:], 1)  # (R, length + 2, D): states after each sampled token
         return stacked.reshape(-1, stacked.shape[-1]), y[:, None].expand(-1, stacked.shape[1]).reshape(-1)
     train, _ = corpus_tokens(model, config)
-    tokens = lm_batch(train, config.value_rollouts, config.seq_len, seed=config.seed + 41)
+    tokens = lm_batch(train, config.data.value_rollouts, config.data.seq_len, seed=config.seed + 41)
     logits, hidden = model(tokens[:, :-1])
     nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")
     horizon = 8
@@ -277,7 +273,7 @@ def train_value(config: PipelineConfig, root: Path, resume: bool = True, quiet: 
         return {"bce": float(bce), "mae": float((p - y).abs().mean()),
                 "target_mean": float(targets.mean())}
 
-    result = fit(model, loss_fn, data, _train_config(config, config.value_steps, 3e-3), run=run, resume=resume,
+    result = fit(model, loss_fn, data, config.value, run=run, resume=resume,
                  quiet=quiet, parameters=list(model.value_head.parameters()), eval_fn=eval_fn,
                  description="stage 4: value head")
     if result.interrupted:
