@@ -417,7 +417,8 @@ def bench_perplexity(steps: int, work: Path, d_model: int = 96, n_layers: int = 
     ppl_gpt = perplexity(lambda t: gpt(t).logits, val, config.data.seq_len)
     return mamba, {"ppl_mamba": ppl_mamba, "ppl_transformer": ppl_gpt, "params_mamba": n_mamba,
                    "params_transformer": n_gpt, "transformer_layers": layers,
-                   "train_tokens": steps * config.data.batch_size * config.data.seq_len, "train_s_mamba_pipeline": mamba_s, "train_s_transformer": gpt_s,
+                   "train_tokens": steps * config.data.batch_size * config.data.seq_len,
+                   "train_s_mamba_pipeline": mamba_s, "train_s_transformer": gpt_s,
                    "corpus": f"Python standard library source (top-level *.py, sorted), {corpus_bytes} bytes, "
                              "byte tokens, "
                              "10% held out"}
