@@ -10,7 +10,7 @@ runner = CliRunner()
 
 def test_train_answer_evaluate(tmp_path):
     config = tmp_path / "tiny.json"
-    RBSQAConfig.preset("tiny").replace(steps=5).to_json(config)
+    RBSQAConfig.preset("tiny").override({"train.steps": 5}).to_json(config)
     runs = tmp_path / "runs"
     result = runner.invoke(app, ["train", "--config", str(config), "--runs-dir", str(runs), "--name", "t",
                                  "--quiet", "--json"])
@@ -43,3 +43,31 @@ def test_answer_rejects_bad_documents(tmp_path):
                                      str(tmp_path / "runs")])
         assert result.exit_code != 0
         assert isinstance(result.exception, DataError) and message in str(result.exception)
+
+
+def test_dotted_options_reach_the_config_and_beat_the_preset(tmp_path, monkeypatch):
+    from latentspace.rbsqa import train as train_module
+
+    seen = []
+
+    def fake_train(config, *args, **kwargs):
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_module, "train_model", fake_train)
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--train.steps", "3", "--train.lr", "0.01",
+                                 "--model-dim", "16", "--runs-dir", str(tmp_path), "--name", "t", "--quiet"])
+    assert result.exit_code == 0, result.output
+    config = seen[0]
+    assert (config.train.steps, config.train.lr, config.model_dim) == (3, 0.01, 16)  # the preset says 20, 1e-3, 0
+    assert config.encoder == "tiny-bert" and config.train.log_every == 1  # the rest is the preset's
+    assert config.train.warmup == 0  # min(50, steps // 10)
+    saved = RBSQAConfig.from_json(tmp_path / "rbsqa" / "t" / "config.json")
+    assert saved == config
+    for verb in ("train", "answer", "evaluate"):
+        out = runner.invoke(app, [verb, "--help"], env={"COLUMNS": "200"})
+        assert out.exit_code == 0, out.output
+        for option in ("--preset", "--config", "--train.steps", "--train.lr", "--train.warmup-steps", "--batch-size",
+                       "--encoder"):
+            assert option in out.output, (verb, option)
+        assert "--steps " not in out.output and "--lr " not in out.output and "--seed " not in out.output

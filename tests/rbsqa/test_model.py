@@ -172,3 +172,20 @@ def test_position_embedding_is_used_and_old_checkpoints_load(tiny, tmp_path):
     (tmp_path / "old" / "config.json").write_text(json.dumps(header))
     loaded = RBSQAModel.load(tmp_path / "old")
     assert loaded.position is None and not loaded.config.position_embedding
+
+
+def test_flat_checkpoint_config_from_before_train_loads(tiny, tmp_path):
+    """A checkpoint whose config.json holds steps, lr and seed flat (before `train: TrainConfig`) still loads."""
+    import json
+
+    config, model, _ = tiny
+    model.save(tmp_path / "flat")
+    header = json.loads((tmp_path / "flat" / "config.json").read_text())
+    train = header["config"].pop("train")
+    header["config"].update(steps=300, lr=2e-3, seed=train["seed"])  # as written before the tree
+    (tmp_path / "flat" / "config.json").write_text(json.dumps(header))
+    loaded = RBSQAModel.load(tmp_path / "flat")
+    assert (loaded.config.train.steps, loaded.config.train.lr, loaded.config.train.log_every) == (300, 2e-3, 6)
+    assert loaded.config.train.warmup == 30 and loaded.config.seed == config.seed
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key

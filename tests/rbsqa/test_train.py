@@ -22,8 +22,9 @@ def test_answer_metrics():
 
 def test_tiny_model_learns_beyond_chance(tmp_path):
     """Training the tiny model lowers the QA loss well below its start and below a uniform guess."""
-    config = RBSQAConfig.preset("tiny").replace(task="stories", train_docs=16, val_docs=6, test_docs=6, steps=60,
-                                                lr=3e-3, batch_size=8, re_scoring_method="learned")
+    config = RBSQAConfig.preset("tiny").override({
+        "task": "stories", "train_docs": 16, "val_docs": 6, "test_docs": 6, "batch_size": 8,
+        "re_scoring_method": "learned", "train": {"steps": 60, "lr": 3e-3}})
     from latentspace.core.runs import Run
 
     run = Run("rbsqa", path=tmp_path / "run")
@@ -81,8 +82,8 @@ def test_training_is_reproducible_with_a_pretrained_encoder():
     """Two trainings of one config give the same weights: the layers built on a pretrained (frozen) encoder
     are seeded too (they once took whatever the global RNG held)."""
     config = RBSQAConfig.preset("tiny").replace(encoder="all-MiniLM-L6-v2", encoder_layers=1, task="stories",
-                                                train_docs=4, val_docs=2, test_docs=2, steps=3, batch_size=2,
-                                                halting_f1_tolerance=None)
+                                                train_docs=4, val_docs=2, test_docs=2, batch_size=2,
+                                                halting_f1_tolerance=None).override({"train.steps": 3})
     torch.manual_seed(1)  # a different global RNG state before each run
     first = train_model(config, None, quiet=True).model
     torch.manual_seed(2)

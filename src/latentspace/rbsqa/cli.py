@@ -65,7 +65,7 @@ def train(config: RBSQAConfig, run_name, runs_dir, quiet, as_json, resume):
     metrics = {f"val_{k}": v for k, v in metrics.items()}
     metrics.update({k: v for k, v in trained.calibration.items()})
     metrics["train_seconds"] = trained.train_seconds
-    run.log(config.steps, **metrics)
+    run.log(config.train.steps, **metrics)
     run.plot_metrics(["loss"], "loss.png")
     run.write_summary("rbsqa train", metrics, notes=f"Checkpoint: `{run.path / 'model'}`.")
     _emit(metrics, as_json, f"checkpoint: {run.path / 'model'}")
@@ -141,8 +141,8 @@ def _evaluate_into(model, config: RBSQAConfig, run, quiet: bool):
     from .plots import plot_reliability, plot_trajectory
     from .train import candidate_scores, encode_split, evaluate_documents, segment_features
 
-    data_config = model.config.replace(**{k: getattr(config, k) for k in (
-        "task", "data_dir", "test_docs", "story_sentences", "distractors", "seed")})
+    data_config = model.config.replace(train=model.config.train.replace(seed=config.train.seed), **{
+        k: getattr(config, k) for k in ("task", "data_dir", "test_docs", "story_sentences", "distractors")})
     docs = encode_split(model, data_config, "test")
     features = segment_features(model, docs, quiet=quiet)
     metrics, rows = evaluate_documents(model, docs, features, quiet=quiet)
@@ -207,7 +207,8 @@ def demo(out_dir: pathlib.Path, quiet: bool):
     headline = {k: metrics[k] for k in keys}
     summary = (f"RBS-QA reads real bAbI qa1 stories (people moving, so the answer changes) and generated long "
                f"documents (a fact paragraph among {config.distractors} distractors) segment by segment with a frozen "
-               f"MiniLM, gated memory and a QA head trained for {config.steps} steps on {config.train_docs} documents. "
+               f"MiniLM, gated memory and a QA head trained for {config.train.steps} steps on {config.train_docs} "
+               f"documents. "
                f"The belief tracker revises its answer when a later segment beats the re-scored old belief "
                f"(F1 {metrics['f1_with_tracker']:.2f} vs {metrics['f1_without_tracker']:.2f} for the best span over "
                f"all segments), and halting reads {metrics['segments_read_frac_halting']:.0%} of the long documents' "

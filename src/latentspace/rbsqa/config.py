@@ -1,4 +1,5 @@
-"""`RBSQAConfig`: the encoder, the segmenting, the gated memory, the belief tracker flags and training."""
+"""`RBSQAConfig`: the encoder, the segmenting, the gated memory, the belief tracker flags, the data and training
+(`train: TrainConfig`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import dataclasses
 
 from ..core.config import Config
 from ..core.errors import ConfigError
+from ..core.training import TrainConfig
 
 RE_SCORING_METHODS = ("context_weighted", "learned")
 TASKS = ("stories", "facts", "mixed")
@@ -63,21 +65,33 @@ class RBSQAConfig(Config):
     test_docs: int = 120
     story_sentences: int = 16
     distractors: int = 5
-    # training of the memory, reasoning layers and QA head (the encoder stays frozen by default)
-    steps: int = 900
+    # training of the memory, reasoning layers and QA head (the encoder stays frozen by default); train.seed is
+    # the run's one seed: the generated documents, the new layers' initialisation, the batches and the fit loop
     batch_size: int = 16
-    lr: float = 1e-3
-    seed: int = 0
+    train: TrainConfig = dataclasses.field(default_factory=lambda: TrainConfig(
+        steps=900, lr=1e-3, warmup_steps=None, log_every=18, cpu=True))
 
     PRESETS = {
-        "tiny": dict(encoder="tiny-bert", freeze_encoder=False, tiny_hidden=32, model_dim=0, num_heads=2, train_docs=24,
-                     halting_val_docs=12,
-                     val_docs=12, test_docs=12, steps=20, batch_size=4, story_sentences=10,
-                     distractors=2),
-        "demo": dict(stories="babi", train_docs=200, val_docs=40, test_docs=40, steps=200, halting_val_docs=300),
-        "small": dict(train_docs=400, val_docs=60, test_docs=80, steps=400, halting_val_docs=500),
+        "tiny": {"encoder": "tiny-bert", "freeze_encoder": False, "tiny_hidden": 32, "model_dim": 0, "num_heads": 2,
+                 "train_docs": 24, "halting_val_docs": 12, "val_docs": 12, "test_docs": 12, "batch_size": 4,
+                 "story_sentences": 10, "distractors": 2, "train": {"steps": 20, "log_every": 1}},
+        "demo": {"stories": "babi", "train_docs": 200, "val_docs": 40, "test_docs": 40, "halting_val_docs": 300,
+                 "train": {"steps": 200, "log_every": 4}},
+        "small": {"train_docs": 400, "val_docs": 60, "test_docs": 80, "halting_val_docs": 500,
+                  "train": {"steps": 400, "log_every": 8}},
         "base": {},
     }
+
+    @classmethod
+    def from_dict(cls, data):
+        """Build from a dict; the flat config.json of a checkpoint from before `train` (steps, lr, seed) converts."""
+        if any(key in data for key in _LEGACY):
+            data = dict(data)
+            train = {_LEGACY[key]: data.pop(key) for key in list(data) if key in _LEGACY}
+            if "steps" in train:  # what training ran with: log_every followed steps
+                train["log_every"] = max(1, train["steps"] // 50)
+            data["train"] = {**train, **data.get("train", {})}
+        return super().from_dict(data)
 
     def __post_init__(self):
         if self.re_scoring_method not in RE_SCORING_METHODS:
@@ -96,6 +110,11 @@ class RBSQAConfig(Config):
             raise ConfigError("max_answer_len and max_segments must be >= 1")
 
     @property
+    def seed(self) -> int:
+        """The run's one seed (`train.seed`)."""
+        return self.train.seed
+
+    @property
     def seq_len(self) -> int:
         """Length of one segment input: [CLS] question(padded) [SEP] segment [SEP]."""
         return self.max_question_len + self.segment_len + 3
@@ -105,5 +124,8 @@ class RBSQAConfig(Config):
         """Index of the first segment token in a segment input."""
         return self.max_question_len + 2
 
+
+# the flat fields before `train` -> their TrainConfig field
+_LEGACY = {"steps": "steps", "lr": "lr", "seed": "seed"}
 
 RBSTrainingConfig = RBSQAConfig  # the seed's name for the same flags

@@ -23,7 +23,7 @@ import torch
 from ..core.backbones import EmbeddingCache
 from ..core.progress import track
 from ..core.runs import Run
-from ..core.training import TrainConfig, fit, seed_everything
+from ..core.training import fit, seed_everything
 from .belief import expected_calibration_error, fit_temperature, halts
 from .config import RBSQAConfig
 from .data import EncodedDocument, build_documents, encode_document
@@ -151,12 +151,10 @@ def train_model(config: RBSQAConfig, run: Run | None = None, quiet: bool = False
         return collate([train_docs[i] for i in idx], None if train_features is None else
                        [train_features[i] for i in idx])
 
-    train_config = TrainConfig(steps=config.steps, lr=config.lr, warmup_steps=min(50, config.steps // 10),
-                               log_every=max(1, config.steps // 50), seed=config.seed, cpu=True)
     # the calibration parameters are fitted afterwards on validation; the learned re-scorer trains jointly
     params = [p for n, p in model.named_parameters()
               if p.requires_grad and (not n.startswith("tracker.") or n.startswith("tracker.re_score_network."))]
-    fit(model, lambda m, batch: m.training_loss(batch), batch_at, train_config, run=run, resume=resume, quiet=quiet,
+    fit(model, lambda m, batch: m.training_loss(batch), batch_at, config.train, run=run, resume=resume, quiet=quiet,
         parameters=params, description="training rbsqa")
     model.eval()
     calibration = {}
