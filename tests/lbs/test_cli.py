@@ -12,7 +12,8 @@ TINY = ["--model.tiny-hidden", "32", "--model.tiny-layers", "1", "--model.latent
 
 def test_train_forecast_steer(tmp_path):
     runner = CliRunner()
-    res = runner.invoke(app, ["train", *TINY, "--runs-dir", str(tmp_path), "--name", "t", "--json", "--window.val-every", "2"])
+    res = runner.invoke(app, ["train", *TINY, "--runs-dir", str(tmp_path), "--name", "t", "--json",
+                              "--window.val-every", "2"])
     assert res.exit_code == 0, res.output
     run = tmp_path / "lbs" / "t"
     out = json.loads(res.output)
@@ -39,7 +40,7 @@ def test_missing_model(tmp_path):
 def test_run_config_tree_on_the_command_line(tmp_path):
     """--help lists the dotted options; --train.steps reaches training; an option beats the preset."""
     runner = CliRunner()
-    res = runner.invoke(app, ["train", "--help"], terminal_width=200)
+    res = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
     assert res.exit_code == 0
     for flag in ("--train.steps", "--train.seed", "--window.bptt", "--model.latent-dim", "--preset", "--data"):
         assert flag in res.output, flag
