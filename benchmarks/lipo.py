@@ -9,11 +9,11 @@ Methods at equal budget, repeated over seeds:
 - random: instructions in random order, each at full fidelity;
 - hyperband: LIPOHyperband with random proposals only, rounds repeated with a shared evaluation cache;
 - hbbops: Hyperband + BO proposals from the deep-kernel GP on the raw sentence embeddings (HbBoPs-style);
-- lipo: Hyperband + BO (GP on the preset's gp_input: the embeddings in the cpu preset, the VAE latents in the
+- lipo: Hyperband + BO (GP on the config's gp_input: the embeddings by default, the VAE latents in the
   seed's design), and after each round InvBO steps: qLogEI over the VAE latent box (through the decoder when the
   GP sees embeddings) -> decoder -> the nearest unevaluated table instructions (inversion restricted to the
   table) -> the one of highest LogEI, with every other unevaluated row among the candidates (--invbo-select
-  union, the cpu preset; acq: the neighbours only; nearest: the closest one) -> racing evaluation at 20/40/80
+  union, the default; acq: the neighbours only; nearest: the closest one) -> racing evaluation at 20/40/80
   questions against the incumbent (the preset's invbo_race_alpha, --invbo-race-alpha 0: straight to full); the
   candidates are ranked by the preset's invbo_rank (mean: the GP's predicted error; log_ei: the acquisition).
 
@@ -157,7 +157,7 @@ def invbo_rounds(vae, features, latents, cache, hb, nvalid, config, steps, horiz
     those `inversion_neighbours` candidates and keeps the one of highest LogEI, "nearest" the closest one;
     select="union" adds every unevaluated table row to those candidates (LIPOInference's inversion_select="union":
     the acquisition's best pool point wins when the decoded target's neighbours score lower by LogEI). The candidates
-    are ranked by LogEI or, with config.invbo_rank="mean" (the cpu preset), by the GP's predicted error.
+    are ranked by LogEI or, with config.invbo_rank="mean" (the default), by the GP's predicted error.
     Returns {"steps", "from_inversion"(, "raced_out", "new_incumbents")}: InvBO steps run, how many evaluated one
     of the decoded target's `inversion_neighbours` nearest unevaluated rows (and, with config.invbo_race_alpha > 0,
     how many were stopped below full fidelity by the racing test, hyperband.race_to_full; how many reached full
@@ -395,13 +395,13 @@ def main() -> None:
                              "results/lipo.{json,md} in place")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for the (method, seed) runs")
     parser.add_argument("--gp-input", default=None, choices=("latent", "embedding"),
-                        help="LIPO's GP input (default: the cpu preset's gp_input)")
+                        help="LIPO's GP input (default: LIPOConfig's gp_input)")
     parser.add_argument("--invbo-race-alpha", type=float, default=None,
-                        help="racing level of the InvBO evaluations (default: the cpu preset's invbo_race_alpha)")
+                        help="racing level of the InvBO evaluations (default: LIPOConfig's invbo_race_alpha)")
     parser.add_argument("--invbo-rank", default=None, choices=("log_ei", "mean"),
-                        help="how InvBO ranks its candidates (default: the cpu preset's invbo_rank)")
+                        help="how InvBO ranks its candidates (default: LIPOConfig's invbo_rank)")
     parser.add_argument("--gp-fidelity", default=None, choices=("high", "all"),
-                        help="what LIPO's GP is trained on (default: the cpu preset's gp_fidelity)")
+                        help="what LIPO's GP is trained on (default: LIPOConfig's gp_fidelity)")
     parser.add_argument("--control", action="store_true",
                         help="also run hbbops_all: HbBoPs with LIPO's gp_fidelity='all' GP")
     args = parser.parse_args()
@@ -412,7 +412,7 @@ def main() -> None:
     stem = args.name or ("lipo" if args.first_seed == 0 else f"lipo_seeds{args.first_seed}-{last_seed}")
     nvalid = 200
     horizon_frac = 0.12
-    config = LIPOConfig.preset("cpu").replace(validation_size=nvalid)
+    config = LIPOConfig(validation_size=nvalid)  # the CPU defaults (the old "cpu" preset)
     if args.gp_input:
         config = config.replace(gp_input=args.gp_input)
     if args.invbo_race_alpha is not None:

@@ -86,7 +86,7 @@ MISSING_PATHS = {
     ("rbsqa", "evaluate"): [["--checkpoint", MISSING], ["--data-dir", MISSING], ["--config", MISSING]],
     ("lipo", "run"): [["--config", MISSING], ["--load-grid", MISSING], ["--hyperband-evals-path", MISSING],
                       ["--data-dir", MISSING]],
-    ("lipo", "evaluate"): [["--result", MISSING], ["--data-dir", MISSING]],
+    ("lipo", "evaluate"): [["--config", MISSING], ["--result", MISSING], ["--data-dir", MISSING]],
 }
 MISSING_PATH_CASES = [(verb, argv) for verb, cases in MISSING_PATHS.items() for argv in cases]
 

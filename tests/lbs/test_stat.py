@@ -1,5 +1,7 @@
 """The statistical highway: ARIMA / ETS fitted on the training part, their forecasts at every step in one pass."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -37,7 +39,7 @@ def test_stat_table_equals_refiltering_at_each_origin(kind):
     assert spec["name"] and len(spec["params"]) > 0
 
 
-def test_stat_highway_forecast_starts_as_the_statistical_forecast(tiny_cfg):
+def test_stat_highway_forecast_starts_as_the_statistical_forecast(tiny_cfg, tmp_path):
     s = generated_series(steps=120)
     sc = Standardizer(s.values[:80])
     z = sc(s.values)
@@ -51,11 +53,18 @@ def test_stat_highway_forecast_starts_as_the_statistical_forecast(tiny_cfg):
     expect = (arima_forecast(z, 80, origins, 3)[0] + ets_forecast(z, 80, origins, 3)[0]) / 2
     f = forecast(m, s, sc, origins, context=12, horizon=3, samples=4, instance_norm=True, point="path")
     np.testing.assert_allclose(f.mean.numpy(), expect, atol=1e-5)
-    # the fitted forecasters travel with the config (checkpoints): a rebuilt model forecasts the same
-    again = BaseLBS(LBSConfig.from_dict(m.cfg.to_dict()))
-    again.load_state_dict(m.state_dict())
+    # the fitted forecasters are model state, saved in the checkpoint: a loaded model forecasts the same
+    assert "highway_stat" not in m.cfg.to_dict()
+    again = BaseLBS.load(m.save(tmp_path / "m"))
+    assert json.dumps(again.highway_stat, sort_keys=True) == json.dumps(m.highway_stat, sort_keys=True)
     f2 = forecast(again, s, sc, origins, context=12, horizon=3, samples=4, instance_norm=True, point="path")
     torch.testing.assert_close(f2.mean, f.mean)
+    # a checkpoint of before (the fit as JSON text in config.json) converts on load
+    header = json.loads((tmp_path / "m" / "config.json").read_text())
+    header["config"]["highway_stat"] = json.dumps(header["metadata"].pop("highway_stat"))
+    (tmp_path / "m" / "config.json").write_text(json.dumps(header))
+    old = BaseLBS.load(tmp_path / "m")
+    assert json.dumps(old.highway_stat, sort_keys=True) == json.dumps(m.highway_stat, sort_keys=True)
     x, _ = m.initial_state(1)
     with pytest.raises(ConfigError, match="needs the statistical forecast"):
         m.forecast_offset(x, torch.zeros(1, 12), torch.zeros(1, 1), 3)

@@ -15,8 +15,8 @@ def debug_run(tmp_path_factory):
 
     torch.set_num_threads(1)  # module fixtures run before the per-test one-thread fixture
     root = tmp_path_factory.mktemp("runs")
-    result = runner.invoke(app, ["run", "--debug", "--iterations", "1", "--ape-instructions", "10", "--name", "dbg",
-                                 "--runs-dir", str(root), "--quiet", "--json"])
+    result = runner.invoke(app, ["run", "--debug", "--iterations", "1", "--ape-num-instructions", "10", "--name",
+                                 "dbg", "--runs-dir", str(root), "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     return root / "lipo" / "dbg", json.loads(result.stdout)
 
@@ -67,3 +67,43 @@ def test_evaluate_verb_json(tmp_path):
     assert out.exit_code == 0, out.output
     rows = json.loads(out.stdout)["rows"]
     assert len(rows) == 2 and rows[0]["error"] < rows[1]["error"]
+
+
+def test_help_lists_the_config_options():
+    out = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0
+    for flag in ("--preset", "--debug", "--iterations", "--ape-num-instructions", "--skip-hbbops", "--config"):
+        assert flag in out.output, flag
+    out = runner.invoke(app, ["evaluate", "--help"], env={"COLUMNS": "200"})
+    assert "--task-backend" in out.output and "--preset" in out.output
+
+
+@pytest.mark.parametrize("argv", [["--preset", "debug"], ["--debug"]])
+def test_an_option_beats_the_preset(argv, tmp_path, monkeypatch):
+    """`--preset debug --iterations 3` runs 3 iterations (the preset says 1); the rest of the preset holds."""
+    seen = {}
+
+    def fake_run(config, run, **kwargs):
+        seen["config"] = config
+        run.write_config(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("latentspace.lipo.pipeline.run_lipo", fake_run)
+    out = runner.invoke(app, ["run", *argv, "--iterations", "3", "--name", "p", "--runs-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    saved = json.loads((tmp_path / "lipo" / "p" / "config.json").read_text())
+    assert saved["iterations"] == 3 and seen["config"].iterations == 3
+    assert saved["ape_num_instructions"] == 10 and saved["vae_epochs"] == 30  # the debug preset's
+
+
+def test_defaults_without_a_preset(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(config, run, **kwargs):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr("latentspace.lipo.pipeline.run_lipo", fake_run)
+    out = runner.invoke(app, ["run", "--runs-dir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert seen["config"].iterations == 6 and seen["config"].offline  # the CPU defaults, not the seed's

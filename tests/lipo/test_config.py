@@ -1,11 +1,11 @@
 import pytest
 
 from latentspace.core.errors import ConfigError
-from latentspace.lipo.config import Config, LIPOConfig, apply_preset
+from latentspace.lipo.config import LIPOConfig
 
 
-def test_defaults_are_the_seed_tables():
-    c = Config()
+def test_seed_preset_is_the_seed_tables():
+    c = LIPOConfig.preset("seed")
     assert (c.ape_num_instructions, c.ape_batch_size, c.ape_max_tokens, c.ape_max_length) == (1000, 10, 100, 500)
     assert (c.vae_beta, c.vae_epochs, c.vae_annealing_epochs, c.vae_patience) == (0.003, 10000, 500, 500)
     assert c.vae_lr == 3e-4
@@ -17,20 +17,15 @@ def test_defaults_are_the_seed_tables():
 
 
 def test_json_round_trip_and_presets():
-    c = LIPOConfig.preset("cpu")
+    c = LIPOConfig()  # the defaults run offline on CPU
     assert LIPOConfig.from_json(c.to_json()) == c
-    assert c.offline and not LIPOConfig().offline
+    assert c.offline and not LIPOConfig.preset("seed").offline
+    assert LIPOConfig.preset("cpu") == c  # the old name of the defaults
     assert LIPOConfig.preset("debug").ape_num_instructions == 10
-    assert (LIPOConfig().invbo_rank, c.invbo_rank) == ("log_ei", "mean")  # chosen on the validation table
-
-
-def test_explicit_options_win_over_the_preset():
-    c = LIPOConfig(iterations=10)  # equal to the seed default, but typed on the command line
-    assert apply_preset(c, "cpu", explicit={"iterations"}).iterations == 10
-    assert apply_preset(c, "cpu", explicit=set()).iterations == LIPOConfig.preset("cpu").iterations
-    assert apply_preset(LIPOConfig(iterations=3), "cpu").iterations == 3
-    with pytest.raises(ConfigError, match="unknown LIPO preset"):
-        apply_preset(c, "huge")
+    assert LIPOConfig.preset("debug").offline
+    assert (LIPOConfig.preset("seed").invbo_rank, c.invbo_rank) == ("log_ei", "mean")  # chosen on the validation table
+    with pytest.raises(ConfigError, match="unknown preset"):
+        LIPOConfig.preset("huge")
 
 
 @pytest.mark.parametrize("bad", [{"eta": 1.0}, {"bmin": 0}, {"validation_size": 5}, {"inverter": "x"},

@@ -10,7 +10,7 @@ from latentspace.lipo.vae import InstructionVAE, VAEWithAdapter, train_vae, vae_
 def _config(**kw):
     base = dict(embedding_dim=384, vae_epochs=100, vae_annealing_epochs=100, vae_patience=40, vae_lr=0.01,
                 vae_batch_size=32)
-    return LIPOConfig.preset("cpu").replace(**{**base, **kw})
+    return LIPOConfig().replace(**{**base, **kw})
 
 
 def test_vae_learns_reconstruction_above_the_mean_direction_bound(pool_embeddings, tmp_path):

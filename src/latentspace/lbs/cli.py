@@ -12,23 +12,15 @@ import typer
 
 from ..core.config import config_command
 from ..core.errors import CheckpointError, require_dir, require_file
-from .config import LBSConfig
+from .config import LBSRunConfig
 
 app = typer.Typer(help="LLM-integrated Bayesian state space: a Kalman-style filter with a frozen-LLM sensor.",
                   no_args_is_help=True)
 
 DEFAULT_RUN = Path("runs") / "lbs" / "default"
 DataDir = Optional[Path]  # noqa: UP045
-TRAIN_OPTIONS = {
-    "data": (str, typer.Option("generated", "--data", help="generated | time-mmd:<Domain> | a date,value,text CSV")),
-    "data_dir": (DataDir, typer.Option(None, "--data-dir", help="Folder holding time-mmd.")),
-    "steps": (int, typer.Option(200, "--steps", help="Optimizer steps.")),
-    "lr": (float, typer.Option(3e-3, "--lr")),
-    "window": (int, typer.Option(32, "--window", help="T steps per training window.")),
-    "batch": (int, typer.Option(16, "--batch", help="B windows per step.")),
-    "horizon": (int, typer.Option(6, "--horizon")),
-    "val_every": (int, typer.Option(0, "--val-every", help="Early stopping: validation forecast MSE every N steps "
-                                                           "(the best weights are kept); 0 = off.")),
+# the options of train / evaluate that are not settings of the run (those are LBSRunConfig's fields)
+RUN_PARAMS = {
     "run_name": (str, typer.Option("default", "--name", help="Run name under runs/lbs/.")),
     "runs_dir": (Path, typer.Option(Path("runs"), "--runs-dir")),
     "quiet": (bool, typer.Option(False, "--quiet", "-q")),
@@ -58,36 +50,28 @@ def _setup():
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
-def _wcfg(window: int, batch: int, horizon: int, val_every: int = 0):
-    from .config import WindowConfig
-
-    return WindowConfig(window=window, batch=batch, horizon=horizon, bptt=min(16, window), val_every=val_every)
-
-
-@config_command(app, "train", LBSConfig, help="Train LBS on a series; writes runs/lbs/<name>/ with the model.",
+@config_command(app, "train", LBSRunConfig, help="Train LBS on a series; writes runs/lbs/<name>/ with the model.",
                 resume=(bool, typer.Option(False, "--resume", help="Continue from the last checkpoint.")),
-                **TRAIN_OPTIONS)
-def train(config: LBSConfig, data: str, data_dir, steps: int, lr: float, window: int, batch: int, horizon: int,
-          val_every: int, run_name: str, runs_dir: Path, quiet: bool, as_json: bool, resume: bool):
-    _check_inputs(data, data_dir)
+                **RUN_PARAMS)
+def train(config: LBSRunConfig, run_name: str, runs_dir: Path, quiet: bool, as_json: bool, resume: bool):
+    _check_inputs(config.data, config.data_dir)
     _setup()
     from ..core.runs import Run
-    from ..core.training import TrainConfig, seed_everything
+    from ..core.training import seed_everything
     from .data import Standardizer, load_series
     from .goal import GoalLBS
     from .train import train_lbs
 
-    series = load_series(data, data_dir)
-    wcfg = _wcfg(window, batch, horizon, val_every)
-    tcfg = TrainConfig(steps=steps, lr=lr, log_every=10, seed=config.seed)
+    series = load_series(config.data, config.data_dir)
+    wcfg, tcfg = config.window, config.train
     run = Run("lbs", run_name, root=runs_dir)
-    run.write_config({"lbs": config.to_dict(), "window": wcfg.to_dict(), "train": tcfg.to_dict(), "data": data})
+    run.write_config(config)
     train_end = series.split(wcfg.train_frac, wcfg.val_frac)[0]
     scaler = Standardizer(series.values[:train_end])
-    seed_everything(config.seed)  # the model's initialisation too: a run is reproducible
-    model = GoalLBS(config)
+    seed_everything(tcfg.seed)  # the model's initialisation too: a run is reproducible
+    model = GoalLBS(config.model)
     result = train_lbs(model, series, scaler, wcfg, tcfg, run=run, resume=resume, quiet=quiet, end=train_end)
-    model.save(run.path / "model", metadata={"data": data, "mean": scaler.mean, "std": scaler.std,
+    model.save(run.path / "model", metadata={"data": config.data, "mean": scaler.mean, "std": scaler.std,
                                              "window": wcfg.to_dict()})
     run.plot_metrics(["loss", "val", "pred", "kl", "text"], "train.png", title=f"lbs train ({series.name})")
     metrics = {"steps": result.step, **{k: round(v, 5) for k, v in result.metrics.items()}}
@@ -209,26 +193,22 @@ def steer_command(
     _echo(payload, as_json, quiet)
 
 
-@config_command(app, "evaluate", LBSConfig,
+@config_command(app, "evaluate", LBSRunConfig,
                 help="Train LBS with and without text, compare naive / seasonal naive / ARIMA, steer; plot.",
-                **TRAIN_OPTIONS)
-def evaluate(config: LBSConfig, data: str, data_dir, steps: int, lr: float, window: int, batch: int, horizon: int,
-             val_every: int, run_name: str, runs_dir: Path, quiet: bool, as_json: bool):
-    _check_inputs(data, data_dir)
+                **RUN_PARAMS)
+def evaluate(config: LBSRunConfig, run_name: str, runs_dir: Path, quiet: bool, as_json: bool):
+    _check_inputs(config.data, config.data_dir)
     _setup()
     from ..core.runs import Run
-    from ..core.training import TrainConfig
     from .data import load_series
     from .evaluate import evaluate_series, plot_forecast
 
-    series = load_series(data, data_dir)
-    wcfg = _wcfg(window, batch, horizon, val_every)
-    tcfg = TrainConfig(steps=steps, lr=lr, log_every=10, seed=config.seed)
+    series = load_series(config.data, config.data_dir)
     run = Run("lbs", f"eval-{run_name}", root=runs_dir)
-    run.write_config({"lbs": config.to_dict(), "window": wcfg.to_dict(), "train": tcfg.to_dict(), "data": data})
-    res = evaluate_series(series, config, wcfg, tcfg, run=run, quiet=quiet)
-    plot = plot_forecast(res, series, run.plots_dir / "forecast.png", wcfg)
-    run.log(steps, **{k: v for k, v in res.metrics.items() if isinstance(v, float)})
+    run.write_config(config)
+    res = evaluate_series(series, config.model, config.window, config.train, run=run, quiet=quiet)
+    plot = plot_forecast(res, series, run.plots_dir / "forecast.png", config.window)
+    run.log(config.train.steps, **{k: v for k, v in res.metrics.items() if isinstance(v, float)})
     run.write_summary(f"lbs evaluate: {series.name}", res.metrics, notes=f"Forecast plot: `{plot}`.")
     _echo({"run": str(run.path), **res.metrics}, as_json, quiet)
 
@@ -242,8 +222,6 @@ def demo(out_dir: pathlib.Path, quiet: bool):
     import torch
 
     from ..core.runs import DemoResult, Run, markdown_table
-    from ..core.training import TrainConfig
-    from .config import WindowConfig
     from .data import REGIMES, Standardizer, generated_series
     from .evaluate import evaluate_series, plot_forecast, text_steer_report
 
@@ -253,10 +231,11 @@ def demo(out_dir: pathlib.Path, quiet: bool):
     series = generated_series()
     # sized for a demo that runs beside five others (~1 min on 2 CPU cores): two models of 60 steps each,
     # text_loss on 4 (series, step) pairs per batch, 40 forecast origins
-    cfg = LBSConfig(text_loss_samples=4)
-    wcfg = WindowConfig(instance_norm=False)  # stationary regimes: absolute levels carry the regime
-    tcfg = TrainConfig(steps=60, lr=5e-3, log_every=10)
-    run.write_config({"lbs": cfg.to_dict(), "window": wcfg.to_dict(), "train": tcfg.to_dict(), "data": "generated"})
+    # stationary regimes: absolute levels carry the regime, so no instance normalisation
+    config = LBSRunConfig().override({"model.text_loss_samples": 4, "window.instance_norm": False,
+                                      "train.steps": 60, "train.lr": 5e-3})
+    cfg, wcfg, tcfg = config.model, config.window, config.train
+    run.write_config(config)
     res = evaluate_series(series, cfg, wcfg, tcfg, run=run, quiet=quiet, max_origins=40)
     train_end = series.split()[0]
     res.metrics.update(text_steer_report(res.model, series, Standardizer(series.values[:train_end]), res.origins,

@@ -1,4 +1,10 @@
-"""LBSConfig: every setting of the LLM-integrated Bayesian state-space model, with the seed's defaults."""
+"""LBS settings: the model (`LBSConfig`), the windows (`WindowConfig`) and one run of both (`LBSRunConfig`).
+
+`LBSRunConfig` is the one config tree of `lbs train` and `lbs evaluate`: every option of those commands is one of
+its fields (`--model.latent-dim`, `--window.horizon`, `--train.steps`, `--data`), `--preset` picks a named change of
+it, and the run writes it to `runs/lbs/<name>/config.json`. Values fitted from data (the statistical highway's
+forecasters) are model state, saved in the checkpoint, not config.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import dataclasses
 
 from ..core.config import Config
 from ..core.errors import ConfigError
+from ..core.training import TrainConfig
 
 _DTYPES = ("float32", "bfloat16", "float16")
 HIGHWAY_FEATURES = ("level", "deviation", "diff", "devdiff")
@@ -49,7 +56,7 @@ class LBSConfig(Config):
     # "arima", "ets" or "arima+ets" (their mean); the latent then learns a correction of that forecast (ES-RNN)
     highway_source: str = "linear"
     highway_train: bool = True  # False: the highway stays at its least-squares fit; only the latent learns
-    highway_stat: str = ""  # the fitted statistical forecasters as JSON (set by fit_highway; kept in checkpoints)
+    # (the fitted statistical forecasters are model state: `BaseLBS.highway_stat`, saved in the checkpoint)
     dtype: str = "float32"
     value_zero_init: bool = False  # mlp_val starts at 0: with persistence the latent adds nothing until trained
     use_text: bool = True  # False: text embeddings zeroed (the no-text ablation)
@@ -58,7 +65,11 @@ class LBSConfig(Config):
     text_loss_samples: int = 16  # text_loss on this many (series, step) pairs per batch
     encode_batch: int = 64
     padding_side: str = "right"
-    seed: int = 0
+    # the seed the tiny frozen sensor (tiny-llama / tiny-granite) is built from: part of the model, like the choice
+    # of backbone (it names the embedding cache too); unused by hub backbones. The run's randomness (head
+    # initialisation, window order, forecast samples) is `TrainConfig.seed` (`--train.seed`).
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed the tiny frozen sensor is built from (the "
+                                                               "run's seed is --train.seed)."})
 
     PRESETS = {
         "tiny": {"tiny_hidden": 32, "tiny_layers": 1, "latent_dim": 8, "prefix_tokens": 2, "sum_tokens": 2,
@@ -108,7 +119,9 @@ class WindowConfig(Config):
 
     window: int = 32  # T steps per training window
     batch: int = 16  # B windows per optimizer step
-    bptt: int = 16  # truncated BPTT: the state is detached every `bptt` steps
+    # truncated BPTT: the state is detached every `bptt` steps of a window; bptt >= window (or 0) never detaches,
+    # so the CLI's old rule min(16, window) is this default for every window length
+    bptt: int = 16
     context: int = 24  # forecast: steps filtered before the origin
     horizon: int = 6  # H steps forecast
     samples: int = 64  # N prior trajectories per origin
@@ -124,3 +137,27 @@ class WindowConfig(Config):
     def __post_init__(self) -> None:
         if self.point not in ("path", "samples"):
             raise ConfigError(f"WindowConfig.point must be path or samples, got {self.point!r}")
+
+
+def _train_defaults() -> TrainConfig:
+    return TrainConfig(steps=200, lr=3e-3, log_every=10)
+
+
+@dataclasses.dataclass
+class LBSRunConfig(Config):
+    """One `lbs train` / `lbs evaluate` run: the model, its windows, the optimiser and the series.
+
+    `train.seed` is the run's one seed: it seeds the model's initialisation (`seed_everything` before the model
+    is built), the window order and the forecast samples (`lbs evaluate`: member k of an ensemble uses seed + k).
+    `model.seed` only picks the tiny frozen sensor's weights (see `LBSConfig.seed`).
+    """
+
+    model: LBSConfig = dataclasses.field(default_factory=LBSConfig)
+    window: WindowConfig = dataclasses.field(default_factory=WindowConfig)
+    train: TrainConfig = dataclasses.field(default_factory=_train_defaults)
+    data: str = dataclasses.field(default="generated", metadata={"help": "generated | time-mmd:<Domain> | a "
+                                                                         "date,value,text CSV"})
+    data_dir: str | None = dataclasses.field(default=None, metadata={"help": "Folder holding time-mmd."})
+
+    # the model presets, as presets of the run (`--preset tiny` = LBSConfig.preset("tiny") as the model)
+    PRESETS = {name: {"model": dict(changes)} for name, changes in LBSConfig.PRESETS.items()}

@@ -10,7 +10,6 @@ T steps) windows with truncated BPTT.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch import nn
 
 from ..core import gaussian
 from ..core.backbones import EmbeddingCache, byte_tokenizer, load_causal_lm, tiny_causal_lm
-from ..core.checkpoint import CheckpointMixin
+from ..core.checkpoint import CheckpointMixin, load_checkpoint
 from ..core.errors import CheckpointError, ConfigError, DataError
 from ..core.gaussian import DiagGaussian
 from .config import LBSConfig
@@ -166,6 +165,9 @@ class BaseLBS(CheckpointMixin, nn.Module):
             self.highway.requires_grad_(self.cfg.highway_train)
         ids = tokenizer.convert_tokens_to_ids(sum_tokens)
         self.register_buffer("sum_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+        # the statistical highway's forecasters fitted on the training part {kind: spec} (`fit_highway`): model
+        # state, not config; saved in the checkpoint's metadata ("highway_stat")
+        self.highway_stat: dict[str, dict] = {}
         self.cache = EmbeddingCache(namespace=f"{self.cfg.backbone}|{self.cfg.seed}|{self.cfg.sum_tokens}|"
                                               f"{self.cfg.max_text_chars}")
 
@@ -188,6 +190,27 @@ class BaseLBS(CheckpointMixin, nn.Module):
             for key in [k for k in state if k.startswith(prefix + "model.")]:
                 del state[key]
         return state
+
+    def save(self, directory, metadata: dict | None = None) -> Path:
+        """The checkpoint folder; the fitted statistical forecasters go in its metadata ("highway_stat")."""
+        return super().save(directory, {**(metadata or {}), "highway_stat": self.highway_stat})
+
+    @classmethod
+    def load(cls, directory, device: str | torch.device = "cpu"):
+        """A saved model. Checkpoints written before the fitted forecasters left the config (`highway_stat` as
+        JSON text in config.json) are converted on load."""
+        header, state = load_checkpoint(directory, family=cls.family, device=device)
+        config = dict(header["config"])
+        legacy = config.pop("highway_stat", "")
+        model = cls._build_from_checkpoint(cls.config_class.from_dict(config), Path(directory))
+        from .stat import parse_specs
+
+        model.highway_stat = dict(header.get("metadata", {}).get("highway_stat") or parse_specs(legacy))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{directory}: weights do not match the {cls.__name__} built from its config "
+                                  f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        return model.to(device)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if self.cfg.is_tiny:
@@ -331,9 +354,9 @@ class BaseLBS(CheckpointMixin, nn.Module):
     def stat_table(self, z, horizon: int) -> torch.Tensor:
         """The statistical highway at every step of a standardised series z (T,): (T, horizon), row t the
         forecast of z[t + 1 .. t + horizon] from z[: t + 1] (mean of the fitted forecasters) minus z[t]."""
-        from .stat import parse_specs, stat_table
+        from .stat import stat_table
 
-        specs = parse_specs(self.cfg.highway_stat)
+        specs = self.highway_stat
         missing = [k for k in self.cfg.stat_kinds if k not in specs]
         if missing:
             raise ConfigError(f"the statistical highway {missing} is not fitted: call fit_highway on the training "
@@ -377,11 +400,11 @@ class BaseLBS(CheckpointMixin, nn.Module):
         With `window`, the features at t are computed from the `window` steps ending at t only, exactly as a
         forecast with that context sees them; otherwise from the whole series before t.
         """
-        if self.uses_stat:  # ARIMA / ETS of least AIC on the training part, kept in the config as JSON
+        if self.uses_stat:  # ARIMA / ETS of least AIC on the training part: model state (`highway_stat`)
             from .stat import fit_stat_spec
 
             z = np.asarray(torch.as_tensor(z, dtype=torch.float64).cpu(), dtype=np.float64).ravel()
-            self.cfg.highway_stat = json.dumps({k: fit_stat_spec(z, k) for k in self.cfg.stat_kinds})
+            self.highway_stat = {k: fit_stat_spec(z, k) for k in self.cfg.stat_kinds}
             return
         if self.highway is None:
             return

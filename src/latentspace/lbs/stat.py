@@ -117,13 +117,13 @@ def stat_table(spec: dict, z: np.ndarray, horizon: int) -> np.ndarray:
 
 
 def parse_specs(text: str) -> dict[str, dict]:
-    """LBSConfig.highway_stat (JSON text) -> {kind: spec}; '' -> {}."""
+    """The JSON text older checkpoints kept in config.json (`highway_stat`) -> {kind: spec}; '' -> {}."""
     if not text:
         return {}
     try:
         specs = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConfigError(f"LBSConfig.highway_stat is not valid JSON: {err}") from None
+        raise ConfigError(f"highway_stat is not valid JSON: {err}") from None
     if not isinstance(specs, dict):
-        raise ConfigError("LBSConfig.highway_stat must be a JSON object {kind: spec}")
+        raise ConfigError("highway_stat must be a JSON object {kind: spec}")
     return specs

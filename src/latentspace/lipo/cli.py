@@ -8,24 +8,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional  # noqa: UP035 (typer needs typing.Optional)
 
 import typer
 
 from ..core.config import config_command
 from ..core.errors import DataError, require_dir, require_file
-from .config import LIPOConfig, apply_preset
+from .config import LIPOConfig
 
 app = typer.Typer(help="Latent instruction prompt optimisation: APE -> VAE -> Hyperband + GP/LogEI -> inversion.",
                   no_args_is_help=True)
 
+def _debug_is_the_debug_preset(ctx: typer.Context, value: bool) -> bool:
+    """`--debug` (the seed's debug mode) = `--preset debug`: it becomes the default of --preset, so options given on
+    the command line (`--debug --iterations 3`) and --config still override the preset's values."""
+    if value:
+        ctx.default_map = {**(ctx.default_map or {}), "preset": "debug"}
+    return value
+
+
+# the options of `lipo run` that are not settings (those are LIPOConfig's fields): the seed's modes and the run folder
 _RUN_PARAMS = {
-    "preset": (str, typer.Option("cpu", "--preset", help="cpu (offline, default) | seed | debug.")),
-    "debug": (bool, typer.Option(False, "--debug", help="The seed's debug mode (the debug preset).")),
+    "debug": (bool, typer.Option(False, "--debug", is_eager=True, callback=_debug_is_the_debug_preset,
+                                 help="The seed's debug mode: the same as --preset debug.")),
     "skip_hbbops": (bool, typer.Option(False, "--skip-hbbops", help="Load Hyperband evaluations instead.")),
     "hyperband_evals_path": (str, typer.Option("", "--hyperband-evals-path", help="hyperband_evals.json to load.")),
     "load_grid": (str, typer.Option("", "--load-grid", help="JSONL {instruction, error_rate}.")),
     "hyperband_only": (bool, typer.Option(False, "--hyperband-only", help="Stop after Hyperband.")),
-    "ape_instructions": (int, typer.Option(0, "--ape-instructions", help="Alias of --ape-num-instructions.")),
     "run_name": (str, typer.Option("", "--name", help="Run name (reusing one reuses its LLM caches).")),
     "runs_dir": (Path, typer.Option(Path("runs"), "--runs-dir", help="Where runs/lipo/<name> goes.")),
     "data_dir": (str, typer.Option("", "--data-dir", help="Folder holding gsm8k/.")),
@@ -34,31 +43,10 @@ _RUN_PARAMS = {
 }
 
 
-def _explicit_fields() -> set[str]:
-    """Config fields given on the command line (they win over the preset)."""
-    import click
-    from click.core import ParameterSource
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return set()
-    return {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-
-
-def resolve_config(config: LIPOConfig, preset: str, debug: bool, ape_instructions: int,
-                   explicit: set[str] | None = None) -> LIPOConfig:
-    explicit = _explicit_fields() if explicit is None else explicit
-    config = apply_preset(config, "debug" if debug else preset, explicit=explicit)
-    if ape_instructions:
-        config = config.replace(ape_num_instructions=ape_instructions)
-    return config
-
-
 @config_command(app, "run", LIPOConfig, help="Run LIPO (standard | --skip-hbbops | --load-grid | --hyperband-only | "
                 "--debug); writes runs/lipo/<name>/result.json and plots.", **_RUN_PARAMS)
-def run_command(config: LIPOConfig, preset: str, debug: bool, skip_hbbops: bool, hyperband_evals_path: str,
-                load_grid: str, hyperband_only: bool, ape_instructions: int, run_name: str, runs_dir: Path,
-                data_dir: str, quiet: bool, as_json: bool):
+def run_command(config: LIPOConfig, debug: bool, skip_hbbops: bool, hyperband_evals_path: str, load_grid: str,
+                hyperband_only: bool, run_name: str, runs_dir: Path, data_dir: str, quiet: bool, as_json: bool):
     from rich.console import Console
 
     from ..core.runs import Run, markdown_table
@@ -72,7 +60,6 @@ def run_command(config: LIPOConfig, preset: str, debug: bool, skip_hbbops: bool,
     if len(modes) > 1:
         raise DataError(f"choose one mode, got {modes}")
     mode = modes[0] if modes else "standard"
-    config = resolve_config(config, preset, debug, ape_instructions)
     run = Run("lipo", run_name or None, root=runs_dir)
     result = run_lipo(config, run, mode=mode, quiet=quiet, load_grid_path=load_grid or None,
                       hyperband_evals_path=hyperband_evals_path or None, data_dir=data_dir or None)
@@ -104,22 +91,22 @@ def _notes(result: dict) -> str:
     return f"Best instruction: \"{best}\".{sim}"
 
 
-@app.command("evaluate")
-def evaluate_command(
-    instruction: list[str] = typer.Option(None, "--instruction", "-i", help="Instruction text (repeatable)."),
-    result_file: Path = typer.Option(None, "--result", help="A result.json: evaluate its best instructions."),
-    split: str = typer.Option("test", "--split", help="test | validation."),
-    preset: str = typer.Option("cpu", "--preset", help="cpu (simulated task model) | seed (an LLM server)."),
-    task_backend: str = typer.Option("", "--task-backend", help="simulated | vllm | openai | ollama | hf."),
-    task_model: str = typer.Option("", "--task-model", help="Model name of the task backend."),
-    base_url: str = typer.Option("", "--base-url", help="OpenAI-compatible endpoint."),
-    test_size: int = typer.Option(0, "--test-size", help="Test questions (0: the preset's)."),
-    name: str = typer.Option("", "--name", help="Run name."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-    data_dir: str = typer.Option("", "--data-dir", help="Folder holding gsm8k/."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-):
+@config_command(
+    app, "evaluate", LIPOConfig,
+    help="Error rate of instructions on GSM8K (exact match of the final number); default: the seed's examples. "
+         "The task model is the config's (--task-backend, --task-model, --base-url; --preset seed: an LLM server).",
+    instruction=(list[str], typer.Option(None, "--instruction", "-i", help="Instruction text (repeatable).")),
+    result_file=(Optional[Path], typer.Option(None, "--result", help="A result.json: evaluate its best "  # noqa: UP045
+                                                                      "instructions.")),
+    split=(str, typer.Option("test", "--split", help="test | validation.")),
+    name=(str, typer.Option("", "--name", help="Run name.")),
+    runs_dir=(Path, typer.Option(Path("runs"), "--runs-dir")),
+    data_dir=(str, typer.Option("", "--data-dir", help="Folder holding gsm8k/.")),
+    quiet=(bool, typer.Option(False, "--quiet", "-q")),
+    as_json=(bool, typer.Option(False, "--json", help="Machine-readable output.")),
+)
+def evaluate_command(config: LIPOConfig, instruction: list[str], result_file: Path | None, split: str, name: str,
+                     runs_dir: Path, data_dir: str, quiet: bool, as_json: bool):
     """Error rate of instructions on GSM8K (exact match of the final number); default: the seed's examples."""
     from rich.console import Console
 
@@ -137,10 +124,6 @@ def evaluate_command(
         texts = [ex for info in STYLE_CATEGORIES.values() for ex in info["examples"][:1]]
     if split not in ("test", "validation"):
         raise DataError(f"--split must be test or validation, got {split!r}")
-    config = LIPOConfig.preset(preset)
-    changes = {k: v for k, v in (("task_backend", task_backend), ("task_model", task_model), ("base_url", base_url),
-                                 ("test_size", test_size)) if v}
-    config = config.replace(**changes)
     run = Run("lipo", name or None, root=runs_dir)
     run.write_config(config)
     evaluator = build_task_evaluator(config, run.path / "llm_cache.jsonl", data_dir or None)
@@ -168,7 +151,7 @@ def demo(out_dir: Path, quiet: bool):
     from ..core.runs import DemoResult, Run, markdown_table
     from .pipeline import run_lipo
 
-    config = LIPOConfig.preset("cpu").replace(ape_num_instructions=200, iterations=4, vae_epochs=150,
+    config = LIPOConfig(ape_num_instructions=200, iterations=4, vae_epochs=150,
                                                 hb_gp_epochs=60, gp_retrain_epochs=50, test_size=100)
     run = Run("lipo", path=Path(out_dir))
     result = run_lipo(config, run, quiet=quiet)
