@@ -2,8 +2,8 @@ import torch
 
 from latentspace.crsm import pipeline
 from latentspace.crsm.config import PipelineConfig
+from latentspace.crsm.generate import generate
 from latentspace.crsm.model import CRSM
-from latentspace.crsm.planner import generate
 from latentspace.crsm.tasks import PathStarTask
 
 TINY = PipelineConfig(d_model=32, n_layers=2, d_state=8, backbone_steps=12, distill_steps=4, value_steps=4,
