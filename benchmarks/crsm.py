@@ -25,7 +25,7 @@ from latentspace.core.runs import markdown_table
 from latentspace.crsm.config import CRSMConfig, PipelineConfig
 from latentspace.crsm.model import CRSM
 from latentspace.crsm.pipeline import corpus_tokens, run_pipeline
-from latentspace.crsm.planner import generate, make_mcts
+from latentspace.crsm.planner import make_mcts  # module level: only names older copies have (--baseline-src)
 from latentspace.crsm.tasks import PathStarTask, lm_batch, pathstar_accuracy, perplexity
 
 RESULTS = Path(__file__).parent / "results"
@@ -208,7 +208,9 @@ ASYNC_MODES = {  # name -> generate() settings of the async planner
 
 def _in_search_breakdown(model: CRSM, mcts, latent, caches, sims: int, seconds: float) -> dict:
     """Microseconds per simulation inside real searches: the transition call, the heads call, the rest (the tree)."""
-    kernels = model.search_kernels()
+    from latentspace.crsm.kernels import search_kernels
+
+    kernels = search_kernels(model)
     spent = {"transition": 0.0, "heads": 0.0}
 
     def timed(name, fn):
@@ -237,7 +239,9 @@ def _in_search_breakdown(model: CRSM, mcts, latent, caches, sims: int, seconds: 
 
 def _evaluation_cost(model: CRSM, batch: int, latent, caches, repeats: int) -> dict:
     """Microseconds of one round's batched evaluation alone (no tree): the transition, then the heads (medians)."""
-    kernels = model.search_kernels()
+    from latentspace.crsm.kernels import search_kernels
+
+    kernels = search_kernels(model)
     states = latent.expand(batch, -1).contiguous()  # (N, D)
     batch_caches = [(conv.expand(batch, -1, -1).contiguous(), ssm.expand(batch, -1, -1).contiguous())
                     for conv, ssm in caches]
@@ -269,7 +273,8 @@ def bench_async_cost(model: CRSM, tokens: int, repeats: int, budgets=(16, 64)):
     """
     import multiprocessing
 
-    from latentspace.crsm.planner import planner_worker, shutdown_planners, warm_up
+    from latentspace.crsm.generate import generate
+    from latentspace.crsm.planner_process import planner_worker, shutdown_planners, warm_up
 
     prompt = model.encode("import os\nimport sys\n\n\ndef main(argv):\n    ")
     warm_up()
@@ -351,7 +356,7 @@ def bench_async_cost(model: CRSM, tokens: int, repeats: int, budgets=(16, 64)):
 
 def _submit_poll_cost(model: CRSM, prompt: list[int], n: int = 2000) -> float:
     """Microseconds the generating thread spends per token in the process planner's submit + poll (median of 5)."""
-    from latentspace.crsm.planner import ProcessPlanner
+    from latentspace.crsm.planner_process import ProcessPlanner
 
     latent, caches = model.prefill(torch.tensor([prompt]))
     planner = ProcessPlanner(model, 16, 0.05, transition="dynamics").start()

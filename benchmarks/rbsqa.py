@@ -27,9 +27,9 @@ import torch
 
 from latentspace.core.runs import Run, markdown_table
 from latentspace.rbsqa.config import RBSQAConfig
-from latentspace.rbsqa.halting import read_document
 from latentspace.rbsqa.model import RBSQAModel
 from latentspace.rbsqa.plots import plot_reliability, plot_trajectory
+from latentspace.rbsqa.reading import read_document
 from latentspace.rbsqa.train import (
     candidate_scores,
     encode_split,

@@ -2,7 +2,10 @@ import math
 
 import torch
 
-from latentspace.crsm.mcts import MCTS, GenericKernels, search_kernels
+from latentspace.crsm.kernels import search_kernels
+from latentspace.crsm.mcts import MCTS
+
+from .conftest import tiny_crsm
 
 EOS = 3
 VALUES = {-1: 0.5, 0: 0.2, 1: 0.9, 2: 0.1}
@@ -86,7 +89,7 @@ def reference_search(model, latent, caches, sims, top_k, c_puct, batch, max_dept
     """The search's documented rounds on a tree of node objects (slow, obviously correct).
 
     It evaluates states with the same per-round functions as the search (`search_kernels`: for a CRSM the fused
-    dynamics and heads, tested against the model's own functions separately), so the comparison is of the tree.
+    dynamics and heads, tested against the reference kernels in test_kernels.py), so the comparison is of the tree.
     """
     kernels = search_kernels(model)
     k = min(top_k, model.logits(latent.reshape(1, -1)).shape[-1])
@@ -166,20 +169,8 @@ def reference_search(model, latent, caches, sims, top_k, c_puct, batch, max_dept
     return root, torch.stack(futures)
 
 
-def _tiny_crsm():
-    from latentspace.crsm.config import CRSMConfig
-    from latentspace.crsm.model import CRSM
-
-    torch.manual_seed(0)
-    model = CRSM(CRSMConfig.preset("tiny")).eval()
-    with torch.no_grad():  # peaked priors, so descents collide and lines go deep
-        model.backbone.lm_head.weight.mul_(40.0)
-    latent, caches = model.prefill(torch.tensor([model.encode("def f(x):")]))
-    return model, latent[0], caches
-
-
 def test_array_tree_search_matches_the_object_reference():
-    cases = [(ToyModel(), *_root(), 3, 4, 4, None), (*_tiny_crsm(), 4, 8, 7, None),
+    cases = [(ToyModel(), *_root(), 3, 4, 4, None), (*tiny_crsm(), 4, 8, 7, None),
              (ToyModel(), *_root(), 3, 4, 2, lambda tokens: float(tokens == [2, 2]))]
     for model, latent, caches, top_k, batch, max_depth, reward in cases:
         for transition in ("dynamics", "backbone"):
@@ -194,33 +185,8 @@ def test_array_tree_search_matches_the_object_reference():
             torch.testing.assert_close(result.future_latents, futures, rtol=0, atol=0)
 
 
-
-def test_fused_search_kernels_match_the_models_own_functions():
-    model, latent, _ = _tiny_crsm()
-    with torch.no_grad():
-        latents = torch.randn(6, latent.shape[-1])
-        tokens = torch.tensor([0, 5, 17, 100, 259, 3])
-        fused, plain = model.search_kernels(), GenericKernels(model)
-        torch.testing.assert_close(fused.dynamics(latents, tokens), model.dynamics_step(latents, tokens))
-        out = torch.empty(6, latent.shape[-1])
-        assert fused.dynamics(latents, tokens, out=out) is out
-        (ft, fp, fv), (pt, pp, pv) = fused.heads(latents, 4), plain.heads(latents, 4)
-        assert ft == pt and len(ft) == 24
-        torch.testing.assert_close(torch.tensor(fp), torch.tensor(pp))
-        torch.testing.assert_close(torch.tensor(fv), model.value(latents))
-        torch.testing.assert_close(torch.tensor(pv), model.value(latents))
-        # priors are the renormalised top-k of the full softmax
-        probs = torch.softmax(model.logits(latents), -1).topk(4, -1).values
-        torch.testing.assert_close(torch.tensor(fp).view(6, 4), probs / probs.sum(-1, keepdim=True))
-        # the kernels follow the weights: an update rebuilds them
-        model.dynamics.net[4].bias.add_(1.0)
-        assert model.search_kernels() is not fused
-        rebuilt = model.search_kernels().dynamics(latents, tokens)
-        torch.testing.assert_close(rebuilt, model.dynamics_step(latents, tokens))
-
-
 def test_tree_buffers_are_reused_between_searches_and_results_stay_intact():
-    model, latent, caches = _tiny_crsm()
+    model, latent, caches = tiny_crsm()
     for transition in ("dynamics", "backbone"):
         mcts = MCTS(model, top_k=4, batch=8, max_depth=7, transition=transition)
         first = mcts.search(latent, caches, num_simulations=40)
@@ -234,20 +200,6 @@ def test_tree_buffers_are_reused_between_searches_and_results_stay_intact():
         torch.testing.assert_close(second.future_latents, again.future_latents, rtol=0, atol=0)
 
 
-def test_a_subclass_that_overrides_the_heads_gets_the_generic_kernels():
-    from latentspace.crsm.config import CRSMConfig
-    from latentspace.crsm.model import CRSM
-
-    class Custom(CRSM):
-        def value(self, latent):
-            return torch.zeros(len(latent))
-
-    model = Custom(CRSMConfig.preset("tiny")).eval()
-    kernels = search_kernels(model)
-    assert isinstance(kernels, GenericKernels)
-    assert kernels.heads(torch.randn(3, 32), 4)[2] == [0.0, 0.0, 0.0]
-
-
 def test_toy_search_keeps_the_visit_counts_of_the_list_tree_before_the_fast_paths():
     """Visit counts, rounds and leaves of the search before the inlined descent and the NumPy kernels (recorded)."""
     recorded = [(dict(top_k=3, c_puct=1.3, batch=4, max_depth=4), [17, 130, 3], 18, 41),
@@ -259,90 +211,3 @@ def test_toy_search_keeps_the_visit_counts_of_the_list_tree_before_the_fast_path
             result = MCTS(ToyModel(), transition=transition, **settings).search(latent, caches, num_simulations=150)
             assert (result.actions, result.visits, result.rounds, result.evaluated) == ([0, 1, 2], visits, rounds,
                                                                                         evaluated)
-
-
-def test_numpy_and_torch_paths_of_the_fused_kernels_agree():
-    from threadpoolctl import threadpool_limits
-
-    from latentspace.crsm.dynamics import NUMPY_MAX_ROWS, numpy_blas_single_threaded
-
-    model, latent, _ = _tiny_crsm()
-    with threadpool_limits(2, user_api="blas"):  # a multithreaded OpenBLAS: the kernels stay in PyTorch
-        if not numpy_blas_single_threaded():
-            assert not model.search_kernels().dynamics.numpy and not model.search_kernels().heads.numpy
-    with threadpool_limits(1, user_api="blas"), torch.no_grad():
-        model._kernels = None
-        fused, plain = model.search_kernels(), GenericKernels(model)
-        assert fused.dynamics.numpy and fused.heads.numpy  # CPU float32, one BLAS thread
-        for n in (1, 5, NUMPY_MAX_ROWS, NUMPY_MAX_ROWS + 3):  # NumPy products up to NUMPY_MAX_ROWS rows, then torch
-            buffer = torch.randn(2 * n + 4, latent.shape[-1])
-            parents = [int(i) for i in torch.randint(0, n, (n,))]
-            tokens = [int(t) for t in torch.randint(0, model.config.vocab_size, (n,))]
-            rows = slice(n + 2, 2 * n + 2)
-            expected = model.dynamics_step(buffer[parents], torch.tensor(tokens))
-            out = fused.transition(buffer, parents, tokens, rows)
-            assert out.data_ptr() == buffer[rows].data_ptr()  # written in place
-            torch.testing.assert_close(buffer[rows], expected)
-            generic = buffer.clone()
-            plain.transition(generic, parents, tokens, rows)
-            torch.testing.assert_close(generic[rows], expected)
-            fused.dynamics.numpy = fused.heads.numpy = False  # the torch path on the same batch
-            torch_path = buffer.clone()
-            fused.transition(torch_path, parents, tokens, rows)
-            ft, fp, fv = fused.heads(buffer[rows], 4)
-            fused.dynamics.numpy = fused.heads.numpy = True
-            torch.testing.assert_close(torch_path[rows], buffer[rows])
-            nt, np_, nv = fused.heads(buffer[rows], 4)
-            pt, pp, pv = plain.heads(buffer[rows], 4)
-            assert nt == ft == pt
-            torch.testing.assert_close(torch.tensor(np_), torch.tensor(pp))
-            torch.testing.assert_close(torch.tensor(fp), torch.tensor(pp))
-            torch.testing.assert_close(torch.tensor(nv), torch.tensor(pv))
-            torch.testing.assert_close(torch.tensor(fv), torch.tensor(pv))
-
-
-def test_numpy_kernels_reuse_their_scratch_arrays_per_thread():
-    import threading
-
-    from threadpoolctl import threadpool_limits
-
-    model, latent, _ = _tiny_crsm()
-    with threadpool_limits(1, user_api="blas"), torch.no_grad():
-        model._kernels = None
-        fused = model.search_kernels()
-        assert fused.dynamics.numpy and fused.heads.numpy
-        batches = [torch.randn(n, latent.shape[-1]) for n in (3, 8, 3, 1, 8)]
-        tokens = [[int(t) for t in torch.randint(0, model.config.vocab_size, (len(b),))] for b in batches]
-
-        def run():  # every batch's transition and heads, in order (the same row count comes back: arrays reused)
-            out = []
-            for batch, toks in zip(batches, tokens, strict=True):
-                buffer = torch.cat([batch, torch.zeros_like(batch)])
-                n = len(batch)
-                fused.transition(buffer, list(range(n)), toks, slice(n, 2 * n))
-                out.append((buffer[n:].clone(), fused.heads(buffer[n:], 4)))
-            return out
-
-        expected = [(model.dynamics_step(b, torch.tensor(t)), None) for b, t in zip(batches, tokens, strict=True)]
-        serial = run()
-        for (states, heads), (reference, _) in zip(serial, expected, strict=True):
-            torch.testing.assert_close(states, reference)
-            assert heads == fused.heads(states, 4)  # lists, not views of the scratch arrays
-        assert fused.heads._work.get(8, 4) is fused.heads._work.get(8, 4)
-        results, seen = [], []
-
-        def worker():
-            with threadpool_limits(1, user_api="blas"):
-                seen.append(fused.heads._work.get(8, 4))
-                results.append([run() for _ in range(20)])
-
-        threads = [threading.Thread(target=worker) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert seen[0] is not seen[1] and seen[0] is not fused.heads._work.get(8, 4)  # one set per thread
-        for runs in results:
-            for out in runs:
-                for (states, heads), (states_serial, heads_serial) in zip(out, serial, strict=True):
-                    assert torch.equal(states, states_serial) and heads == heads_serial

@@ -2,8 +2,8 @@ import torch
 
 from latentspace.crsm import pipeline
 from latentspace.crsm.config import PipelineConfig
+from latentspace.crsm.generate import generate
 from latentspace.crsm.model import CRSM
-from latentspace.crsm.planner import generate
 from latentspace.crsm.tasks import PathStarTask
 
 TINY = PipelineConfig.preset("tiny")

@@ -14,22 +14,9 @@ from latentspace.rbsqa.belief import (
     fit_temperature,
 )
 
+from .conftest import context, logits
+
 NEG = float("-inf")
-
-
-def logits(length: int, spans: dict[tuple[int, int], float], null: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(start, end) of length L: index 0 scores `null` (split in two), each span (i, j) scores its value."""
-    start, end = torch.full((length,), -10.0), torch.full((length,), -10.0)
-    start[0] = end[0] = null / 2
-    for (i, j), value in spans.items():
-        start[i], end[j] = value / 2, value / 2
-    return start, end
-
-
-def context(direction: int, dim: int = 8) -> torch.Tensor:
-    c = torch.zeros(2, dim)
-    c[:, direction] = 1.0
-    return c
 
 
 def test_belief_state_initialization():
@@ -54,7 +41,7 @@ def test_span_extraction_accuracy():
     assert cand.confidence == pytest.approx(1 / (1 + math.exp(-6.0)), rel=1e-5)
 
 
-def test_fast_span_search_matches_reference():
+def test_batched_span_search_matches_reference():
     gen = torch.Generator().manual_seed(0)
     start, end = torch.randn(16, 12, generator=gen), torch.randn(16, 12, generator=gen)
     start[:, 9:] = NEG
@@ -64,12 +51,6 @@ def test_fast_span_search_matches_reference():
         for a, b in zip(fast, slow, strict=True):
             assert torch.allclose(a.float(), b.float())
         assert bool(((fast[1] - fast[0]) < max_len).all() and (fast[1] >= fast[0]).all() and (fast[0] >= 1).all())
-        # the tracker's per-segment search (Python floats) picks the same spans
-        tracker = BeliefStateTracker(context_dim=8, max_answer_len=max_len)
-        for row in range(start.shape[0]):
-            cand = tracker.extract_best_span((start[row], end[row]), 0, global_offset=0)
-            assert cand.span == (int(slow[0][row]) - 1, int(slow[1][row]) - 1)
-            assert cand.score == pytest.approx(float(slow[2][row] - start[row, 0] - end[row, 0]), abs=1e-5)
 
 
 def test_confidence_calibration():
@@ -185,64 +166,6 @@ def test_history_truncation_keeps_the_held_candidate():
     history = tracker.belief.span_history
     assert tracker.belief.best_span == (1, 1) and len(history) == 3
     assert history[0].segment_id == 0 and [c.segment_id for c in history[1:]] == [4, 5]
-
-
-def test_batched_re_scoring_matches_the_torch_reference():
-    """The per-segment NumPy path re-scores P spans as the torch network and cosine similarity do."""
-    torch.manual_seed(1)
-    spans = [SpanCandidate((i, i), 0.1 + 0.15 * i, i, 0, context_vector=torch.randn(8), span_embedding=torch.randn(8))
-             for i in range(5)]
-    now = torch.randn(3, 8)
-    learned = BeliefStateTracker(context_dim=8, re_scoring_method="learned")
-    features = torch.cat([torch.stack([c.span_embedding for c in spans]), now.mean(0).expand(5, 8)], -1)
-    with torch.no_grad():
-        expected = torch.tensor([c.confidence for c in spans]) * learned.re_score_network(features).squeeze(-1)
-    got = torch.tensor([c.confidence for c in learned.re_score_past_spans(spans, now)])
-    assert torch.allclose(got, expected, rtol=1e-5)
-    weighted = BeliefStateTracker(context_dim=8)
-    cos = torch.nn.functional.cosine_similarity(torch.stack([c.context_vector for c in spans]), now.mean(0)[None])
-    expected = torch.tensor([c.confidence for c in spans]) * (1 + cos) / 2
-    got = torch.tensor([c.confidence for c in weighted.re_score_past_spans(spans, now)])
-    assert torch.allclose(got, expected, rtol=1e-5)
-
-
-def test_per_segment_path_sees_parameter_changes():
-    """The NumPy views of the parameters follow in-place updates, `.data` writes, state dicts and replacement."""
-    tracker = BeliefStateTracker(context_dim=8, re_scoring_method="learned")
-    seg = logits(6, {(2, 2): 2.0})
-
-    def confidence() -> float:
-        return tracker.extract_best_span(seg, 0, 0).confidence
-
-    assert confidence() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), rel=1e-6)
-    tracker.confidence_bias.data.fill_(1.0)  # no version bump: seen through the shared memory
-    assert confidence() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item(), rel=1e-6)
-    state = {k: v.clone() for k, v in tracker.state_dict().items()}
-    state["log_temperature"].fill_(math.log(2.0))
-    tracker.load_state_dict(state)
-    assert confidence() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), rel=1e-6)  # 2 / 2 + 1
-    tracker.confidence_bias = torch.nn.Parameter(torch.full((1,), -1.0))  # a new parameter object
-    assert confidence() == pytest.approx(torch.sigmoid(torch.tensor(0.0)).item(), rel=1e-6)
-    cand = SpanCandidate((1, 1), 0.9, 0, 0, span_embedding=torch.randn(8))
-    ctx = context(2)
-    with torch.no_grad():
-        tracker.re_score_network[2].bias.fill_(30.0)  # the re-scorer now says: it still holds
-    assert tracker.re_score_past_spans([cand], ctx)[0].confidence == pytest.approx(0.9, rel=1e-6)
-    tracker.re_score_network[2].bias.data.fill_(-30.0)
-    assert tracker.re_score_past_spans([cand], ctx)[0].confidence == pytest.approx(0.0, abs=1e-6)
-
-
-def test_per_segment_span_search_breaks_ties_as_the_reference():
-    """Integer logits tie often: the tracker's search picks the reference's span (smaller start, then shorter)."""
-    gen = torch.Generator().manual_seed(3)
-    for _ in range(300):
-        length, max_len = int(torch.randint(2, 12, (1,), generator=gen)), int(torch.randint(1, 6, (1,), generator=gen))
-        start = torch.randint(-3, 4, (1, length), generator=gen).float()
-        end = torch.randint(-3, 4, (1, length), generator=gen).float()
-        i, j, score = best_span_scores_reference(start, end, max_len)
-        cand = BeliefStateTracker(context_dim=8, max_answer_len=max_len).extract_best_span((start[0], end[0]), 0, 0)
-        assert cand.span == (int(i[0]) - 1, int(j[0]) - 1)
-        assert cand.score == pytest.approx(float(score[0] - start[0, 0] - end[0, 0]))
 
 
 def test_update_belief_agrees_with_the_public_methods():

@@ -1,73 +1,24 @@
-import random
-
+import numpy as np
 import pytest
 import torch
 
-from latentspace.rbsqa.config import RBSQAConfig
-from latentspace.rbsqa.data import encode_document, generate_fact_paragraphs, long_documents, parse_squad
-from latentspace.rbsqa.halting import answer_without_tracker, read_document
-from latentspace.rbsqa.model import RBSQAModel
-
-
-@pytest.fixture(scope="module")
-def model_and_doc():
-    config = RBSQAConfig.preset("tiny")
-    torch.manual_seed(0)
-    model = RBSQAModel(config).eval()
-    base = parse_squad(generate_fact_paragraphs(6, random.Random(0)))
-    doc = encode_document(long_documents(base[:1], 3, random.Random(0), pool_docs=base)[0], model.tokenizer, config)
-    return model, doc
-
-
-def test_trajectory_records_every_segment(model_and_doc):
-    model, doc = model_and_doc
-    traj = read_document(model, doc, halt=False)
-    assert traj.segments_read == traj.num_segments == doc.num_segments and traj.halted_at is None
-    assert [s.segment for s in traj.steps] == list(range(doc.num_segments))
-    assert traj.answer_span == model.tracker.belief.best_span
-    assert traj.revisions == [s.segment for s in traj.steps if s.revised]
-    assert len(traj.revisions) == model.tracker.belief.revision_count
-    for step in traj.steps:
-        assert 0.0 <= step.confidence <= 1.0 and step.candidate_text == doc.span_text(step.candidate_span)
-    assert traj.tracker_seconds > 0 and traj.bytes > 0
-
-
-def test_halting_stops_at_the_first_confident_segment(model_and_doc):
-    model, doc = model_and_doc
-    tracker = model.tracker
-    old = tracker.confidence_threshold, tracker.stable_segments
-    try:
-        tracker.confidence_threshold, tracker.stable_segments = 0.0, 1
-        traj = read_document(model, doc, halt=True)
-        assert traj.segments_read == 1 and traj.halted_at == 0 and traj.steps[-1].halted
-        # with the stability condition it halts at the first segment whose belief span is the previous one's
-        tracker.stable_segments = 2
-        full = read_document(model, doc, halt=False)
-        same = [t for t in range(1, len(full.steps)) if full.steps[t].belief_span == full.steps[t - 1].belief_span]
-        traj = read_document(model, doc, halt=True)
-        assert traj.segments_read == (same[0] + 1 if same else doc.num_segments)
-        tracker.confidence_threshold, tracker.stable_segments = 1.0, 1
-        assert read_document(model, doc, halt=True).segments_read == doc.num_segments
-    finally:
-        tracker.confidence_threshold, tracker.stable_segments = old
-
-
-def test_baseline_is_the_best_scoring_span_over_all_segments(model_and_doc):
-    model, doc = model_and_doc
-    traj = read_document(model, doc)
-    span, text, _ = answer_without_tracker(model, doc)
-    best = max(traj.steps, key=lambda s: s.candidate_score)
-    assert span == best.candidate_span and text == best.candidate_text
+from latentspace.rbsqa.halting import confidence_slope, halts
+from latentspace.rbsqa.reading import read_document
 
 
 def test_halts_needs_confidence_and_no_falling_trend():
-    from latentspace.rbsqa.belief import halts
-
     assert not halts([], 0.5) and not halts([0.9, 0.4], 0.5)
     assert halts([0.2, 0.6], 0.5) and halts([0.95, 0.9, 0.8], 0.7)
     assert not halts([1.0, 0.9, 0.5], 0.5) and halts([1.0, 0.9, 0.5], 0.5, trend_analysis=False)
     assert not halts([0.2, 0.9], 0.5, stable_for=1, stable_segments=2)
     assert halts([0.9, 0.9], 0.5, stable_for=2, stable_segments=2)
+
+
+def test_confidence_slope_is_the_least_squares_slope():
+    assert confidence_slope([]) == confidence_slope([0.7]) == 0.0
+    for history in ([0.2, 0.6], [0.9, 0.5, 0.8], [0.1, 0.4, 0.35, 0.9, 0.7]):
+        expected = np.polyfit(np.arange(len(history)), history, 1)[0]
+        assert confidence_slope(history) == pytest.approx(expected)
 
 
 def test_hoeffding_bentkus_p_value_needs_enough_documents():

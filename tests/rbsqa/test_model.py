@@ -6,8 +6,8 @@ import torch
 from latentspace.core.errors import CheckpointError
 from latentspace.rbsqa.config import RBSQAConfig
 from latentspace.rbsqa.data import encode_document, generate_story
-from latentspace.rbsqa.halting import answer_without_tracker, read_document
 from latentspace.rbsqa.model import RBSQAModel
+from latentspace.rbsqa.reading import answer_without_tracker, read_document
 from latentspace.rbsqa.train import collate
 
 

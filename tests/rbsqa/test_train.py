@@ -59,7 +59,7 @@ def test_revisions_are_measured_on_the_answer():
     believed answer changes where the true one does not. A move to a newer span of the same answer is neither."""
     import types
 
-    from latentspace.rbsqa.halting import Trajectory, TrajectoryStep
+    from latentspace.rbsqa.reading import Trajectory, TrajectoryStep
     from latentspace.rbsqa.train import _revisions
 
     def step(s: int, span: tuple[int, int], text: str, revised: bool) -> TrajectoryStep:

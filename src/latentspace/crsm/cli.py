@@ -104,7 +104,7 @@ def generate_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Generate a continuation with the planner off, synchronous or asynchronous."""
-    from .planner import generate
+    from .generate import generate
     from .tasks import PathStarTask
 
     if planner not in ("off", "sync", "async"):
@@ -171,8 +171,8 @@ def demo(out_dir: pathlib.Path, quiet: bool) -> DemoResult:
     import torch
 
     from ..core.runs import Run, markdown_table
+    from .generate import generate
     from .pipeline import run_pipeline
-    from .planner import generate
     from .tasks import PathStarTask, pathstar_accuracy
 
     torch.set_num_threads(2)

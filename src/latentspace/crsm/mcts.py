@@ -14,11 +14,11 @@ counted, so rounds stay full instead of stopping at the first collision.
 The tree is flat (`Tree`): per-node statistics in Python lists indexed by node id, an expanded node's
 children contiguous, node states in preallocated tensors indexed by slot. The descent is sequential (each
 one sees the virtual loss of the previous ones) and reads ~K numbers per level; for K ~ 4, plain list
-arithmetic is about ten times cheaper than one NumPy call, so the vectorised work is where it pays: one
-batched evaluation per round (the transition reads its parents' rows of the state buffer and writes the new
-states into it; for small CPU batches the products run in NumPy, see `FusedDynamics`), one top-k and a few
-`tolist`s. The descent is inlined in the round loop (it is most of the tree's cost), and a node whose count is
-1 (expanded, no child visited) goes to its first, top-prior child without scoring, which is the loop's choice.
+arithmetic costs less than one NumPy call, so the vectorised work is where it pays: one batched evaluation per
+round through the search kernels (`kernels.py`: the transition reads its parents' rows of the state buffer and
+writes the new states into it; the heads give the top-k and the values as lists). The descent is inlined in the
+round loop (it is most of the tree's cost), and a node whose count is 1 (expanded, no child visited) goes to its
+first, top-prior child without scoring, which is the loop's choice.
 
 The model is duck-typed: it needs `logits(latent)`, `value(latent)`, `step(token, caches)`,
 `dynamics_step(latent, token)` and `eos_id`, so tests can search a toy tree with a known best move.
@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable
 
 import torch
+
+from .kernels import SearchKernels, search_kernels
 
 RewardFn = Callable[[list[int]], float | None]
 
@@ -167,40 +169,6 @@ class Tree:
         return (self.value_sum[node] - self.virtual[node]) / n if n else default
 
 
-class GenericKernels:
-    """The per-round functions for any duck-typed model: its `dynamics_step`, `logits` and `value`.
-
-    `transition` computes a round's new leaf states from their parents' rows of the tree's state buffer, in place;
-    `heads` returns flat Python lists: the top-k tokens (N*K, row by row), their priors = the softmax over each
-    row's top-k logits (the renormalised top-k of the full softmax) and the values (N). A model may offer fused
-    versions of both through `search_kernels()` (the CRSM does); the tree code is the same either way.
-    """
-
-    def __init__(self, model):
-        self.model = model
-
-    def dynamics(self, state: torch.Tensor, tokens: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        latents = self.model.dynamics_step(state, tokens)
-        return latents if out is None else out.copy_(latents)
-
-    def transition(self, buffer: torch.Tensor, parents: list[int], tokens: list[int], rows: slice) -> torch.Tensor:
-        """The search's dynamics call: buffer[rows] = the next states of buffer[parents] under `tokens` (N, D)."""
-        index = torch.tensor(parents + tokens, device=buffer.device)
-        n = len(parents)
-        return self.dynamics(buffer.index_select(0, index[:n]), index[n:], out=buffer[rows])
-
-    def heads(self, latents: torch.Tensor, k: int) -> tuple[list[int], list[float], list[float]]:
-        top_logits, top_tokens = self.model.logits(latents).float().topk(k, dim=-1)
-        return (top_tokens.reshape(-1).tolist(), torch.softmax(top_logits, dim=-1).reshape(-1).tolist(),
-                self.model.value(latents).float().tolist())
-
-
-def search_kernels(model):
-    """The model's fused search functions when it has them (`search_kernels()`), else `GenericKernels`."""
-    make = getattr(model, "search_kernels", None)
-    return make() if callable(make) else GenericKernels(model)
-
-
 @dataclasses.dataclass
 class SearchResult:
     """Statistics of the root's children after a search."""
@@ -258,7 +226,8 @@ class MCTS:
         self._explore_table: tuple[float, list[float]] | None = None  # (c_puct, c_puct * sqrt(n + 1) by n)
 
     # ---- expansion -------------------------------------------------------------------------------
-    def _expand(self, tree: Tree, nodes: list[int], latents: torch.Tensor, prefix: list[int], kernels) -> list[float]:
+    def _expand(self, tree: Tree, nodes: list[int], latents: torch.Tensor, prefix: list[int],
+                kernels: SearchKernels) -> list[float]:
         """Evaluate `nodes` from their latents (N, D) (one batched call to the heads), mark terminals, add children.
 
         Returns the nodes' values (value head, or the verifier's reward at a terminal node when there is one).
@@ -287,7 +256,7 @@ class MCTS:
             value[node] = v
         return out
 
-    def _evaluate(self, tree: Tree, leaves: list[int], prefix: list[int], kernels) -> list[float]:
+    def _evaluate(self, tree: Tree, leaves: list[int], prefix: list[int], kernels: SearchKernels) -> list[float]:
         """Compute every leaf's state from its parent's in one batched transition; return the leaves' values."""
         slot, parent = tree.slot, tree.parent
         parents = [slot[parent[leaf]] for leaf in leaves]
@@ -333,8 +302,8 @@ class MCTS:
             if kept:
                 self._tree_lock.release()
 
-    def _search(self, tree: Tree, root: torch.Tensor, latent: torch.Tensor, kernels, num_simulations: int,
-                time_budget: float | None, prefix: list[int], stop, start: float) -> SearchResult:
+    def _search(self, tree: Tree, root: torch.Tensor, latent: torch.Tensor, kernels: SearchKernels,
+                num_simulations: int, time_budget: float | None, prefix: list[int], stop, start: float) -> SearchResult:
         tree.eos = self.model.eos_id  # read once per search (a tokenizer attribute is slow to reach)
         root_value = self._expand(tree, [0], root, prefix, kernels)[0]
         tree.count[0], tree.value_sum[0] = 1, root_value

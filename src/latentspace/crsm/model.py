@@ -9,18 +9,16 @@ boundaries). One checkpoint format for every pipeline stage: config.json + model
 
 from __future__ import annotations
 
-import math
 import threading
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..core.checkpoint import CheckpointMixin
 from ..core.errors import CheckpointError, ConfigError
 from .config import CRSMConfig
-from .dynamics import FusedDynamics, LatentDynamics, Workspace, numpy_blas_single_threaded, numpy_fits, silu_
+from .dynamics import LatentDynamics
 from .mamba import LayerCache, MambaLM
 from .tokenizer import make_tokenizer, tokenizer_from_json, tokenizer_to_json
 
@@ -39,72 +37,6 @@ class ValueHead(nn.Module):
 
     def value(self, state: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(state))
-
-
-class SearchHeads:
-    """The LM head and the value head in one `addmm` over a batch of latents, for frozen weights (the search's).
-
-    Returns flat Python lists: the top-k tokens (N*K), their priors (N*K) = the softmax over each row's top-k
-    logits (equal to the renormalised top-k of the full softmax) and the values (N) = sigmoid(value_head), the
-    sigmoid taken in Python on the N numbers. Equal to `CRSM.logits` and `CRSM.value` up to float rounding. The
-    product and the value head's last layer run in NumPy for small CPU float32 batches (like `FusedDynamics`'s
-    products: cheaper calls at these sizes), the SiLU, top-k and softmax in PyTorch on views of the same memory,
-    every array of a call preallocated (`Workspace`: per thread, per row count), the top-k and softmax written into
-    flat buffers so that each list is one `tolist`.
-    """
-
-    def __init__(self, lm_head: nn.Linear, value_head: ValueHead):
-        first, last = value_head.net[0], value_head.net[2]
-        with torch.no_grad():
-            self.vocab = lm_head.weight.shape[0]
-            self.w_t = torch.cat([lm_head.weight, first.weight]).t().contiguous()  # (D, V + Hv)
-            self.bias = torch.cat([first.bias.new_zeros(self.vocab), first.bias])  # (V + Hv,)
-            self.w_value = last.weight[0].detach().clone()  # (Hv,)
-            self.b_value = float(last.bias[0])
-        self.numpy = self.w_t.device.type == "cpu" and self.w_t.dtype == torch.float32 and numpy_blas_single_threaded()
-        if self.numpy:  # views of the same memory
-            self._w_np, self._bias_np, self._w_value_np = self.w_t.numpy(), self.bias.numpy(), self.w_value.numpy()
-        self._work = Workspace(self._arrays)
-
-    def _arrays(self, n: int, k: int) -> tuple:
-        """The scratch arrays of an (n rows, top k) call: NumPy arrays and PyTorch views of the same memory, the bias
-        repeated over the n rows."""
-        v = self.vocab
-        out = np.empty((n, self.w_t.shape[1]), np.float32)  # (N, V + Hv)
-        out_t = torch.from_numpy(out)
-        top, tokens, priors = torch.empty(n * k), torch.empty(n * k, dtype=torch.long), torch.empty(n * k)
-        return (out, np.tile(self._bias_np, (n, 1)), out[:, v:], out_t[:, :v], out_t[:, v:], top.view(n, k), tokens,
-                tokens.view(n, k), priors, priors.view(n, k))
-
-    def __call__(self, latents: torch.Tensor, k: int) -> tuple[list[int], list[float], list[float]]:
-        """latents (N, D) -> top tokens (N*K), priors (N*K), values (N)."""
-        b, exp = self.b_value, math.exp
-        n = latents.shape[0]
-        if self.numpy and numpy_fits(latents, n):
-            out, bias, hidden, logits_t, hidden_t, top, tokens, tokens_nk, priors, priors_nk = self._work.get(n, k)
-            np.matmul((latents.detach() if latents.requires_grad else latents).numpy(), self._w_np, out=out)
-            out += bias  # (N, V + Hv)
-            torch.topk(logits_t, k, out=(top, tokens_nk))
-            silu_(hidden_t)  # (N, Hv), in place
-            scores = (hidden @ self._w_value_np).tolist()
-            torch.softmax(top, dim=-1, out=priors_nk)
-            values = [1.0 / (1.0 + exp(-(x + b))) for x in scores]
-            return tokens.tolist(), priors.tolist(), values
-        out = torch.addmm(self.bias, latents, self.w_t)  # (N, V + Hv)
-        top_logits, top_tokens = out[:, : self.vocab].topk(k, dim=-1)
-        hidden = torch.nn.functional.silu(out[:, self.vocab :], inplace=True)  # (N, Hv)
-        scores = hidden.mv(self.w_value).tolist()
-        values = [1.0 / (1.0 + exp(-(x + b))) for x in scores]
-        return top_tokens.view(-1).tolist(), torch.softmax(top_logits, dim=-1).view(-1).tolist(), values
-
-
-class SearchKernels:
-    """What the MCTS calls per round, built once for the current weights: `transition` (fused dynamics) and `heads`."""
-
-    def __init__(self, model: CRSM):
-        self.dynamics = FusedDynamics(model.dynamics, model.backbone.embedding.weight)
-        self.transition = self.dynamics.step_rows
-        self.heads = SearchHeads(model.backbone.lm_head, model.value_head)
 
 
 class CRSM(nn.Module, CheckpointMixin):
@@ -129,12 +61,10 @@ class CRSM(nn.Module, CheckpointMixin):
         self.dynamics = LatentDynamics(config.d_model, config.dynamics_hidden)
         self.latent_state: torch.Tensor | None = None  # canonical state during generation: (B, D)
         self._state_lock = threading.Lock()
-        self._kernels: tuple | None = None  # (weights' versions, SearchKernels)
 
-    def __getstate__(self):  # picklable (the process planner sends the model, weights in shared memory)
+    def __getstate__(self):  # picklable: the lock is dropped and rebuilt
         state = self.__dict__.copy()
         state["_state_lock"] = None
-        state["_kernels"] = None
         state["latent_state"] = None  # the generating thread's own (it may be replacing it right now)
         return state
 
@@ -171,7 +101,7 @@ class CRSM(nn.Module, CheckpointMixin):
         return self.backbone.lm_head(hidden), hidden
 
     def logits(self, latent: torch.Tensor) -> torch.Tensor:
-        """latent (B, D) -> next-token logits (B, V)."""
+        """latent (B, D) -> next-token logits (B, V). With `value`, the reference of `kernels.SearchHeads`."""
         return self.backbone.lm_head(latent)
 
     def value(self, latent: torch.Tensor) -> torch.Tensor:
@@ -188,32 +118,10 @@ class CRSM(nn.Module, CheckpointMixin):
         return self.backbone.step(token, caches)
 
     def dynamics_step(self, latent: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
-        """One latent-dynamics step (the fast path): latent (B, D), token (B,) -> next latent (B, D)."""
+        """One latent-dynamics step (the search's cheap transition): latent (B, D), token (B,) -> next latent (B, D).
+
+        The reference of the search's fused dynamics (`kernels.FusedDynamics`)."""
         return self.dynamics.next_state(latent, self.backbone.embedding(token))
-
-    def search_kernels(self):
-        """The fused per-round functions of the search, rebuilt when any weight they use has changed.
-
-        A subclass that overrides `logits`, `value` or `dynamics_step` gets the generic ones, which call its methods.
-        """
-        cls = type(self)
-        if (cls.logits, cls.value, cls.dynamics_step) != (CRSM.logits, CRSM.value, CRSM.dynamics_step):
-            from .mcts import GenericKernels
-
-            return GenericKernels(self)
-        # every weight the kernels read, by name, through the modules' own dicts: this runs once per search, and
-        # `nn.Module.__getattr__` and `Sequential[i]` cost about 1 µs a step (27 steps: most of a 1-simulation search's
-        # fixed cost before)
-        mods = self._modules
-        backbone = mods["backbone"]._modules
-        dyn, val = mods["dynamics"]._modules["net"]._modules, mods["value_head"]._modules["net"]._modules
-        params = (backbone["embedding"]._parameters["weight"], backbone["lm_head"]._parameters["weight"],
-                  *(p for layer in (dyn["0"], dyn["2"], dyn["4"], val["0"], val["2"])
-                    for p in (layer._parameters["weight"], layer._parameters["bias"])))
-        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
-        if self._kernels is None or self._kernels[0] != key:
-            self._kernels = (key, SearchKernels(self))
-        return self._kernels[1]
 
     # ---- the canonical state and the planner's deltas --------------------------------------------
     def set_latent_state(self, latent: torch.Tensor) -> None:

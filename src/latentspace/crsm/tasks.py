@@ -166,7 +166,7 @@ class PathStarReward:
 def pathstar_accuracy(model, task: PathStarTask, n: int = 100, seed: int = 12345, planner: str = "off",
                       num_simulations: int | None = None, transition: str | None = None) -> float:
     """Fraction of n fresh graphs answered exactly, greedy (`off`) or with the synchronous planner."""
-    from .planner import generate
+    from .generate import generate
 
     rng = random.Random(seed)
     samples = [task.sample(rng) for _ in range(n)]

@@ -4,25 +4,28 @@ After each segment the tracker extracts that segment's best span (`extract_best_
 calibrated confidence (`compute_confidence`: sigmoid(scale * z / temperature + bias) of the span-vs-null
 logit z), re-scores the span it believed so far in the light of the new memory context
 (`re_score_past_spans`, "context_weighted" or "learned"), and keeps whichever is more confident: a new
-span that wins is a *revision*. `should_halt` says when the belief is confident enough to stop reading.
-Temperature scaling on a validation split (`fit_temperature`) calibrates the confidences; `expected_
-calibration_error` measures them. Names follow the seed (rbsqa.md, Story 2.1).
+span that wins is a *revision*. `should_halt` says when the belief is confident enough to stop reading
+(the rule: `halting.py`). Temperature scaling on a validation split (`fit_temperature`) calibrates the
+confidences; `expected_calibration_error` measures them. Names follow the seed (rbsqa.md, Story 2.1).
+
+The per-segment arithmetic (span search, calibrated confidence, memory summary, re-scoring, span embedding) goes
+through the tracker's `kernel`, a `TrackerKernel`: `ReferenceKernel` here (plain torch, obviously correct) or
+`belief_fast.FastKernel` (the default: Python floats and a few torch calls), tested against each other.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import operator
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import ConfigError
+from .belief_fast import FastKernel
+from .halting import confidence_slope, halts
 
 log = logging.getLogger("latentspace")
 
@@ -150,6 +153,78 @@ def expected_calibration_error(confidence: torch.Tensor, correct: torch.Tensor, 
     return float(ece)
 
 
+class TrackerKernel(Protocol):
+    """The tracker's per-segment arithmetic: `ReferenceKernel` or `belief_fast.FastKernel`."""
+
+    def prepare(self, fresh: bool) -> None:
+        """Called before each segment's (or public call's) work; `fresh`: read the tracker's parameters again."""
+
+    def summary(self, gmm_context: torch.Tensor | None) -> torch.Tensor | None:
+        """Memory summary (D,) float32 CPU of a (K, D) / (1, K, D) context: its mean over slots; None for None."""
+
+    def best_span(self, start: torch.Tensor, end: torch.Tensor) -> tuple[int, int, float, float]:
+        """(start, end, z, confidence) of one segment's logits (L,) each, index 0 = null: the best non-null span
+        as `best_span_scores` finds it, its span-vs-null logit z and `calibrate(z)`."""
+
+    def span_embedding(self, token_states: torch.Tensor, s: int, e: int) -> torch.Tensor:
+        """Mean token state (D,) over positions s..e of (L, D) states aligned with the logits."""
+
+    def re_score(self, past_spans: list[SpanCandidate], context: torch.Tensor | None) -> list[float]:
+        """Each span's confidence times its weight in [0, 1] given the context summary now (D,): context_weighted
+        (1 + cos(context then, now)) / 2, learned re_score_network([span embedding, context now]); the original
+        confidences (with a warning) when a span lacks what re-scoring needs."""
+
+    def re_score_held(self, held: SpanCandidate, context: torch.Tensor | None) -> float:
+        """`re_score` of one candidate (the held belief, once per segment)."""
+
+
+class ReferenceKernel:
+    """`TrackerKernel` in plain torch calls on the tracker's modules: slow, obviously correct."""
+
+    def __init__(self, tracker: BeliefStateTracker):
+        self.tracker = tracker
+
+    def prepare(self, fresh: bool) -> None:
+        pass  # reads the parameters on every call
+
+    def summary(self, gmm_context: torch.Tensor | None) -> torch.Tensor | None:
+        if gmm_context is None:
+            return None
+        flat = gmm_context.detach().to("cpu", torch.float32)
+        return flat.reshape(-1, flat.shape[-1]).mean(0)  # (K, D) -> (D,)
+
+    @torch.no_grad()
+    def best_span(self, start: torch.Tensor, end: torch.Tensor) -> tuple[int, int, float, float]:
+        i, j, score = best_span_scores(start[None], end[None], self.tracker.max_answer_len)
+        z = score[0] - (start[0] + end[0])
+        return int(i[0]), int(j[0]), float(z), float(self.tracker.calibrate(z))
+
+    def span_embedding(self, token_states: torch.Tensor, s: int, e: int) -> torch.Tensor:
+        return token_states[s : e + 1].detach().to("cpu", torch.float32).mean(0)
+
+    @torch.no_grad()
+    def re_score(self, past_spans: list[SpanCandidate], context: torch.Tensor | None) -> list[float]:
+        if not past_spans:
+            return []
+        try:
+            if context is None:
+                raise TypeError("no memory context to re-score with")
+            if self.tracker.re_scoring_method == "learned":
+                embeddings = torch.stack([c.span_embedding.float() for c in past_spans])  # (P, D)
+                features = torch.cat([embeddings, context.expand_as(embeddings)], dim=-1)  # (P, 2D)
+                weight = self.tracker.re_score_network(features).squeeze(-1)  # (P,)
+            else:
+                then = torch.stack([c.context_vector.float() for c in past_spans])  # (P, D)
+                weight = (1 + F.cosine_similarity(then, context[None], eps=1e-8)) / 2  # (P,)
+            return [c.confidence * w for c, w in zip(past_spans, weight.tolist(), strict=True)]
+        except (TypeError, RuntimeError, AttributeError, ValueError, IndexError) as err:
+            log.warning("re-scoring failed (%s); keeping the original confidences", err)
+            return [c.confidence for c in past_spans]
+
+    def re_score_held(self, held: SpanCandidate, context: torch.Tensor | None) -> float:
+        return self.re_score([held], context)[0]
+
+
 class BeliefStateTracker(nn.Module):
     """Tracks the best span across segments with calibrated confidence and non-monotonic revision.
 
@@ -166,6 +241,10 @@ class BeliefStateTracker(nn.Module):
         max_answer_len: longest span in tokens.
         enable_re_scoring: re-score the old belief before comparing (off: compare raw confidences).
         confidence_calibration: apply scale / temperature / bias (off: plain sigmoid of z).
+
+    Attributes:
+        kernel: the per-segment arithmetic (`FastKernel`; a `ReferenceKernel(tracker)` computes the same in
+            plain torch).
     """
 
     def __init__(self, max_segments: int = 32, confidence_threshold: float = 0.7,
@@ -198,6 +277,7 @@ class BeliefStateTracker(nn.Module):
             nn.Sigmoid(),
         ) if re_scoring_method == "learned" else None
         self.belief = empty_belief()
+        self.kernel: TrackerKernel = FastKernel(self)
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -210,63 +290,6 @@ class BeliefStateTracker(nn.Module):
         if not self.confidence_calibration:
             return torch.sigmoid(z)
         return torch.sigmoid(self.confidence_scaler * z / self.temperature + self.confidence_bias)
-
-    def _calibration(self, entry: tuple | None = None) -> tuple[float, float] | None:
-        """The calibration as Python floats (scale / temperature, bias), None when calibration is off: a span's
-        confidence is sigmoid(scale / temperature * z + bias), computed without tensors (the per-segment path).
-        `entry`: a `_fast_entry` (fetched when None)."""
-        if not self.confidence_calibration:
-            return None
-        scale, bias, log_t = (entry or self._fast_entry())[2]  # memoryviews: mv[0] is a Python float
-        return scale[0] / math.exp(log_t[0]), bias[0]
-
-    def _fast_params(self) -> tuple[np.ndarray, ...]:
-        """NumPy arrays of the tracker's parameters for the per-segment path: (scale, bias, log temperature)
-        of shape (1,), then with the learned re-scorer W1 (H, 2D), b1 (H,), w2 (1, H), b2 (1,).
-
-        On CPU in float32 they are views of the parameters themselves, so any in-place update (an optimizer
-        step, `load_state_dict`, `.data.fill_`) is seen at once; a replaced parameter (another data pointer)
-        or, elsewhere, a changed version makes them be fetched again.
-        """
-        return self._fast_entry()[1]
-
-    def _fast_entry(self) -> tuple:
-        """(key, `_fast_params` arrays, memoryviews of the three calibration arrays, the re-scorer's arrays as
-        tensors or None), cached while the parameters' (data pointer, version) stay the same. The memoryviews and
-        tensors share the arrays' memory, so what the arrays see they see; reading a float through a memoryview
-        or multiplying by a tensor calls no NumPy function (entering NumPy right after a forward costs ~30 us).
-        """
-        own = self._parameters  # direct dict reads: module attribute lookup costs more than the check itself
-        params = [own["confidence_scaler"], own["confidence_bias"], own["log_temperature"]]
-        net = self._modules.get("re_score_network")
-        if net is not None:
-            first, second = net._modules["0"]._parameters, net._modules["2"]._parameters
-            params += [first["weight"], first["bias"], second["weight"], second["bias"]]
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        cached = self.__dict__.get("_fast_cache")
-        if cached is not None and cached[0] == key:
-            return cached
-        arrays = tuple(p.detach().numpy() if p.device.type == "cpu" and p.dtype == torch.float32
-                       else p.detach().float().cpu().numpy() for p in params)
-        views = tuple(memoryview(a) for a in arrays[:3])
-        tensors = tuple(torch.from_numpy(a) for a in arrays[3:]) or None  # no copy: the arrays' memory
-        cached = self.__dict__["_fast_cache"] = (key, arrays, views, tensors)  # a plain attribute, not a parameter
-        return cached
-
-    def _document_params(self) -> tuple[tuple[np.ndarray, ...], tuple[float, float] | None, tuple | None]:
-        """What `update_belief` reads of the parameters, fetched (and checked) at the first segment of each
-        document and kept for its other segments: (`_fast_params` arrays, calibration (scale / temperature,
-        bias) as Python floats or None when calibration is off, learned re-scorer (W1 (H, 2D), b1 (H,), w2 (1, H),
-        b2 (1,)) as tensors or None). The re-scorer's tensors share the parameters' memory (CPU, float32: through
-        the `_fast_params` views), so in-place writes are seen at once; the calibration floats, and a parameter
-        *replaced* in the middle of a document (a new object, `.data =`, `.to()`), are seen from the next
-        document. The public methods read the parameters on every call.
-        """
-        cached = self.__dict__.get("_document_cache")
-        if cached is None or self.belief.total_segments == 0:
-            entry = self._fast_entry()
-            cached = self.__dict__["_document_cache"] = (entry[1], self._calibration(entry), entry[3])
-        return cached
 
     def compute_confidence(self, start_logits: torch.Tensor, end_logits: torch.Tensor,
                            start_idx: int, end_idx: int) -> float:
@@ -282,9 +305,7 @@ class BeliefStateTracker(nn.Module):
                           token_states: torch.Tensor | None = None) -> SpanCandidate:
         """Extract best span from current segment logits.
 
-        One segment holds a few dozen logits, so the search runs on Python floats (`_best_span_lists`): per-op
-        overhead of tiny tensors, not arithmetic, is what the tracker would otherwise cost. It returns
-        what `best_span_scores` (the batched torch search) returns.
+        It returns what `best_span_scores` (the batched torch search) returns, through the tracker's kernel.
 
         Args:
             logits: (start, end), each (L,): index 0 is the null ([CLS]) score, index i >= 1 the segment's
@@ -293,23 +314,20 @@ class BeliefStateTracker(nn.Module):
             gmm_context: memory after this segment, (K, D) or (1, K, D).
             token_states: (L, D) states aligned with the logits, for the span embedding.
         """
-        candidate, s, e = self._candidate(logits, segment_id, global_offset, _context_vector(gmm_context),
-                                          self._calibration())
+        kernel = self.kernel
+        kernel.prepare(fresh=True)
+        candidate, s, e = self._candidate(kernel, logits, segment_id, global_offset, kernel.summary(gmm_context))
         if token_states is not None:
-            candidate.span_embedding = _span_embedding(token_states, s, e)
+            candidate.span_embedding = kernel.span_embedding(token_states, s, e)
         return candidate
 
-    def _candidate(self, logits: tuple[torch.Tensor, torch.Tensor], segment_id: int, global_offset: int,
-                   context: torch.Tensor | None,
-                   calibration: tuple[float, float] | None) -> tuple[SpanCandidate, int, int]:
-        """(candidate, start, end in the segment's logits) of one segment, given its memory summary (D,) and the
-        calibration (`_calibration`)."""
-        start, end = logits[0].tolist(), logits[1].tolist()  # (L,) each, Python floats
-        s, e, best = _best_span_lists(start, end, self.max_answer_len)
-        z = best - (start[0] + end[0])  # span-vs-null logit
+    def _candidate(self, kernel: TrackerKernel, logits: tuple[torch.Tensor, torch.Tensor], segment_id: int,
+                   global_offset: int, context: torch.Tensor | None) -> tuple[SpanCandidate, int, int]:
+        """(candidate, start, end in the segment's logits) of one segment, given its memory summary (D,)."""
+        s, e, z, confidence = kernel.best_span(logits[0], logits[1])
         candidate = SpanCandidate(
             span=(global_offset + s - 1, global_offset + e - 1),
-            confidence=_sigmoid(calibration[0] * z + calibration[1] if calibration is not None else z),
+            confidence=confidence,
             segment_id=segment_id,
             gmm_context_hash=0 if context is None else _context_hash(context),
             score=z,
@@ -327,48 +345,10 @@ class BeliefStateTracker(nn.Module):
         learned: confidence * re_score_network([span embedding, context now]).
         Falls back to the original confidence (with a warning) when a span lacks what re-scoring needs.
         """
-        context = _context_vector(gmm_context)
-        revised = self._re_score(past_spans, None if context is None else context.numpy())
+        kernel = self.kernel
+        kernel.prepare(fresh=True)
+        revised = kernel.re_score(past_spans, kernel.summary(gmm_context))
         return [dataclasses.replace(c, confidence=r) for c, r in zip(past_spans, revised, strict=True)]
-
-    def _re_score(self, past_spans: list[SpanCandidate], now: np.ndarray | None,
-                  params: tuple[np.ndarray, ...] | None = None) -> list[float]:
-        """Re-scored confidences of `past_spans` given the context summary now, (D,): batched over the P
-        spans in a few NumPy ops (the network's weights are read through `_fast_params`)."""
-        if not past_spans:
-            return []
-        try:
-            if now is None:
-                raise TypeError("no memory context to re-score with")
-            if self.re_scoring_method == "learned":
-                w1, b1, w2, b2 = (params or self._fast_params())[3:]
-                features = np.empty((len(past_spans), 2 * now.shape[0]), dtype=np.float32)  # (P, 2D)
-                for row, c in zip(features, past_spans, strict=True):
-                    row[: now.shape[0]] = _as_array(c.span_embedding, np.float32)  # [span embedding, context now]
-                features[:, now.shape[0] :] = now
-                hidden = features @ w1.T + b1  # (P, H): one BLAS product with the contiguous W1 (H, 2D)
-                logit = np.maximum(hidden, 0.0, out=hidden) @ w2[0] + b2[0]  # (P,)
-                weight = 1.0 / (1.0 + np.exp(-logit))
-            else:
-                then = np.stack([_as_array(c.context_vector, np.float32) for c in past_spans])  # (P, D)
-                norms = np.maximum(np.linalg.norm(then, axis=1), 1e-8) * max(float(np.linalg.norm(now)), 1e-8)
-                weight = (1.0 + (then @ now) / norms) / 2  # (P,)
-            return [c.confidence * w for c, w in zip(past_spans, weight.tolist(), strict=True)]
-        except (TypeError, RuntimeError, AttributeError, ValueError, IndexError) as err:
-            log.warning("re-scoring failed (%s); keeping the original confidences", err)
-            return [c.confidence for c in past_spans]
-
-    def _re_score_held(self, held: SpanCandidate, now: torch.Tensor | None, params: tuple) -> float:
-        """`_re_score` of the one candidate `update_belief` re-scores, in three torch calls (`params`:
-        `_document_params`; `now`: the context summary (D,))."""
-        rescorer, embedding = params[2], held.span_embedding
-        if (self.re_scoring_method != "learned" or rescorer is None or now is None or embedding is None
-                or embedding.dtype != torch.float32 or embedding.device.type != "cpu"):
-            # cosine weighting, or the general path's conversions and fallbacks
-            return self._re_score([held], None if now is None else now.numpy(), params[0])[0]
-        w1, b1, w2, b2 = rescorer
-        hidden = F.linear(torch.cat((embedding, now)), w1, b1)  # (H,): [span embedding, context now]
-        return held.confidence * _sigmoid(F.linear(hidden.relu_(), w2, b2).item())
 
     # ---- belief ----------------------------------------------------------------------------------------
 
@@ -389,18 +369,12 @@ class BeliefStateTracker(nn.Module):
         Returns:
             Updated BeliefState with potential non-monotonic revisions
         """
-        # The per-segment path runs on Python floats and a few torch calls. The model's forward leaves the CPU's
-        # caches cold, and each first call of a kind after it (a NumPy reduction, a ufunc, a torch method) costs
-        # 10-30 us where a warm one costs 1-3, so the count of *distinct* calls, not arithmetic, is what this step
-        # costs (benchmarks/rbsqa.py, tracker_overhead_frac; benchmarks/rbsqa_tracker_profile.py). The averages
-        # and the re-scorer are torch matrix products and linear layers, which the forward has just run (warm
-        # code), and no NumPy function is called at all (entering NumPy first costs ~30 us); the parameters are
-        # read once per document.
-        params = self._document_params()
-        context = _context_vector(gmm_context)  # (D,)
-        current, s, e = self._candidate(current_logits, current_segment_id, global_offset, context, params[1])
-        confidence = current.confidence
         belief = self.belief
+        kernel = self.kernel
+        kernel.prepare(fresh=belief.total_segments == 0)  # the parameters are read once per document
+        context = kernel.summary(gmm_context)  # (D,)
+        current, s, e = self._candidate(kernel, current_logits, current_segment_id, global_offset, context)
+        confidence = current.confidence
         previous_span = belief.best_span
         held = None
         if previous_span is not None:
@@ -416,7 +390,7 @@ class BeliefStateTracker(nn.Module):
             # confidence <= the new span's cannot win whatever the context says: skipping its re-scoring gives
             # the same belief (the product of floats is monotone: c * w <= c for w <= 1).
             if held.confidence > confidence:
-                revised = self._re_score_held(held, context, params) if self.enable_re_scoring else held.confidence
+                revised = kernel.re_score_held(held, context) if self.enable_re_scoring else held.confidence
                 if not 0.0 <= revised <= 1.0:  # also False for NaN
                     revised = held.confidence  # fallback to original belief if the revision is invalid
             if revised > confidence:
@@ -431,7 +405,7 @@ class BeliefStateTracker(nn.Module):
             held = current  # the belief's latest candidate: the one re-scored from now on
             if token_states is not None and self.re_scoring_method == "learned":
                 # only the belief's candidate is ever re-scored, so only it needs a span embedding
-                current.span_embedding = _span_embedding(token_states, s, e)  # (D,)
+                current.span_embedding = kernel.span_embedding(token_states, s, e)  # (D,)
         history = belief.span_history
         history.append(current)
         if len(history) > self.max_segments:
@@ -471,109 +445,11 @@ class BeliefStateTracker(nn.Module):
         )
 
 
-def confidence_slope(history: list[float]) -> float:
-    """Least-squares slope of a confidence sequence (per segment); 0 with fewer than 2 values."""
-    n = len(history)
-    if n < 2:
-        return 0.0
-    if n == 2:
-        return history[1] - history[0]
-    if n == 3:  # the halting window: x - mean(x) = (-1, 0, 1)
-        return (history[2] - history[0]) / 2
-    mean_x, mean_y = (n - 1) / 2, sum(history) / n
-    num = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(history))
-    return num / (n * (n * n - 1) / 12)  # sum of (x - mean_x)^2 over x = 0..n-1
-
-
-def halts(confidence_history: list[float], threshold: float, trend_analysis: bool = True, stable_for: int = 1,
-          stable_segments: int = 1) -> bool:
-    """`should_halt` after a belief confidence history: confident, (with trend analysis) not falling fast, and
-    the belief's span unchanged for the last `stable_segments` segments (`stable_for`: how many it has been)."""
-    if not confidence_history or confidence_history[-1] < threshold or stable_for < stable_segments:
-        return False
-    return not trend_analysis or confidence_slope(confidence_history[-3:]) > -0.25
-
-
-def _best_span_lists(start: list[float], end: list[float], max_answer_len: int) -> tuple[int, int, float]:
-    """(start, end, score) of the best non-null span of one segment's logits, Python lists (L,) each with
-    index 0 = null: what `best_span_scores` (the batched torch search) returns for one row, ties included
-    (the higher sum, then the smaller start, then the shorter span). The band is searched one span length
-    at a time with the interpreter's own map / max: one segment holds a few dozen logits, so per-call overhead,
-    not arithmetic, is the cost, and no NumPy call is made."""
-    add = operator.add
-    starts, ends = start[1:], end[1:]  # non-null positions; map() stops at the shorter of its two lists
-    best, best_i, best_k = -math.inf, 0, 0
-    for k in range(min(max_answer_len, len(starts))):
-        sums = list(map(add, starts, ends[k:] if k else ends))  # spans (i, i + k), i = 1..
-        top = max(sums)
-        if top >= best:
-            i = sums.index(top)
-            if top > best or i < best_i:
-                best, best_i, best_k = top, i, k
-    return best_i + 1, best_i + best_k + 1, best
-
-
-def _sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
-
-
-def _as_array(tensor: torch.Tensor | np.ndarray, dtype) -> np.ndarray:
-    """A NumPy view (or copy, for another dtype or device) of a tensor."""
-    if tensor is None:
-        raise TypeError("expected a tensor, got None")
-    if isinstance(tensor, torch.Tensor):
-        if tensor.requires_grad:
-            tensor = tensor.detach()
-        if tensor.device.type != "cpu":
-            tensor = tensor.cpu()
-        tensor = (tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()).numpy()
-    return np.asarray(tensor, dtype=dtype)
-
-
-def _averager(n: int) -> torch.Tensor:
-    """(n,) float32 weights 1/n: a mean as one matrix product (`weights @ rows`), cached per n."""
-    weights = _AVERAGERS.get(n)
-    if weights is None:
-        weights = _AVERAGERS[n] = torch.full((n,), 1.0 / n, dtype=torch.float32)
-    return weights
-
-
-_AVERAGERS: dict[int, torch.Tensor] = {}
-
-
 def _context_hash(context: torch.Tensor) -> int:
     """Fingerprint of a context summary (D,): the hash of its values as Python floats. Deterministic across
     processes (Python randomises the hashes of str and bytes, never of floats and tuples of them), and it calls
-    no NumPy function (a CRC of the buffer needs a NumPy view: ~30 us more right after a forward)."""
+    no NumPy function (the per-segment path calls none)."""
     return hash(tuple(context.tolist()))
-
-
-def _cpu_float(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor without grad, on the CPU, in float32 (itself in the common case)."""
-    if tensor.requires_grad:
-        tensor = tensor.detach()
-    if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
-        tensor = tensor.to("cpu", torch.float32)
-    return tensor
-
-
-def _context_vector(gmm_context: torch.Tensor | None) -> torch.Tensor | None:
-    """Memory summary (D,) float32 CPU tensor of a (K, D) / (1, K, D) context: its mean over slots (a new tensor).
-
-    A matrix product with 1/K weights rather than `mean`: the forward has just run matrix products, so their
-    code is warm, and a reduction's is not (right after a forward: ~35 us vs ~70 us for NumPy's product, on
-    this project's 2-core machine); it agrees with `mean` to float32 rounding."""
-    if gmm_context is None:
-        return None
-    flat = _cpu_float(gmm_context)
-    flat = flat.reshape(-1, flat.shape[-1])  # (K, D)
-    return flat[0].clone() if flat.shape[0] == 1 else _averager(flat.shape[0]) @ flat
-
-
-def _span_embedding(token_states: torch.Tensor, s: int, e: int) -> torch.Tensor:
-    """Mean token state (D,) over positions s..e of (L, D) states aligned with the logits (a new tensor)."""
-    states = _cpu_float(token_states[s : e + 1])
-    return states[0].clone() if e == s else _averager(e + 1 - s) @ states
 
 
 def fit_temperature(tracker: BeliefStateTracker, z: torch.Tensor, correct: torch.Tensor, steps: int = 100) -> dict:

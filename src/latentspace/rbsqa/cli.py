@@ -85,8 +85,8 @@ def answer(config: RBSQAConfig, doc, question, checkpoint, halt, run_name, runs_
 
     from ..core.runs import Run
     from .data import Document, encode_document
-    from .halting import read_document
     from .plots import plot_trajectory
+    from .reading import read_document
 
     text = _read_text(doc)
     if not question.strip():
@@ -137,8 +137,8 @@ def evaluate(config: RBSQAConfig, checkpoint, run_name, runs_dir, quiet, as_json
 
 def _evaluate_into(model, config: RBSQAConfig, run, quiet: bool):
     """Evaluate the test split into `run`: metrics.jsonl, predictions.jsonl, plots, summary.md."""
-    from .halting import read_document
     from .plots import plot_reliability, plot_trajectory
+    from .reading import read_document
     from .train import candidate_scores, encode_split, evaluate_documents, segment_features
 
     data_config = model.config.replace(train=model.config.train.replace(seed=config.train.seed), **{

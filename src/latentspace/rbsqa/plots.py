@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .data import EncodedDocument  # noqa: E402
-from .halting import Trajectory  # noqa: E402
+from .reading import Trajectory  # noqa: E402
 
 
 def plot_trajectory(traj: Trajectory, doc: EncodedDocument, path: str | Path, threshold: float | None = None) -> Path:

@@ -24,11 +24,12 @@ from ..core.backbones import EmbeddingCache
 from ..core.progress import track
 from ..core.runs import Run
 from ..core.training import fit, seed_everything
-from .belief import expected_calibration_error, fit_temperature, halts
+from .belief import expected_calibration_error, fit_temperature
 from .config import RBSQAConfig
 from .data import EncodedDocument, build_documents, encode_document
-from .halting import Trajectory, answer_without_tracker, read_document
+from .halting import halts
 from .model import RBSQAModel
+from .reading import Trajectory, answer_without_tracker, read_document
 
 log = logging.getLogger("latentspace")
 
