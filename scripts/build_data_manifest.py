@@ -48,7 +48,8 @@ DATASETS = {
               "MIT", "6,267 Python functions and 500 real web queries (dev)", "codesearch"),
 }
 
-II_TASKS = ["antonyms", "sentiment", "larger_animal", "first_word_letter", "singular_to_plural", "sum"]  # lipo dev tasks
+# the lipo development tasks
+II_TASKS = ["antonyms", "sentiment", "larger_animal", "first_word_letter", "singular_to_plural", "sum"]
 GSM8K_SAMPLE = {"train.jsonl": 200, "test.jsonl": 100}  # the first lines of each file
 
 
