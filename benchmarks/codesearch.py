@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sysconfig
 import tempfile
@@ -21,11 +20,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import machine  # noqa: E402
 
 from latentspace.codesearch.evaluate import EvalConfig, build_dataset, plot_metrics, run_evaluation  # noqa: E402
 from latentspace.codesearch.index import CodeIndex, IndexConfig, build_index  # noqa: E402
 from latentspace.codesearch.snippets import extract_snippets, read_source, walk_files  # noqa: E402
-from latentspace.core.runs import markdown_table  # noqa: E402
+from latentspace.core.runs import markdown_table, set_threads  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -33,20 +33,6 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SPEED_PACKAGES = ["asyncio", "email", "json", "http", "xml", "logging", "multiprocessing", "concurrent", "importlib",
                   "unittest", "urllib", "collections", "sqlite3", "ctypes", "encodings", "tomllib", "zoneinfo",
                   "re", "wsgiref", "html", "dbm", "venv", "curses", "pydoc_data"]
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": None, "torch_threads": torch.get_num_threads(),
-            "load_average_at_start": os.getloadavg()[0],
-            "note": "shared CPU: up to 6 other jobs ran on the same 2 cores during this benchmark"}
 
 
 def dir_bytes(path: Path) -> int:
@@ -104,7 +90,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="LTT encoder training steps")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
@@ -192,7 +178,8 @@ def main() -> None:
     result = {
         "family": "codesearch",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine(),
+        "machine": machine(torch_threads=torch.get_num_threads(), load_average_at_start=os.getloadavg()[0],
+                           note="shared CPU: up to 6 other jobs ran on the same 2 cores during this benchmark"),
         "command": command,
         "metrics": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
         "quality": {"sizes": quality["sizes"], "seconds": quality["seconds"],

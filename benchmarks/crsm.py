@@ -11,7 +11,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -20,8 +19,9 @@ import time
 from pathlib import Path
 
 import torch
+from _common import cpu_name, machine
 
-from latentspace.core.runs import markdown_table
+from latentspace.core.runs import markdown_table, set_threads
 from latentspace.crsm.config import CRSMConfig, PipelineConfig
 from latentspace.crsm.model import CRSM
 from latentspace.crsm.pipeline import corpus_tokens, run_pipeline
@@ -29,24 +29,6 @@ from latentspace.crsm.planner import make_mcts  # module level: only names older
 from latentspace.crsm.tasks import PathStarTask, lm_batch, pathstar_accuracy, perplexity
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def single_thread() -> None:
-    """One intra-op thread for torch and one BLAS thread for NumPy (the search's small products run there)."""
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(1)
-    threadpool_limits(1, user_api="blas")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def bench_pathstar(settings, steps, samples, sims, work: Path, on_row=None, **size):
@@ -183,7 +165,7 @@ def rerun_search(quick: bool, baseline_src: str | None) -> None:
     if not path.exists():
         sys.exit(f"{path} is missing: run the full benchmark first (--only mcts updates its search rows)")
     result = json.loads(path.read_text())
-    single_thread()  # as in the full run
+    set_threads(1, blas=True)  # as in the full run
     repeats = 3 if quick else 5
     load_before = os.getloadavg()
     started = time.time()
@@ -590,7 +572,7 @@ def main():
     parser.add_argument("--rates", default=None, help=argparse.SUPPRESS)  # d,layers,batch,sims,repeats,seconds
     args = parser.parse_args()
     if args.rates:  # the child process of --baseline-src: print search_rates of the package on PYTHONPATH
-        single_thread()
+        set_threads(1, blas=True)
         d, layers, batch, sims, repeats = (int(v) for v in args.rates.split(",")[:5])
         rates, _, _ = search_rates(search_model(d, layers), batch, sims, repeats, float(args.rates.split(",")[5]))
         print(json.dumps(rates))
@@ -601,13 +583,13 @@ def main():
     if args.refresh_gpu:
         refresh_gpu_section()
         return
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    set_threads(min(2, os.cpu_count() or 1))
     work = Path(args.work)
     quick = args.quick
     started = time.time()
     settings = [tuple(int(v) for v in item.split("x")) for item in args.settings.split(",")]
     if args.pathstar_only:
-        torch.set_num_threads(8)
+        set_threads(8)
         started = time.time()
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
 
@@ -620,7 +602,7 @@ def main():
             "model.d_model": 128, "model.n_layers": 4, "data.batch_size": 64, "backbone.lr": 2e-3})
         return
     if args.lm_only:
-        torch.set_num_threads(8)
+        set_threads(8)
         _, lm = bench_perplexity(args.steps or 1500, work, d_model=192, n_layers=4, seq_len=256,
                                  corpus_bytes=2_000_000)
         lm["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
@@ -639,7 +621,7 @@ def main():
     # planner cost: one intra-op thread for the whole process. The machine has 2 shared cores; during async
     # generation the generating thread and the planner thread each take one, so more intra-op threads would
     # oversubscribe them (OpenMP workers spin), and at batch <= 32 the ops are too small to split anyway.
-    single_thread()
+    set_threads(1, blas=True)  # one BLAS thread too: the search's small products run there
     repeats = 3 if quick else 5
     cost_model = search_model(256, 8)
     load_before = os.getloadavg()
@@ -671,7 +653,7 @@ def main():
         metrics.update(gpu_metrics(gpu))
     result = {
         "family": "crsm", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu["gpu"] if gpu else None},
+        "machine": {**machine(), "gpu": gpu["gpu"] if gpu else None},
         "command": "python " + " ".join(sys.argv), "metrics": metrics,
         "pathstar": rows,
         "pathstar_source": ({"device": pathstar["device"], "command": pathstar["command"],

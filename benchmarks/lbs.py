@@ -16,7 +16,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -24,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import machine
 
 from latentspace.core.backbones import byte_tokenizer, tiny_causal_lm
 from latentspace.core.data import find_dataset
+from latentspace.core.runs import set_threads
 from latentspace.core.training import TrainConfig
 from latentspace.lbs.config import LBSConfig, WindowConfig
 from latentspace.lbs.data import REGIMES, TIME_MMD_DOMAINS, Standardizer, generated_series, load_time_mmd
@@ -35,19 +36,6 @@ from latentspace.lbs.model import BaseLBS
 from latentspace.lbs.train import WindowData, seed_loop
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu}
 
 
 def speed(model: BaseLBS, series, wcfg: WindowConfig, fast_steps: int, seed_steps: int) -> dict:
@@ -125,7 +113,7 @@ def highway_mode(metrics: dict) -> str:
 def run_domain(job) -> tuple[str, dict]:
     """One Time-MMD domain (in a worker process): LBS text / no text vs the baselines; the plot if asked."""
     domain, cfg, wcfg, tcfg, max_steps, plot, seeds = job
-    torch.set_num_threads(1)
+    set_threads(1)
     series = load_time_mmd(domain, max_steps=max_steps)
     res = choose_highway_training(series, cfg, wcfg, tcfg, seeds)
     if plot:
@@ -148,7 +136,7 @@ def main() -> None:
     if args.gpu_speed:
         gpu_speed(args.out)
         return
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    set_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     domains = args.domains.split(",")
     steps = args.steps
     if args.quick:
@@ -217,7 +205,7 @@ def main() -> None:
     result = {
         "family": "lbs",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(gpu=True),
         "command": "python " + " ".join(shlex.quote(a) for a in ["benchmarks/lbs.py", *sys.argv[1:]]),
         "metrics": metrics,
         "notes": ("CPU shared with other jobs (up to 5 engineers on 2 cores): timings are noisy. MSE in standardised "

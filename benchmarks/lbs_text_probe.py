@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from latentspace.core.backbones import packaged_minilm_path
+from latentspace.core.runs import set_threads
 from latentspace.lbs.config import LBSConfig, WindowConfig
 from latentspace.lbs.data import TIME_MMD_DOMAINS, Standardizer, load_time_mmd
 from latentspace.lbs.forecast import forecast_origins
@@ -67,7 +68,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(2)
+    set_threads(2)
     encoder = SentenceTransformer(str(packaged_minilm_path()), device="cpu")
     wcfg = WindowConfig()
     out = {}

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import random
 import shlex
 import sys
@@ -38,9 +37,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import machine
 
 from latentspace.core.llm import CallableBackend, LLMClient, MockOpenAIServer, OpenAIBackend
-from latentspace.core.runs import markdown_table
+from latentspace.core.runs import markdown_table, set_threads
 from latentspace.lipo.ape import APEGenerator, OfflineInstructionWriter
 from latentspace.lipo.config import LIPOConfig
 from latentspace.lipo.encoder import GTRInstructionEncoder
@@ -235,7 +235,7 @@ _TASK: dict = {}  # what the (method, seed) runs share; set before the worker pr
 
 def _run_task(task: tuple[str, int]) -> tuple[list, float, dict]:
     """One method on one seed: (anytime curve, seconds, InvBO counts (LIPO only, else {}))."""
-    torch.set_num_threads(1)
+    set_threads(1)
     name, seed = task
     t = _TASK
     common = (t["outcomes"], t["true_error"], t["nvalid"], t["horizon"], seed)
@@ -405,7 +405,7 @@ def main() -> None:
     parser.add_argument("--control", action="store_true",
                         help="also run hbbops_all: HbBoPs with LIPO's gp_fidelity='all' GP")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    set_threads(1)
     n = args.n or (400 if args.quick else 1000)
     seeds = args.seeds or (1 if args.quick else 8)
     last_seed = args.first_seed + seeds - 1
@@ -528,19 +528,10 @@ def main() -> None:
         anytime_summary["lipo"][f"auc_minus_{m}"] = {
             "mean": float(diff.mean()), "se": float(diff.std(ddof=1) / np.sqrt(seeds)) if seeds > 1 else 0.0,
             "seeds_lipo_lower": int((diff < 0).sum())}
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     command = "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python " + " ".join(shlex.quote(a) for a in sys.argv)
     result = {
         "family": "lipo", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu, "cores": torch.get_num_threads() and __import__("os").cpu_count(), "gpu": None,
-                    "note": "shared CPU: up to 6 other jobs ran at the same time; one torch thread"},
+        "machine": machine(note="shared CPU: up to 6 other jobs ran at the same time; one torch thread"),
         "command": command, "metrics": metrics,
         "table": {"instructions": n, "nvalid": nvalid, "full_budget_calls": full_budget, "top1pct_error": threshold,
                   "best_error": float(true_error.min()), "median_error": float(np.median(true_error)),
@@ -574,7 +565,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = [[k, v] for k, v in metrics.items()]
-    md = [f"# lipo benchmark ({result['date']})", "", f"Machine: {cpu}, {result['machine']['cores']} cores, no GPU "
+    md = [f"# lipo benchmark ({result['date']})", "",
+          f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, no GPU "
           "(shared with other jobs). Command: `" + command + "`", "",
           f"Table: {n} offline-APE instructions x {nvalid} GSM8K questions scored by the SIMULATED task model; "
           f"top-1% error {threshold:.3f} (best {true_error.min():.3f}, median {np.median(true_error):.3f}); "

@@ -12,15 +12,15 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import machine as machine_info
 
 from latentspace.core.data import find_dataset
-from latentspace.core.runs import markdown_table
+from latentspace.core.runs import markdown_table, set_threads
 from latentspace.logs.baselines import drain_lr, tfidf_lr
 from latentspace.logs.config import LogsConfig
 from latentspace.logs.data import load_examples, split
@@ -29,16 +29,6 @@ from latentspace.logs.parse import prepare, read_log_file
 from latentspace.logs.train import evaluate_model, scores, train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def task_scores(config: LogsConfig) -> dict:
@@ -56,7 +46,7 @@ def task_scores(config: LogsConfig) -> dict:
 
 def speed(model, repeats: int = 1) -> dict:
     """Lines/s on one thread over every loghub system's raw lines (cold cache, then warm), and the reference."""
-    torch.set_num_threads(1)
+    set_threads(1)
     root = find_dataset("loghub", sample=False)
     lines = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -98,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and a shorter stream (~3 min)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    set_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.perf_counter()
     steps = 120 if args.quick else 400
@@ -148,7 +138,7 @@ def main() -> None:
     if severity:
         metrics.update(acc_severity_model=severity["model"]["acc"], acc_severity_drain_lr=severity["drain_lr"]["acc"],
                        acc_severity_tfidf_lr=severity["tfidf_lr"]["acc"])
-    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": None}
+    machine = machine_info()
     command = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/logs.py" + (" --quick" if args.quick else "")
     result = {
         "family": "logs", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import time
 from pathlib import Path
 
-import torch
+from _common import machine
 
-from latentspace.core.runs import markdown_table
+from latentspace.core.runs import markdown_table, set_threads
 from latentspace.logs.config import LogsConfig
 from latentspace.logs.drift import prepare_drift, run_drift
 from latentspace.logs.train import train_classifier
@@ -33,7 +32,7 @@ GRID = [  # (update_lr, update_steps, replay_ratio)
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    set_threads(1)
     started = time.perf_counter()
     config = LogsConfig(task="severity", steps=400)
     base_train, _, _ = prepare_drift(config, per_system_stream=500, per_system_test=300, validation=True)
@@ -56,7 +55,7 @@ def main() -> None:
     chosen = max(eligible, key=lambda r: r["metrics"]["final_acc_new"])
     out = {"family": "logs", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
            "command": "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/logs_tune.py",
-           "machine": {"cores": os.cpu_count(), "note": "2-core machine shared with other jobs"},
+           "machine": machine(note="2-core machine shared with other jobs"),
            "frozen": frozen, "grid": results, "chosen": chosen["options"],
            "wall_s": time.perf_counter() - started}
     results_dir = ROOT / "benchmarks" / "results"

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -23,11 +21,12 @@ import time
 from pathlib import Path
 
 import torch
+from _common import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from latentspace.core.runs import Run, markdown_table  # noqa: E402
+from latentspace.core.runs import Run, markdown_table, set_threads  # noqa: E402
 from latentspace.core.training import TrainConfig  # noqa: E402
 from latentspace.ltt import tasks  # noqa: E402
 from latentspace.ltt.config import LTTConfig  # noqa: E402
@@ -40,19 +39,6 @@ from latentspace.ltt.train import (  # noqa: E402
     train,
     validity_report,
 )
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu}
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -115,7 +101,7 @@ def main() -> None:
 
     # speeds on CPU
     model = model.cpu().eval()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     priors = {"ode": model.prior, "sde": fit_prior(model, "sde", 50), "flow": fit_prior(model, "flow", 50)}
     speeds = {}
     for kind, solvers in (("ode", ("euler", "midpoint", "rk4")), ("sde", ("euler", "srk")), ("flow", ("euler",))):
@@ -167,7 +153,7 @@ def main() -> None:
     report = {
         "family": "ltt",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(gpu=True),
         "command": "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "metrics": metrics,
         "speeds": speeds,

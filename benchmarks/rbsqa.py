@@ -15,7 +15,6 @@ import dataclasses
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -24,8 +23,9 @@ import time
 from pathlib import Path
 
 import torch
+from _common import machine
 
-from latentspace.core.runs import Run, markdown_table
+from latentspace.core.runs import Run, markdown_table, set_threads
 from latentspace.rbsqa.config import RBSQAConfig
 from latentspace.rbsqa.model import RBSQAModel
 from latentspace.rbsqa.plots import plot_reliability, plot_trajectory
@@ -45,16 +45,6 @@ REQUIRED = ["f1_with_tracker", "f1_without_tracker", "revision_detection_rate", 
             "tracker_bytes_per_doc"]
 # reported in the main table next to the required ones: a detection rate means little without its false alarms
 HEADLINE = [*REQUIRED[:3], "false_revisions_per_doc", *REQUIRED[3:]]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timing(model, docs, n: int, repeats: int = 3) -> dict:
@@ -130,7 +120,7 @@ def main() -> None:
     parser.add_argument("--time-checkpoint", type=Path, default=None,
                         help="only time reading with this saved model (the test split) and print the JSON")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.time_checkpoint is not None:
         model = RBSQAModel.load(args.time_checkpoint)
         print(json.dumps(timing(model, encode_split(model, model.config, "test"), args.timing_docs)))
@@ -169,9 +159,8 @@ def main() -> None:
     result = {
         "family": "rbsqa",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "gpu": None,
-                    "note": "shared CPU: other helpers' jobs could run at the same time (1-minute load average "
-                            f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end of this run)"},
+        "machine": machine(note="shared CPU: other helpers' jobs could run at the same time (1-minute load average "
+                                f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end of this run)"),
         "command": " ".join(["HF_HUB_OFFLINE=1", "PYTHONPATH=src", ".venv/bin/python", "benchmarks/rbsqa.py",
                              *sys.argv[1:]]),
         "metrics": {k: metrics[k] for k in HEADLINE},

@@ -26,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from latentspace.core.runs import markdown_table  # noqa: E402
+from latentspace.core.runs import markdown_table, set_threads  # noqa: E402
 from latentspace.rbsqa.model import RBSQAModel  # noqa: E402
 from latentspace.rbsqa.train import encode_split  # noqa: E402
 
@@ -111,7 +112,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(ROOT / "runs/rbsqa/benchmark/checkpoints/last/model"))
     parser.add_argument("--docs", type=int, default=24)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    set_threads(1)
     model = RBSQAModel.load(args.checkpoint)
     model.eval()
     if model.tracker is None:
@@ -122,7 +123,7 @@ def main() -> None:
     result = {"family": "rbsqa", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "command": "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONPATH=src .venv/bin/python "
                          "benchmarks/rbsqa_tracker_profile.py " + " ".join(sys.argv[1:]),
-              "machine": {"cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)},
+              "machine": machine(load_1min=round(os.getloadavg()[0], 2)),
               "documents": len(docs), "segments": sum(d.num_segments for d in docs), "median_us": us}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "rbsqa_tracker_profile.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,5 +1,6 @@
 """Shared test settings: offline, CPU, few threads so the suite is fast and deterministic on 2 cores."""
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -15,3 +16,12 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def save_as_before_encoder_config(model, directory):
+    """Save an app model (codesearch, logs) with its config laid out as before `EncoderConfig`: sizes at the top."""
+    model.save(directory)
+    header_path = directory / "config.json"
+    header = json.loads(header_path.read_text())
+    header["config"].update(header["config"].pop("encoder"))
+    header_path.write_text(json.dumps(header))

@@ -17,6 +17,8 @@ from latentspace.codesearch.index import CodeIndex, IndexConfig, build_index
 from latentspace.codesearch.tokens import Vocabulary
 from latentspace.core.errors import CheckpointError, DataError
 
+from ..conftest import save_as_before_encoder_config
+
 TINY = CodeEncoderConfig.preset("tiny")
 
 
@@ -96,6 +98,14 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         CodeEncoder.load(tmp_path / "enc")
     with pytest.raises(DataError, match="at least 2"):
         train_code_encoder([("a", "b")], TINY)
+
+
+def test_checkpoint_saved_before_encoder_config_loads(tmp_path):
+    model = _encoder().eval()
+    save_as_before_encoder_config(model, tmp_path / "enc")
+    loaded = CodeEncoder.load(tmp_path / "enc")
+    assert loaded.config == model.config
+    np.testing.assert_allclose(model.encode(["read file"]), loaded.encode(["read file"]), atol=1e-6)
 
 
 def test_index_with_the_ltt_encoder_saves_and_reloads(repo, tmp_path):

@@ -3,6 +3,7 @@ import torch
 from latentspace.logs.classify import LogClassifier
 from latentspace.logs.train import evaluate_model, tensorise
 
+from ..conftest import save_as_before_encoder_config
 from .conftest import synthetic_severity, tiny_config
 
 
@@ -49,3 +50,12 @@ def test_checkpoint_round_trip(tiny_severity_model, tmp_path):
     b = loaded.classify_lines(test.lines[:20], templates=True)
     assert [(p.label, round(p.anomaly_score, 4), p.template_id) for p in a] == [
         (p.label, round(p.anomaly_score, 4), p.template_id) for p in b]
+
+
+def test_checkpoint_saved_before_encoder_config_loads(tiny_severity_model, tmp_path):
+    model, test = tiny_severity_model
+    save_as_before_encoder_config(model, tmp_path / "m")
+    loaded = LogClassifier.load(tmp_path / "m")
+    assert loaded.config == model.config
+    assert [p.label for p in loaded.classify_lines(test.lines[:20])] == [
+        p.label for p in model.classify_lines(test.lines[:20])]

@@ -5,8 +5,8 @@ from typer.testing import CliRunner
 from latentspace.logs.cli import app
 
 runner = CliRunner()
-TINY = ["--hash-buckets", "512", "--max-len", "24", "--d-model", "32", "--n-layers", "1", "--n-heads", "2",
-        "--latent-dim", "16", "--memory-size", "100", "--batch-size", "32"]
+TINY = ["--hash-buckets", "512", "--max-len", "24", "--encoder.d-model", "32", "--encoder.n-layers", "1",
+        "--encoder.n-heads", "2", "--encoder.latent-dim", "16", "--memory-size", "100", "--batch-size", "32"]
 
 
 def test_train_classify_stream_evaluate(loghub, tmp_path, monkeypatch):

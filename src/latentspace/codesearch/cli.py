@@ -194,9 +194,9 @@ def evaluate_into_run(config: EvalConfig, run, quiet: bool) -> dict:
 
 
 def _threads() -> None:
-    import torch
+    from ..core.runs import set_threads
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))  # the machine's 2 cores; oversubscribing is slower
+    set_threads(2, at_most=True)  # the machine's 2 cores; oversubscribing is slower
 
 
 # what the demo reads, for the report (no data set: real code, but a generated task)

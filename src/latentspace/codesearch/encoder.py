@@ -27,6 +27,8 @@ from torch import nn
 from ..core.checkpoint import CheckpointMixin
 from ..core.config import Config
 from ..core.errors import CheckpointError, DataError
+from ..ltt.config import EncoderConfig, nest_encoder_fields
+from ..ltt.encoder import DeterministicEncoder
 from .tokens import Vocabulary
 
 log = logging.getLogger("latentspace")
@@ -39,42 +41,25 @@ class CodeEncoderConfig(Config):
     vocab_size: int = 0  # set from the vocabulary when the encoder is built
     max_words: int = 16000
     hash_buckets: int = 2048
-    d_model: int = 64  # width of the LTT DeterministicEncoder (the context path)
-    n_layers: int = 1
-    n_heads: int = 4
-    latent_dim: int = 64
+    # the LTT DeterministicEncoder (the context path)
+    encoder: EncoderConfig = dataclasses.field(default_factory=lambda: EncoderConfig(n_layers=1, latent_dim=64))
     context: bool = True  # False: word path only (a trained, IDF-pooled bag of words)
     embed_dim: int = 256  # width of the word path, the pooled vector and the output
     max_code_tokens: int = 64
     max_query_tokens: int = 32
     temperature: float = 0.05
-    dropout: float = 0.0
     steps: int = 800
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
 
     PRESETS = {
-        "tiny": {"d_model": 32, "n_layers": 1, "n_heads": 2, "latent_dim": 32, "embed_dim": 32, "steps": 60,
-                 "batch_size": 32, "max_code_tokens": 64, "max_words": 2000, "hash_buckets": 256},
+        "tiny": {"encoder": {"d_model": 32, "n_layers": 1, "n_heads": 2, "latent_dim": 32}, "embed_dim": 32,
+                 "steps": 60, "batch_size": 32, "max_code_tokens": 64, "max_words": 2000, "hash_buckets": 256},
         "small": {},
-        "base": {"d_model": 128, "n_layers": 2, "latent_dim": 128, "max_code_tokens": 128, "batch_size": 128},
+        "base": {"encoder": {"d_model": 128, "n_layers": 2, "latent_dim": 128}, "max_code_tokens": 128,
+                 "batch_size": 128},
     }
-
-
-def ltt_config(config: CodeEncoderConfig):
-    """The `LTTConfig` of the DeterministicEncoder inside a CodeEncoder."""
-    from ..ltt.config import LTTConfig
-
-    return LTTConfig().replace(
-        vocab_size=config.vocab_size,
-        d_model=config.d_model,
-        n_layers=config.n_layers,
-        n_heads=config.n_heads,
-        latent_dim=config.latent_dim,
-        max_len=max(config.max_code_tokens, config.max_query_tokens),
-        dropout=config.dropout,
-    )
 
 
 class CodeEncoder(CheckpointMixin, nn.Module):
@@ -85,8 +70,6 @@ class CodeEncoder(CheckpointMixin, nn.Module):
 
     def __init__(self, config: CodeEncoderConfig, vocab: Vocabulary | None = None):
         super().__init__()
-        from ..ltt.model import DeterministicEncoder
-
         self.vocab = vocab if vocab is not None else Vocabulary([], config.hash_buckets)
         if config.vocab_size != len(self.vocab):
             config = config.replace(vocab_size=len(self.vocab))
@@ -96,8 +79,10 @@ class CodeEncoder(CheckpointMixin, nn.Module):
         nn.init.normal_(self.word_emb.weight, std=width ** -0.5)  # unit-norm words: near-orthogonal at random
         self.word_weight = nn.Embedding(config.vocab_size, 1)  # per-word pooling logit, set to log IDF by training
         nn.init.zeros_(self.word_weight.weight)
-        self.encoder = DeterministicEncoder(ltt_config(config)) if config.context else None  # the context path
-        self.latent_proj = nn.Linear(config.latent_dim, width)
+        max_len = max(config.max_code_tokens, config.max_query_tokens)
+        self.encoder = (DeterministicEncoder(config.encoder, config.vocab_size, max_len) if config.context
+                        else None)  # the context path
+        self.latent_proj = nn.Linear(config.encoder.latent_dim, width)
         nn.init.zeros_(self.latent_proj.weight)  # the context path starts silent and is learned on top
         nn.init.zeros_(self.latent_proj.bias)
         self.attn_score = nn.Linear(width, 1)
@@ -110,6 +95,10 @@ class CodeEncoder(CheckpointMixin, nn.Module):
     # ---- checkpoint ----
     def checkpoint_files(self) -> dict[str, str]:
         return {"vocab.json": self.vocab.to_json()}
+
+    @classmethod
+    def _config_from_checkpoint(cls, data: dict):
+        return cls.config_class.from_dict(nest_encoder_fields(data))  # indexes built before EncoderConfig
 
     @classmethod
     def _build_from_checkpoint(cls, config, directory: Path):

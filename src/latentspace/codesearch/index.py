@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from safetensors import SafetensorError
 
 from .. import __version__
 from ..core.config import Config
+from ..core.data import atomic_folder, atomic_write, read_jsonl
 from ..core.errors import DataError
 from ..core.progress import track
 from .snippets import SkippedFile, Snippet, extract_snippets, first_sentence, read_source, walk_files
@@ -330,21 +330,11 @@ class CodeIndex:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         generation = _next_generation(directory)
-        tmp = directory / f".{generation}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        try:
+        with atomic_folder(directory / generation) as tmp:
             self._write(tmp)
-            os.replace(tmp, directory / generation)
-            if crash_hook is not None:
-                crash_hook()
-            pointer = directory / f".{CURRENT}.tmp-{os.getpid()}"
-            pointer.write_text(generation + "\n")
-            os.replace(pointer, directory / CURRENT)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        if crash_hook is not None:
+            crash_hook()
+        atomic_write(directory / CURRENT, generation + "\n")
         for old in directory.glob("gen-*"):
             if old.name != generation:
                 shutil.rmtree(old, ignore_errors=True)
@@ -384,16 +374,13 @@ class CodeIndex:
         manifest = read_manifest(folder)
         try:
             config = IndexConfig.from_dict(manifest["config"])
-            snippets = []
-            with open(folder / "snippets.jsonl", encoding="utf-8") as handle:
-                for line in handle:
-                    snippets.append(Snippet(**json.loads(line)))
+            snippets = [Snippet(**record) for _, record in read_jsonl(folder / "snippets.jsonl")]
             from safetensors.numpy import load_file
 
             stored = load_file(str(folder / "vectors.safetensors"))
             vectors = {name: stored[name].astype(np.float32) for name in manifest["dense"]}
             bm25 = BM25Part.load(folder / "bm25")
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError, DataError) as err:
             raise IndexFormatError(f"the index at {directory} is corrupt ({type(err).__name__}: {err}); "
                                    f"rebuild it with `latentspace codesearch index DIR --rebuild`") from None
         if len(snippets) != manifest["n_snippets"] or any(len(v) != len(snippets) for v in vectors.values()):

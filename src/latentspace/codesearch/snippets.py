@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
+from ..core.data import looks_binary
+
 log = logging.getLogger("latentspace")
 
 LANGUAGE_BY_SUFFIX = {
@@ -125,11 +127,6 @@ class _IgnoreRules:
             if result.include is not None:
                 verdict = bool(result.include)
         return verdict
-
-
-def looks_binary(head: bytes) -> bool:
-    """A NUL byte in the first 8 KiB, as git decides."""
-    return b"\x00" in head[:8192]
 
 
 def looks_generated(name: str, head: bytes) -> bool:

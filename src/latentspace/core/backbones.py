@@ -18,13 +18,12 @@ import importlib.metadata
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
+from .data import atomic_folder, atomic_write
 from .errors import BackboneError
 
 log = logging.getLogger("latentspace")
@@ -165,22 +164,11 @@ def _write_smollm2_cache(model, tokenizer, gguf: Path) -> Path | None:
     """
     folder = model_cache_dir() / _SMOLLM2_CACHE_NAME
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{_SMOLLM2_CACHE_NAME}-", dir=folder.parent))
-    except OSError as err:
-        log.warning("cannot cache SmolLM2 in %s (%s); it will be converted again next time", folder, err)
-        return None
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "source.json").write_text(json.dumps(_smollm2_source(gguf), indent=1) + "\n")
-        if folder.exists():  # a stale cache (other package version): move it aside, then swap
-            stale = Path(tempfile.mkdtemp(prefix=f".{_SMOLLM2_CACHE_NAME}-stale-", dir=folder.parent))
-            os.replace(folder, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-        os.replace(tmp, folder)
+        with atomic_folder(folder) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "source.json").write_text(json.dumps(_smollm2_source(gguf), indent=1) + "\n")
     except Exception as err:  # a full disk, a read-only cache, a failed serialisation: keep the loaded model
-        shutil.rmtree(tmp, ignore_errors=True)
         if _cached_smollm2(gguf) is not None:  # another process won the race
             return folder
         log.warning("cannot cache SmolLM2 in %s (%s); it will be converted again next time", folder, err)
@@ -413,9 +401,6 @@ class EmbeddingCache:
     def save(self) -> None:
         if self.path is None:
             return
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        save_file(self._store, str(tmp))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, save(self._store))

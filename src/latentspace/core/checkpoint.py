@@ -12,9 +12,6 @@ safetensors, the rest in JSON.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +20,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+from .data import atomic_folder
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 _PICKLE_NAMES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt", "model.pkl")
-
-
-def _atomic_dir(target: Path):
-    """A fresh temporary folder beside `target`; `_commit_dir` swaps it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-
-
-def _commit_dir(tmp: Path, target: Path) -> None:
-    """Replace `target` by `tmp` so that one of the two complete folders exists at every moment."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _tensors_for_saving(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -92,8 +71,7 @@ def save_checkpoint(
         metadata: JSON-able extras (step, metrics, ...).
     """
     directory = Path(directory)
-    tmp = _atomic_dir(directory)
-    try:
+    with atomic_folder(directory) as tmp:
         header = {
             "family": family,
             "format_version": FORMAT_VERSION,
@@ -110,10 +88,6 @@ def save_checkpoint(
                 path.write_bytes(content)
             else:
                 path.write_text(content)
-        _commit_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -240,7 +214,8 @@ class CheckpointMixin:
     """`save(dir)` / `load(dir)` for an nn.Module built from a `Config`.
 
     A subclass sets `family` and `config_class`, is built as `cls(config)`, and may override
-    `checkpoint_files()` (extra files such as a tokenizer) and `from_checkpoint_files(dir)`.
+    `checkpoint_files()` (extra files such as a tokenizer), `_build_from_checkpoint(config, dir)` (to read
+    them) and `_config_from_checkpoint(data)` (to read a config saved in an older layout).
     """
 
     family: str = ""
@@ -262,7 +237,7 @@ class CheckpointMixin:
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu"):
         header, state = load_checkpoint(directory, family=cls.family, device=device)
-        config = cls.config_class.from_dict(header["config"])
+        config = cls._config_from_checkpoint(header["config"])
         model = cls._build_from_checkpoint(config, Path(directory))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -271,6 +246,11 @@ class CheckpointMixin:
                 f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
             )
         return model.to(device)
+
+    @classmethod
+    def _config_from_checkpoint(cls, data: dict[str, Any]):
+        """The config of a checkpoint from its saved dict (override to convert a layout older checkpoints used)."""
+        return cls.config_class.from_dict(data)
 
     @classmethod
     def _build_from_checkpoint(cls, config, directory: Path):

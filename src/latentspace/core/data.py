@@ -1,4 +1,4 @@
-"""Where data sets are found, and how they are fetched from their public origins.
+"""Where data sets are found and how they are fetched; the few file helpers every family reads and writes with.
 
 A data set is found, in order, in `--data-dir`, in `$LATENTSPACE_DATA`, in the user's data cache
 (`latentspace data fetch NAME` fills it), and last in the small real samples that ship inside the package
@@ -9,18 +9,26 @@ tests that need a full data set pass `sample=False` and never run on a sample by
 repository, commit, and every file's path, size and sha256. `fetch` downloads with pooch, checks each
 checksum, and moves the finished folder into place in one rename, so an interrupted or corrupted download
 never leaves a half-written data set where the finder looks.
+
+The file helpers: `read_jsonl` (a malformed line is a DataError naming file:line), `looks_binary` (NUL or
+control bytes at a file's start), `atomic_write` and `atomic_folder` (readers see the old or the new content,
+never a torn one). This module imports no torch, so torch-free paths (a BM25 search, log parsing) use them too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from .errors import DataError
 
@@ -235,3 +243,94 @@ def list_datasets(data_dir: str | Path | None = None) -> list[DatasetInfo]:
                                  spec["used_by"], path, describe_sample(name) if sample_path(name) else None,
                                  len(spec["files"]), sum(f["size"] for f in spec["files"])))
     return infos
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) for each JSON object of a JSONL file; blank lines are skipped.
+
+    Raises:
+        DataError naming `file:line` for a line that is not UTF-8, not JSON or not a JSON object.
+    """
+    path = Path(path)
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{number}: not UTF-8 text") from None
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            yield number, record
+
+
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")
+
+
+def looks_binary(path_or_bytes: str | Path | bytes, probe: int = 8192) -> bool:
+    """Whether a file (or its first bytes) looks binary: a NUL byte (git's rule) or over 10% control bytes.
+
+    Tab, newline, form feed and carriage return are text; only the first `probe` bytes are read.
+    """
+    if isinstance(path_or_bytes, bytes):
+        head = path_or_bytes[:probe]
+    else:
+        with open(path_or_bytes, "rb") as handle:
+            head = handle.read(probe)
+    if b"\x00" in head:
+        return True
+    return len(_CONTROL_BYTES.findall(head)) > 0.1 * len(head)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write a file so that readers see the old or the new content, never a torn one.
+
+    The data goes to a temporary file in the same folder, is flushed to disk (fsync), then renamed over `path`;
+    a crash or an error leaves `path` as it was and no temporary file behind. Text is written as UTF-8.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | Path) -> Iterator[Path]:
+    """A fresh temporary folder beside `target` to write into, swapped into place when the block ends.
+
+    One of the two complete folders (the previous `target` or the new one) exists at every moment; if the
+    block raises, the temporary folder is removed and `target` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

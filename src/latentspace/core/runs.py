@@ -1,7 +1,8 @@
 """Run directories: `runs/<family>/<name>/` with config.json, metrics.jsonl, plots/*.png, summary.md.
 
 A `Run` is where a training or evaluation command leaves everything a reader needs afterwards;
-checkpoints live under `checkpoints/` inside it so `--resume` finds them.
+checkpoints live under `checkpoints/` inside it so `--resume` finds them. `set_threads` is the one place
+that sets torch's CPU threads for a command or a benchmark.
 """
 
 from __future__ import annotations
@@ -15,12 +16,38 @@ from typing import Any
 
 import matplotlib
 
+from .data import read_jsonl
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def default_run_name() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
+
+
+def set_threads(n: int, at_most: bool = False, blas: bool = False) -> int:
+    """Set the CPU threads of torch's intra-op pool: the one place that does, for commands and benchmarks.
+
+    Args:
+        n: the number of threads (at least 1 is used).
+        at_most: never raise the current count (the cores, or OMP_NUM_THREADS when the user set it), only
+            lower it to n: what a command does on a shared machine, where oversubscribing is slower.
+        blas: limit NumPy's BLAS pool to the same number (threadpoolctl), for code whose small matrix
+            products run there.
+
+    Returns:
+        the number of threads set.
+    """
+    import torch
+
+    threads = max(1, min(n, torch.get_num_threads()) if at_most else n)
+    torch.set_num_threads(threads)
+    if blas:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads, user_api="blas")
+    return threads
 
 
 class Run:
@@ -70,11 +97,7 @@ class Run:
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
-        rows = []
-        for line in self.metrics_path.read_text().splitlines():
-            if line.strip():
-                rows.append(json.loads(line))
-        return rows
+        return [row for _, row in read_jsonl(self.metrics_path)]
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metric lines past `after_step` (on resume, steps after the checkpoint are re-done)."""

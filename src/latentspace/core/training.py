@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import math
 import random
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from .checkpoint import _atomic_dir, _commit_dir, load_checkpoint, load_state, save_checkpoint, save_state
+from .checkpoint import load_checkpoint, load_state, save_checkpoint, save_state
 from .config import Config
+from .data import atomic_folder
 from .errors import LatentspaceError
 from .progress import progress_bar
 from .runs import Run
@@ -211,15 +211,10 @@ def fit(
     def checkpoint(step: int) -> Path | None:
         if last_dir is None:
             return None
-        tmp = _atomic_dir(last_dir)
-        try:
+        with atomic_folder(last_dir) as tmp:
             save_model(raw_model, tmp / "model", metadata={"step": step})
             save_state(tmp / "trainer_state", {"step": step, "optimizer": optimizer.state_dict(),
                                                 "rng": _rng_state()})
-            _commit_dir(tmp, last_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return last_dir
 
     def evaluate(step: int) -> dict[str, float]:

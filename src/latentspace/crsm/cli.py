@@ -10,7 +10,7 @@ import typer
 
 from ..core.config import config_command
 from ..core.errors import CheckpointError, ConfigError, require_dir
-from ..core.runs import DemoResult, default_run_name
+from ..core.runs import DemoResult, default_run_name, set_threads
 from .config import PipelineConfig
 
 app = typer.Typer(help="Continuous Reasoning State Model: Mamba LM + asynchronous MCTS state deltas.",
@@ -35,9 +35,7 @@ def _console():
 
 
 def _quiet_threads():
-    import torch
-
-    torch.set_num_threads(min(4, torch.get_num_threads()))
+    set_threads(4, at_most=True)
 
 
 @config_command(app, "pipeline", PipelineConfig, **RUN_OPTS)
@@ -168,14 +166,12 @@ DEMO_DATA = "generated path-star graphs (synthetic)"
 
 def demo(out_dir: pathlib.Path, quiet: bool) -> DemoResult:
     """Small path-star pipeline (CPU, ~2 min): greedy vs planner accuracy, planner cost, sample generations."""
-    import torch
-
     from ..core.runs import Run, markdown_table
     from .generate import generate
     from .pipeline import run_pipeline
     from .tasks import PathStarTask, pathstar_accuracy
 
-    torch.set_num_threads(2)
+    set_threads(2)
     config = PipelineConfig.preset("demo")
     root = Path(out_dir) / "pipeline"
     model = run_pipeline(config, root, quiet=quiet)

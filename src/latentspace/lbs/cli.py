@@ -45,9 +45,9 @@ def _check_inputs(data: str | None, data_dir: Path | None) -> None:
 
 
 def _setup():
-    import torch
+    from ..core.runs import set_threads
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    set_threads(2, at_most=True)
 
 
 @config_command(app, "train", LBSRunConfig, help="Train LBS on a series; writes runs/lbs/<name>/ with the model.",
@@ -219,13 +219,11 @@ DEMO_DATA = "generated series (synthetic: regimes announced in text); `latentspa
 
 def demo(out_dir: pathlib.Path, quiet: bool):
     """The generated series (regimes announced in text first): LBS text vs no text vs baselines, steering."""
-    import torch
-
     from ..core.runs import DemoResult, Run, markdown_table
     from .data import REGIMES, Standardizer, generated_series
     from .evaluate import evaluate_series, plot_forecast, text_steer_report
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    _setup()
     out_dir = Path(out_dir)
     run = Run("lbs", path=out_dir)
     series = generated_series()

@@ -15,6 +15,7 @@ import re
 import time
 from pathlib import Path
 
+from ..core.data import atomic_write
 from ..core.errors import DataError
 from ..core.llm import GenerationParams, LLMClient
 from ..core.progress import progress_bar
@@ -167,11 +168,8 @@ class APEGenerator:
     def save_cache(self, items: list[dict]) -> None:
         if self.cache_path is None:
             return
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"model": self.client.model, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "instructions": items}
-        tmp = self.cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False))
-        tmp.replace(self.cache_path)
+        atomic_write(self.cache_path, json.dumps(payload, indent=1, ensure_ascii=False))
 
     def meta_prompt(self, style: str, batch: int) -> str:
         info = STYLE_CATEGORIES[style]

@@ -23,7 +23,6 @@ exactly as they do on a real model's text. The weights were fixed once, before a
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import re
@@ -31,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.data import find_dataset
+from ..core.data import find_dataset, read_jsonl
 from ..core.errors import DataError
 from ..core.llm import GenerationParams, LLMClient
 
@@ -79,17 +78,15 @@ def load_gsm8k(split: str, data_dir: str | Path | None = None) -> list[GSM8KExam
     if not path.is_file():
         raise DataError(f"{path} does not exist (expected GSM8K {split}.jsonl)")
     examples = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, record in read_jsonl(path):
         try:
-            record = json.loads(line)
-            target = _to_number(record["answer"].split("####")[-1].strip())
-        except (json.JSONDecodeError, KeyError, AttributeError):
+            question, answer = record["question"], record["answer"]
+            target = _to_number(answer.split("####")[-1].strip())
+        except (KeyError, AttributeError):
             raise DataError(f"{path}:{lineno}: expected a JSON object with 'question' and 'answer'") from None
         if target is None:
             raise DataError(f"{path}:{lineno}: the answer has no final number after '####'")
-        examples.append(GSM8KExample(record["question"], record["answer"], target))
+        examples.append(GSM8KExample(question, answer, target))
     if not examples:
         raise DataError(f"{path} holds no examples")
     return examples

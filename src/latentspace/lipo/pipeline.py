@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..core.data import read_jsonl
 from ..core.errors import DataError
 from ..core.llm import CallableBackend, LLMClient, make_client
 from ..core.runs import Run
@@ -64,14 +65,11 @@ def load_grid(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"grid file {path} does not exist")
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, record in read_jsonl(path):
         try:
-            record = json.loads(line)
             text = record.get("instruction") or record.get("instruction_text") or record["text"]
             error = float(record["error_rate"] if "error_rate" in record else record["error"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError):
             raise DataError(f"{path}:{lineno}: expected {{'instruction', 'error_rate'}}") from None
         if not (0.0 <= error <= 1.0):
             raise DataError(f"{path}:{lineno}: error_rate {error} outside [0, 1]")

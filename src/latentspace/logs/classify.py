@@ -20,23 +20,14 @@ import torch
 from torch import nn
 
 from ..core.checkpoint import CheckpointMixin
+from ..ltt.config import nest_encoder_fields
+from ..ltt.encoder import DeterministicEncoder
 from .config import LogsConfig
 from .parse import SEVERITIES, LogTemplates, LogTokenizer, prepare
 from .raccoon import LatentSDE
 
 LABELS = {"bgl_alert": ("normal", "alert"), "severity": SEVERITIES}
 ALERT_LABELS = {"bgl_alert": ("alert",), "severity": ("ERROR",)}
-
-
-def ltt_encoder(config: LogsConfig, vocab_size: int) -> nn.Module:
-    """The LTT family's bidirectional `DeterministicEncoder` sized by the logs config."""
-    from ..ltt.config import LTTConfig
-    from ..ltt.model import DeterministicEncoder
-
-    return DeterministicEncoder(LTTConfig(
-        vocab_size=vocab_size, max_len=config.max_len, d_model=config.d_model, n_layers=config.n_layers,
-        n_heads=config.n_heads, latent_dim=config.latent_dim, dropout=config.dropout,
-    ))
 
 
 @dataclass
@@ -63,11 +54,11 @@ class LogClassifier(CheckpointMixin, nn.Module):
         self.config = config
         self.labels = LABELS[config.task]
         self.tokenizer = LogTokenizer(config.hash_buckets, config.max_len)
-        self.encoder = ltt_encoder(config, self.tokenizer.vocab_size)
-        self.dynamics = LatentSDE(config.latent_dim, hidden=2 * config.latent_dim, sigma=config.sde_sigma,
-                                  steps=config.sde_steps)
-        self.head = nn.Linear(config.latent_dim, len(self.labels))
-        self.register_buffer("centroids", torch.zeros(len(self.labels), config.latent_dim))  # (C, D)
+        self.encoder = DeterministicEncoder(config.encoder, self.tokenizer.vocab_size, config.max_len)
+        latent_dim = config.encoder.latent_dim
+        self.dynamics = LatentSDE(latent_dim, hidden=2 * latent_dim, sigma=config.sde_sigma, steps=config.sde_steps)
+        self.head = nn.Linear(latent_dim, len(self.labels))
+        self.register_buffer("centroids", torch.zeros(len(self.labels), latent_dim))  # (C, D)
         self.register_buffer("anomaly_scale", torch.ones(()))
         self._cache: OrderedDict[tuple[int, ...], tuple[int, float, float]] = OrderedDict()
         self.cache_size = 100_000
@@ -114,6 +105,10 @@ class LogClassifier(CheckpointMixin, nn.Module):
         import json
 
         return {"templates.json": json.dumps(self.templates.to_dict())} if self.templates is not None else {}
+
+    @classmethod
+    def _config_from_checkpoint(cls, data: dict):
+        return cls.config_class.from_dict(nest_encoder_fields(data))  # models trained before EncoderConfig
 
     @classmethod
     def _build_from_checkpoint(cls, config, directory: Path):

@@ -31,14 +31,11 @@ def _echo(payload, as_json: bool, quiet: bool = False) -> None:
 
 def _train_run(config: LogsConfig, name: str, runs_dir: Path, data_dir, quiet: bool, resume: bool = False):
     """Train on the task's systems, evaluate on the held-out split, save model + Raccoon state in the run."""
-    import torch
-
     from ..core.runs import Run
     from .data import load_examples, split
     from .raccoon import RaccoonLearner
     from .train import evaluate_model, fill_memory, train_classifier
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     run = Run("logs", name, root=runs_dir)
     run.write_config(config)
     examples = load_examples(config.task, config.system_list(), data_dir)

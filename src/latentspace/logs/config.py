@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..core.config import Config
+from ..ltt.config import EncoderConfig
 
 TASKS = ("bgl_alert", "severity")
 
@@ -18,12 +19,8 @@ class LogsConfig(Config):
     # tokenizer: hashed word buckets, so new systems need no vocabulary growth
     hash_buckets: int = 4096
     max_len: int = 40
-    # LTT encoder (a bidirectional transformer; latentspace.ltt.model.DeterministicEncoder)
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    latent_dim: int = 32
-    dropout: float = 0.0
+    # LTT encoder (a bidirectional transformer; latentspace.ltt.encoder.DeterministicEncoder)
+    encoder: EncoderConfig = dataclasses.field(default_factory=lambda: EncoderConfig(latent_dim=32))
     # Raccoon SDE latent dynamics: dz = f(z, t) dt + sigma(z, t) dW over t in [0, 1]
     sde_steps: int = 4
     sde_sigma: float = 0.1
@@ -45,8 +42,8 @@ class LogsConfig(Config):
     anomaly_quantile: float = 0.99
 
     PRESETS = {
-        "tiny": {"hash_buckets": 512, "max_len": 24, "d_model": 32, "n_layers": 1, "n_heads": 2, "latent_dim": 16,
-                 "steps": 60, "memory_size": 200},
+        "tiny": {"hash_buckets": 512, "max_len": 24, "encoder": {"d_model": 32, "n_layers": 1, "n_heads": 2,
+                 "latent_dim": 16}, "steps": 60, "memory_size": 200},
     }
 
     def __post_init__(self):

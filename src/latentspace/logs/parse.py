@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from drain3.drain import Drain, LogCluster
 
+from ..core.data import atomic_write, looks_binary
 from ..core.errors import DataError
 
 MAX_LINE_CHARS = 4096  # lines are cut here before parsing; a 1 MB line costs no more than this
@@ -66,18 +65,6 @@ def decode_line(raw: bytes | str, max_chars: int = MAX_LINE_CHARS) -> DecodedLin
         text = text[:max_chars]
         issue = issue or "truncated"
     return DecodedLine(text, issue)
-
-
-def looks_binary(path: Path, probe: int = 8192) -> bool:
-    """Whether a file's first bytes look like a binary file (NUL bytes or mostly control bytes)."""
-    with open(path, "rb") as handle:
-        head = handle.read(probe)
-    if not head:
-        return False
-    if b"\x00" in head:
-        return True
-    text = head.decode("latin-1")
-    return len(_CONTROL.findall(text)) > 0.1 * len(text)
 
 
 def read_log_file(path: str | Path) -> tuple[list[str], dict[str, int]]:
@@ -353,7 +340,7 @@ class LogTemplates:
         return out
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), json.dumps(self.to_dict()))
+        atomic_write(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> LogTemplates:
@@ -363,22 +350,3 @@ class LogTemplates:
         except (OSError, json.JSONDecodeError) as err:
             raise DataError(f"{path} is not a readable template file ({err})") from None
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old or the new content, never a torn one (tmp + fsync + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))

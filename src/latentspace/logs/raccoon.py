@@ -26,9 +26,9 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
+from ..core.data import atomic_write
 from ..core.dynamics import integrate
 from ..core.errors import CheckpointError
-from .parse import atomic_write_bytes, atomic_write_text
 
 
 class LatentSDE(nn.Module):
@@ -163,7 +163,7 @@ class RaccoonMemory:
     def save(self, path: str | Path) -> Path:
         """Write the memory to one safetensors file atomically (a crash leaves the previous file intact)."""
         path = Path(path)
-        atomic_write_bytes(path, self.to_bytes())
+        atomic_write(path, self.to_bytes())
         return path
 
     @classmethod
@@ -281,7 +281,7 @@ class RaccoonLearner:
         directory = Path(directory)
         self.model.save(directory / "model", metadata={"updates": self.updates})
         self.memory.save(directory / "memory.safetensors")
-        atomic_write_text(directory / "learner.json", json.dumps(
+        atomic_write(directory / "learner.json", json.dumps(
             {"updates": self.updates, "replay_ratio": self.replay_ratio, "lr": self.lr, "frozen": self.frozen,
              "steps": self.steps}))
         return directory

@@ -1,13 +1,50 @@
-"""`LTTConfig`: every setting of the Latent Trajectory Transformer, with defaults that train the char task on CPU."""
+"""`LTTConfig`: every setting of the Latent Trajectory Transformer, with defaults that train the char task on CPU;
+`EncoderConfig`: the sizes of its token encoder alone, which the apps (codesearch, logs) nest in their configs."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from ..core.config import Config
 from ..core.errors import ConfigError
 
 PRIORS = ("ode", "sde", "flow")
+
+
+@dataclasses.dataclass
+class EncoderConfig(Config):
+    """Sizes of the bidirectional transformer encoder (ltt.md "Understanding the Architecture")."""
+
+    d_model: int = 64
+    n_layers: int = 2  # transformer blocks
+    n_heads: int = 4
+    latent_dim: int = 16  # D: the width of the latent path
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("d_model", "n_layers", "n_heads", "latent_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"EncoderConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"EncoderConfig: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"EncoderConfig: dropout must be in [0, 1), got {self.dropout}")
+
+
+def nest_encoder_fields(saved: dict[str, Any]) -> dict[str, Any]:
+    """An app config saved before `EncoderConfig` (its sizes at the top level), with the sizes moved under "encoder".
+
+    Checkpoints of codesearch and logs written before the encoder had its own config still load; a config
+    that already has "encoder" is returned as it is.
+    """
+    if "encoder" in saved:
+        return saved
+    names = {field.name for field in dataclasses.fields(EncoderConfig)}
+    encoder = {name: value for name, value in saved.items() if name in names}
+    if not encoder:
+        return saved
+    return {**{name: value for name, value in saved.items() if name not in names}, "encoder": encoder}
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """The Latent Trajectory Transformer (ltt.md "Understanding the Architecture"), read top to bottom.
 
-`DeterministicEncoder` (bidirectional transformer: tokens (B, T) -> latent path z (B, T, D)), then
+`DeterministicEncoder` (encoder.py: bidirectional transformer, tokens (B, T) -> latent path z (B, T, D)), then
 `DiscreteObservation` (causal transformer on right-shifted tokens plus the projected path: logits (B, T, V)),
 then `LatentTrajectoryTransformer`, which joins them with a prior (priors.py) and holds the loss
 w_recon * CE + w_latent * Epps-Pulley + w_ode * prior matching, and sampling from the prior.
@@ -8,6 +8,7 @@ w_recon * CE + w_latent * Epps-Pulley + w_ode * prior matching, and sampling fro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -15,92 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.checkpoint import CheckpointMixin
-from ..core.errors import DataError
 from ..core.regularizers import epps_pulley
 from . import tasks
-from .config import LTTConfig
+from .config import EncoderConfig, LTTConfig
+from .encoder import Block, DeterministicEncoder
 from .priors import Prior, build_prior, euler_rollout
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with a boolean `allowed` mask (B or 1, 1, T, T): True where a query may look."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.n_heads = n_heads
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out = nn.Linear(d_model, d_model)
-        self.dropout = dropout
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=-1)  # 3 x (B, T, C)
-        q, k, v = (u.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for u in (q, k, v))  # (B, H, T, C/H)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=causal and allowed is None,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, C/H)
-        return self.out(y.transpose(1, 2).reshape(B, T, C))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(d_model)
-        self.attn = SelfAttention(d_model, n_heads, dropout)
-        self.ln2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model),
-                                 nn.Dropout(dropout))
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), allowed, causal)
-        return x + self.mlp(self.ln2(x))
-
-
-def _check_tokens(tokens: torch.Tensor, config: LTTConfig) -> None:
-    if tokens.dim() != 2:
-        raise DataError(f"tokens must be (B, T), got shape {tuple(tokens.shape)}")
-    if tokens.shape[1] > config.max_len:
-        raise DataError(f"sequence length {tokens.shape[1]} exceeds max_len={config.max_len}")
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= config.vocab_size):
-        raise DataError(f"token ids must be in [0, {config.vocab_size}), got [{int(tokens.min())}, "
-                        f"{int(tokens.max())}]")
-
-
-class DeterministicEncoder(nn.Module):
-    """Bidirectional transformer: tokens (B, T) -> latent path z (B, T, latent_dim); no sampling (ltt.md).
-
-    Padding positions (mask False) are removed from every attention, so the outputs at valid positions do
-    not depend on what the padding holds; each position may always attend to itself, so a padded position
-    gets a finite (meaningless) latent rather than NaN.
-    """
-
-    def __init__(self, config: LTTConfig):
-        super().__init__()
-        self.config = config
-        self.token_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.max_len, config.d_model)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config.d_model, config.n_heads, config.dropout)
-                                    for _ in range(config.n_layers))
-        self.ln_f = nn.LayerNorm(config.d_model)
-        self.proj = nn.Linear(config.d_model, config.latent_dim)
-
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encode tokens (B, T) with an optional validity mask (B, T) (True = real token) -> z (B, T, D)."""
-        _check_tokens(tokens, self.config)
-        B, T = tokens.shape
-        positions = torch.arange(T, device=tokens.device)
-        x = self.drop(self.token_emb(tokens) + self.pos_emb(positions))  # (B, T, C)
-        allowed = None
-        if mask is not None:
-            if mask.shape != tokens.shape:
-                raise DataError(f"mask shape {tuple(mask.shape)} differs from tokens shape {tuple(tokens.shape)}")
-            eye = torch.eye(T, dtype=torch.bool, device=tokens.device)
-            allowed = (mask.bool()[:, None, :] | eye).unsqueeze(1)  # (B, 1, T, T): keys that are real, or self
-        for block in self.blocks:
-            x = block(x, allowed)
-        return self.proj(self.ln_f(x))  # (B, T, D)
+def encoder_config(config: LTTConfig) -> EncoderConfig:
+    """The encoder's sizes: the fields of `LTTConfig` that `EncoderConfig` also has (the decoder shares them)."""
+    return EncoderConfig(**{field.name: getattr(config, field.name) for field in dataclasses.fields(EncoderConfig)})
 
 
 class DiscreteObservation(nn.Module):
@@ -151,7 +76,7 @@ class LatentTrajectoryTransformer(CheckpointMixin, nn.Module):
     def __init__(self, config: LTTConfig):
         super().__init__()
         self.config = config
-        self.encoder = DeterministicEncoder(config)
+        self.encoder = DeterministicEncoder(encoder_config(config), config.vocab_size, config.max_len)
         self.decoder = DiscreteObservation(config, start_token=tasks.START)
         self.prior: Prior = build_prior(config)
 

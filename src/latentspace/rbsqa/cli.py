@@ -9,6 +9,7 @@ import time
 import typer
 
 from ..core.config import config_command
+from ..core.data import looks_binary
 from ..core.errors import CheckpointError, DataError, require_dir, require_file
 from .config import RBSQAConfig
 
@@ -24,9 +25,9 @@ _COMMON = {
 
 
 def _setup():
-    import torch
+    from ..core.runs import set_threads
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    set_threads(2, at_most=True)
 
 
 def _check_inputs(config: RBSQAConfig, checkpoint: pathlib.Path | None = None) -> None:
@@ -164,7 +165,7 @@ def _evaluate_into(model, config: RBSQAConfig, run, quiet: bool):
 def _read_text(path: pathlib.Path) -> str:
     require_file(path, "--doc")
     raw = path.read_bytes()
-    if b"\x00" in raw[:4096]:
+    if looks_binary(raw):
         raise DataError(f"--doc {path} is a binary file; expected UTF-8 text")
     try:
         text = raw.decode("utf-8")
