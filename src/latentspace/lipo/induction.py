@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.data import find_dataset
+from ..core.data import atomic_write, find_dataset
 from ..core.errors import DataError
 
 DEV_TASKS = ("antonyms", "sentiment", "larger_animal", "first_word_letter", "singular_to_plural", "sum")
@@ -302,10 +302,7 @@ def write_table(path: str | Path, task: InductionTask, pool: Sequence[tuple[str,
              "instructions": [p[0] for p in pool], "sources": [p[1] for p in pool],
              "selection_inputs": [e.input for e in task.selection], "credit_inputs": [e.input for e in task.credit],
              "selection": selection, "credit": credit}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(table, indent=0) + "\n")
-    os.replace(tmp, path)  # atomic: a reader sees the old table or the new one
+    atomic_write(Path(path), json.dumps(table, indent=0) + "\n")
 
 
 def read_table(path: str | Path) -> dict:
