@@ -27,9 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from latentspace.core.runs import Run, markdown_table, set_threads  # noqa: E402
-from latentspace.core.training import TrainConfig  # noqa: E402
 from latentspace.ltt import tasks  # noqa: E402
-from latentspace.ltt.config import LTTConfig  # noqa: E402
+from latentspace.ltt.config import LTTConfig, LTTRunConfig  # noqa: E402
 from latentspace.ltt.plan import plan, reference_scores, rollout_drift, trajectory_distance  # noqa: E402
 from latentspace.ltt.train import (  # noqa: E402
     fit_prior,
@@ -79,13 +78,15 @@ def main() -> None:
     prior_steps = args.prior_steps or (200 if args.quick else 1000)
     started = time.time()
 
-    config = LTTConfig.from_dict({**LTTConfig().to_dict(), **parse_sets(args.set)})
-    train_config = TrainConfig(steps=steps, lr=args.lr, warmup_steps=100, log_every=20, eval_every=max(1, steps // 8),
-                               seed=0, cpu=args.cpu)
+    run_config = LTTRunConfig().override({
+        "model": parse_sets(args.set), "batch_size": args.batch_size,
+        "train": {"steps": steps, "lr": args.lr, "warmup_steps": 100, "log_every": 20, "eval_every": max(1, steps // 8),
+                  "seed": 0, "cpu": args.cpu}})
+    config, train_config = run_config.model, run_config.train
     with tempfile.TemporaryDirectory() as tmp:
         run = Run("ltt", "benchmark", root=tmp)
         t0 = time.time()
-        model, result = train(config, train_config, batch_size=args.batch_size, run=run, quiet=True)
+        model, result = train(config, train_config, batch_size=run_config.batch_size, run=run, quiet=True)
         train_s = time.time() - t0
         curve = run.read_metrics()
         run.plot_metrics(["loss", "recon", "ep", "ode", "eval_valid_frac"], filename="training.png",

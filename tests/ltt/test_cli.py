@@ -4,15 +4,18 @@ import json
 
 from typer.testing import CliRunner
 
+from latentspace.core.checkpoint import load_checkpoint
 from latentspace.ltt.cli import app
+from latentspace.ltt.config import LTTConfig, LTTRunConfig
 
 runner = CliRunner()
-TINY = ["--d-model", "16", "--latent-dim", "4", "--n-layers", "1", "--decoder-layers", "1", "--n-heads", "2",
-        "--prior-hidden", "16", "--seq-len", "8", "--block-len", "2", "--max-len", "12", "--ep-slices", "4"]
+TINY = ["--model.d-model", "16", "--model.latent-dim", "4", "--model.n-layers", "1", "--model.decoder-layers", "1",
+        "--model.n-heads", "2", "--model.prior-hidden", "16", "--model.seq-len", "8", "--model.block-len", "2",
+        "--model.max-len", "12", "--model.ep-slices", "4"]
 
 
 def test_train_sample_plan_evaluate(tmp_path):
-    out = runner.invoke(app, ["train", *TINY, "--steps", "4", "--batch-size", "8", "--runs-dir", str(tmp_path),
+    out = runner.invoke(app, ["train", *TINY, "--train.steps", "4", "--batch-size", "8", "--runs-dir", str(tmp_path),
                               "--name", "t", "--quiet", "--json"])
     assert out.exit_code == 0, out.output
     metrics = json.loads(out.output[out.output.index("{"):])
@@ -48,5 +51,38 @@ def test_train_sample_plan_evaluate(tmp_path):
 def test_bad_inputs_are_clear_errors(tmp_path):
     out = runner.invoke(app, ["sample", "--checkpoint", str(tmp_path / "missing")])
     assert out.exit_code != 0
-    out = runner.invoke(app, ["train", "--prior", "gru", "--steps", "1", "--runs-dir", str(tmp_path)])
+    out = runner.invoke(app, ["train", "--model.prior", "gru", "--train.steps", "1", "--runs-dir", str(tmp_path)])
     assert out.exit_code != 0 and "unknown prior" in str(out.exception) + out.output
+
+
+def test_train_options_and_preset_precedence(tmp_path):
+    """--help lists the dotted options; --train.steps reaches training; an option beats the preset; the model
+    checkpoint still holds the model config alone (LTTConfig), the run's config.json the whole tree."""
+    res = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    for flag in ("--train.steps", "--train.lr", "--train.seed", "--train.warmup-steps", "--model.d-model",
+                 "--model.prior", "--batch-size", "--preset", "--config"):
+        assert flag in res.output, flag
+    for gone in ("--steps ", "--lr ", "--seed ", "--d-model "):
+        assert gone not in res.output, gone
+    res = runner.invoke(app, ["train", "--preset", "tiny", "--model.d-model", "16", "--model.seq-len", "8",
+                              "--model.block-len", "2", "--model.max-len", "12", "--train.steps", "3",
+                              "--batch-size", "4", "--runs-dir", str(tmp_path), "--name", "p", "--quiet", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{"):])["steps"] == 3
+    run = tmp_path / "ltt" / "p"
+    saved = LTTRunConfig.from_json(run / "config.json")
+    assert saved.train.steps == 3 and saved.batch_size == 4
+    assert saved.model.d_model == 16 and saved.model.latent_dim == 8  # the option beat the preset's 32; the rest
+    assert saved.train.warmup_steps == 100 and saved.train.eval_every == 300  # the defaults of `ltt train`
+    header, _ = load_checkpoint(run / "checkpoints" / "last" / "model", "ltt")
+    assert LTTConfig.from_dict(header["config"]) == saved.model
+
+
+def test_run_config_defaults_are_the_old_command_defaults():
+    """1500 steps at 1e-3, batch 64, warm-up min(100, 1500 // 10), an evaluation every 1500 // 5 steps."""
+    config = LTTRunConfig()
+    assert config.model == LTTConfig() and config.batch_size == 64
+    t = config.train
+    assert (t.steps, t.lr, t.warmup, t.log_every, t.eval_every, t.seed, t.grad_clip) == (1500, 1e-3, 100, 10, 300,
+                                                                                         0, 1.0)

@@ -10,13 +10,12 @@ import typer
 
 from ..core.config import config_command
 from ..core.errors import CheckpointError, require_dir
-from .config import LTTConfig
+from .config import LTTRunConfig
 
 app = typer.Typer(help="Latent Trajectory Transformer: char task, ODE/SDE/flow priors, latent planning.",
                   no_args_is_help=True)
 
 DEFAULT_RUN = "default"
-DEFAULT_STEPS = 1500
 
 
 def _checkpoint_dir(checkpoint: Path | None, runs_dir: Path) -> Path:
@@ -47,20 +46,19 @@ def _emit(data: dict, as_json: bool, quiet: bool) -> None:
             console.print(f"[bold]{key}[/bold]: {value}")
 
 
-def train_run(config: LTTConfig, steps: int, lr: float, batch_size: int, name: str, runs_dir: Path,
-              resume: bool = False, quiet: bool = False, seed: int = 0, run_path: Path | None = None) -> dict:
+def train_run(config: LTTRunConfig, name: str, runs_dir: Path, resume: bool = False, quiet: bool = False,
+              run_path: Path | None = None) -> dict:
     """Train on the char task into runs/ltt/<name>/ (or run_path); returns headline metrics and the run."""
     import torch
 
     from ..core.runs import Run
-    from ..core.training import TrainConfig
     from .train import evaluate_validity, sample_table, train
 
+    seed = config.train.seed
     torch.manual_seed(seed)
     run = Run("ltt", name, root=runs_dir, path=run_path)
-    train_config = TrainConfig(steps=steps, lr=lr, warmup_steps=min(100, steps // 10), log_every=10,
-                               eval_every=max(1, steps // 5), seed=seed, grad_clip=1.0)
-    model, result = train(config, train_config, batch_size=batch_size, run=run, resume=resume, quiet=quiet)
+    model, result = train(config.model, config.train, batch_size=config.batch_size, run=run, resume=resume,
+                          quiet=quiet)
     valid = evaluate_validity(model, 256, seed=seed + 1)
     run.log(result.step, valid_frac_ode=valid)
     run.plot_metrics(["loss", "recon", "ep", "ode"], filename="loss.png", title="LTT training", logy=True)
@@ -72,18 +70,15 @@ def train_run(config: LTTConfig, steps: int, lr: float, batch_size: int, name: s
     return {"metrics": metrics, "run": run, "table": table, "model": model}
 
 
-@config_command(app, "train", LTTConfig, help="Train the LTT on the char task (`?X>` + 64 chars, one 8-letter block).",
-                steps=(int, typer.Option(DEFAULT_STEPS, help="Optimizer steps.")),
-                lr=(float, typer.Option(1e-3, help="Peak learning rate.")),
-                batch_size=(int, typer.Option(64, help="Sequences per step.")),
+@config_command(app, "train", LTTRunConfig,
+                help="Train the LTT on the char task (`?X>` + 64 chars, one 8-letter block).",
                 name=(str, typer.Option(DEFAULT_RUN, help="Run name: runs/ltt/<name>/.")),
                 runs_dir=(Path, typer.Option(Path("runs"), help="Root of the run folders.")),
                 resume=(bool, typer.Option(False, help="Continue from the run's last checkpoint.")),
-                seed=(int, typer.Option(0, help="Random seed.")),
                 quiet=(bool, typer.Option(False, "--quiet", help="No progress bar.")),
                 as_json=(bool, typer.Option(False, "--json", help="Print the metrics as JSON.")))
-def train_command(config: LTTConfig, steps, lr, batch_size, name, runs_dir, resume, seed, quiet, as_json):
-    out = train_run(config, steps, lr, batch_size, name, runs_dir, resume, quiet, seed)
+def train_command(config: LTTRunConfig, name, runs_dir, resume, quiet, as_json):
+    out = train_run(config, name, runs_dir, resume, quiet)
     _emit({**out["metrics"], "run": str(out["run"].path)}, as_json, quiet)
 
 
@@ -181,8 +176,9 @@ def demo(out_dir: pathlib.Path, quiet: bool):
     from ..core.runs import DemoResult
     from .train import latent_usage, validity_report
 
-    out = train_run(LTTConfig(), steps=400, lr=2e-3, batch_size=64, name="demo", runs_dir=Path(out_dir), quiet=quiet,
-                    run_path=Path(out_dir))
+    # 400 steps at 2e-3, with the warm-up (min(100, steps // 10)) and evaluation interval (steps // 5) of 400 steps
+    config = LTTRunConfig().override({"train": {"steps": 400, "lr": 2e-3, "warmup_steps": 40, "eval_every": 80}})
+    out = train_run(config, name="demo", runs_dir=Path(out_dir), quiet=quiet, run_path=Path(out_dir))
     report = {**validity_report(out["model"], n=128, prior_steps=100), **latent_usage(out["model"], 128)}
     run = out["run"]
     metrics = {**out["metrics"], **report}

@@ -1,5 +1,8 @@
 """`LTTConfig`: every setting of the Latent Trajectory Transformer, with defaults that train the char task on CPU;
-`EncoderConfig`: the sizes of its token encoder alone, which the apps (codesearch, logs) nest in their configs."""
+`EncoderConfig`: the sizes of its token encoder alone, which the apps (codesearch, logs) nest in their configs;
+`LTTRunConfig`: one `ltt train` run (the model, the optimiser, the batch size), the one config tree of that command.
+
+Checkpoints save the model config (`LTTConfig`) alone, as before; the run's `config.json` holds the whole tree."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 
 from ..core.config import Config
 from ..core.errors import ConfigError
+from ..core.training import TrainConfig
 
 PRIORS = ("ode", "sde", "flow")
 
@@ -103,3 +107,33 @@ class LTTConfig(Config):
                 raise ConfigError(f"LTTConfig: {name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"LTTConfig: dropout must be in [0, 1), got {self.dropout}")
+
+
+def _train_defaults() -> TrainConfig:
+    """The optimiser of `ltt train`: 1500 steps at 1e-3, warm-up 100 and an evaluation every 300 steps.
+
+    These are the values the command computed from its default 1500 steps before it had a run config
+    (warm-up min(100, steps // 10), eval_every steps // 5); they do not follow `--train.steps`, so a run of
+    another length sets `--train.warmup-steps` and `--train.eval-every` itself if it wants them to scale.
+    """
+    return TrainConfig(steps=1500, lr=1e-3, warmup_steps=100, log_every=10, eval_every=300, seed=0, grad_clip=1.0)
+
+
+@dataclasses.dataclass
+class LTTRunConfig(Config):
+    """One `ltt train` run: the model, the optimiser and the batch size.
+
+    `train.seed` is the run's one seed: the model's initialisation, the generated batches, the evaluation
+    samples and the sample table.
+    """
+
+    model: LTTConfig = dataclasses.field(default_factory=LTTConfig)
+    train: TrainConfig = dataclasses.field(default_factory=_train_defaults)
+    batch_size: int = dataclasses.field(default=64, metadata={"help": "Sequences per step."})
+
+    # the model presets, as presets of the run (`--preset tiny` = LTTConfig.preset("tiny") as the model)
+    PRESETS = {name: {"model": dict(changes)} for name, changes in LTTConfig.PRESETS.items()}
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ConfigError(f"LTTRunConfig: batch_size must be >= 1, got {self.batch_size}")
