@@ -22,8 +22,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import machine  # noqa: E402
 
-from latentspace.codesearch.evaluate import EvalConfig, build_dataset, plot_metrics, run_evaluation  # noqa: E402
-from latentspace.codesearch.index import CodeIndex, IndexConfig, build_index  # noqa: E402
+from latentspace.codesearch.config import EvalConfig, IndexConfig  # noqa: E402
+from latentspace.codesearch.evaluate import build_dataset, plot_metrics, run_evaluation  # noqa: E402
+from latentspace.codesearch.index import CodeIndex, build_index  # noqa: E402
 from latentspace.codesearch.snippets import extract_snippets, read_source, walk_files  # noqa: E402
 from latentspace.core.runs import markdown_table, set_threads  # noqa: E402
 
@@ -95,9 +96,9 @@ def main() -> None:
 
     faiss.omp_set_num_threads(args.threads)
     started = time.time()
-    steps = args.steps or (150 if args.quick else EvalConfig().encoder_steps)
-    eval_config = EvalConfig(encoder_steps=steps, max_pool=400 if args.quick else 4000,
-                             max_queries=200 if args.quick else 1000)
+    steps = args.steps or (150 if args.quick else EvalConfig().ltt.train.steps)
+    eval_config = EvalConfig(max_pool=400 if args.quick else 4000,
+                             max_queries=200 if args.quick else 1000).override({"ltt.train.steps": steps})
     print(f"[quality] {eval_config}", flush=True)
     encoders: dict = {}
     quality = run_evaluation(eval_config, quiet=True, encoders_out=encoders)

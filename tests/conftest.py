@@ -19,9 +19,12 @@ def _seed():
 
 
 def save_as_before_encoder_config(model, directory):
-    """Save an app model (codesearch, logs) with its config laid out as before `EncoderConfig`: sizes at the top."""
+    """Save an app model (codesearch, logs) with its config laid out as before `EncoderConfig` and the nested
+    `train`: sizes at the top, and of the training only `steps`, `lr` and `seed`, at the top too."""
     model.save(directory)
     header_path = directory / "config.json"
     header = json.loads(header_path.read_text())
     header["config"].update(header["config"].pop("encoder"))
+    train = header["config"].pop("train")
+    header["config"].update({key: train[key] for key in ("steps", "lr", "seed")})
     header_path.write_text(json.dumps(header))

@@ -69,3 +69,27 @@ def test_refuses_to_write_into_a_folder_that_is_not_an_index(repo, tmp_path):
     result = runner.invoke(app, ["index", str(repo), "--output", str(tmp_path / "notes"), "--encoders", ""])
     assert isinstance(result.exception, DataError)
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+def test_index_and_evaluate_options_come_from_their_run_configs(repo, tmp_path, monkeypatch):
+    """--help lists the dotted options of the nested code encoder; --ltt.train.steps reaches the trained encoder
+    and beats --preset tiny, whose other settings stay."""
+    from latentspace.codesearch.index import CodeIndex
+
+    monkeypatch.chdir(tmp_path)
+    for verb in ("index", "evaluate"):
+        res = runner.invoke(app, [verb, "--help"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, res.output
+        for flag in ("--ltt.train.steps", "--ltt.train.lr", "--ltt.train.seed", "--ltt.encoder.d-model",
+                     "--ltt.embed-dim", "--ltt.batch-size", "--preset", "--config"):
+            assert flag in res.output, (verb, flag)
+        assert "--encoder-steps" not in res.output and "--encoder-preset" not in res.output
+    out = tmp_path / "idx"
+    res = runner.invoke(app, ["index", str(repo), "--output", str(out), "--encoders", "ltt", "--preset", "tiny",
+                              "--ltt.train.steps", "3", "--ltt.embed-dim", "16", "--quiet", "--json"])
+    assert res.exit_code == 0, res.output
+    index = CodeIndex.load(out)
+    assert index.config.ltt.train.steps == 3 and index.config.ltt.embed_dim == 16  # the options beat the preset
+    assert index.config.ltt.encoder.d_model == 32 and index.config.ltt.max_words == 2000  # the rest of the preset
+    trained = index.encoder("ltt").config
+    assert trained.train.steps == 3 and trained.embed_dim == 16 and trained.encoder.d_model == 32

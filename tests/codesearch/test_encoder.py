@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from latentspace.codesearch.config import CodeEncoderConfig, EvalConfig, IndexConfig
 from latentspace.codesearch.encoder import (
     CodeEncoder,
-    CodeEncoderConfig,
     contrastive_loss,
     contrastive_loss_reference,
     train_code_encoder,
 )
-from latentspace.codesearch.index import CodeIndex, IndexConfig, build_index
+from latentspace.codesearch.index import CodeIndex, build_index
 from latentspace.codesearch.tokens import Vocabulary
 from latentspace.core.errors import CheckpointError, DataError
 
@@ -77,7 +77,7 @@ def _synthetic_pairs(n=240, seed=0):
 
 def test_tiny_encoder_learns_beyond_chance():
     pairs = _synthetic_pairs()
-    model = train_code_encoder(pairs, TINY.replace(steps=40, lr=5e-3))
+    model = train_code_encoder(pairs, TINY.override({"train": {"steps": 40, "lr": 5e-3}}))
     test = _synthetic_pairs(60, seed=1)
     query = model.encode_query([q for q, _ in test])
     code = model.encode_code([c for _, c in test])
@@ -110,7 +110,7 @@ def test_checkpoint_saved_before_encoder_config_loads(tmp_path):
 
 def test_index_with_the_ltt_encoder_saves_and_reloads(repo, tmp_path):
     config = IndexConfig(encoders="ltt")
-    index = build_index(repo, config, encoder_config=TINY.replace(steps=20))
+    index = build_index(repo, config, encoder_config=TINY.override({"train.steps": 20}))
     assert index.parts == ["bm25", "ltt"] and index.stats["n_train_pairs"] >= 8
     index.save(tmp_path / "idx")
     loaded = CodeIndex.load(tmp_path / "idx")
@@ -121,3 +121,25 @@ def test_index_with_the_ltt_encoder_saves_and_reloads(repo, tmp_path):
     again = build_index(repo, config, previous=loaded)  # incremental: the trained encoder is kept
     assert again.encoder("ltt") is loaded.encoder("ltt") and again.stats["n_snippets_reused"] == len(index)
     np.testing.assert_array_equal(again.vectors["ltt"], loaded.vectors["ltt"])
+
+
+def test_configs_saved_before_the_nested_train_load():
+    """An encoder config with flat steps / lr / seed, and a run config with encoder_preset / encoder_steps."""
+    old = {**{k: v for k, v in TINY.to_dict().items() if k != "train"}, "steps": 30, "lr": 1e-2, "seed": 3}
+    config = CodeEncoderConfig.from_dict(old)
+    assert config == TINY.override({"train": {"steps": 30, "lr": 1e-2, "seed": 3}})
+    assert config.train.warmup == 3 and config.train.weight_decay == 0.01  # what training ran with
+    index = IndexConfig.from_dict({"encoders": "ltt", "encoder_preset": "tiny", "encoder_steps": 25, "rrf_k": 5.0})
+    assert index.ltt == TINY.override({"train.steps": 25}) and index.encoders == "ltt"
+    assert IndexConfig.from_dict(IndexConfig().to_dict()) == IndexConfig()
+    evaluation = EvalConfig.from_dict({"encoder_preset": "base", "encoder_steps": 5, "seed": 2, "max_pool": 9})
+    assert evaluation.ltt == CodeEncoderConfig.preset("base").override({"train": {"steps": 5, "seed": 2}})
+    assert evaluation.seed == 2 and evaluation.max_pool == 9
+
+
+def test_default_training_is_the_old_one():
+    """800 steps at 2e-3, warm-up min(50, steps // 10), weight decay 0.01, log every 10 steps, CPU, seed 0."""
+    t = CodeEncoderConfig().train
+    assert (t.steps, t.lr, t.warmup, t.weight_decay, t.log_every, t.seed, t.cpu) == (800, 2e-3, 50, 0.01, 10, 0, True)
+    assert CodeEncoderConfig.preset("tiny").train.warmup == 6
+    assert IndexConfig().ltt == CodeEncoderConfig.preset("small") == EvalConfig().ltt

@@ -2,8 +2,8 @@
 
 import pytest
 
+from latentspace.codesearch.config import EvalConfig
 from latentspace.codesearch.evaluate import (
-    EvalConfig,
     build_dataset,
     held_out,
     package_examples,

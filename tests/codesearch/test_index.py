@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
+from latentspace.codesearch.config import IndexConfig
 from latentspace.codesearch.index import (
     BM25Part,
     CodeIndex,
     DensePart,
-    IndexConfig,
     IndexFormatError,
     build_index,
     reciprocal_rank_fusion,

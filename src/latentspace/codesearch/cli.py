@@ -13,8 +13,7 @@ from rich.console import Console
 
 from ..core.config import config_command
 from ..core.errors import DataError, require_path
-from .evaluate import EvalConfig
-from .index import IndexConfig
+from .config import EvalConfig, IndexConfig
 
 app = typer.Typer(help="Semantic code search: BM25 + LTT/MiniLM dense vectors, fused by reciprocal rank.",
                   no_args_is_help=True)
@@ -180,7 +179,7 @@ def evaluate_into_run(config: EvalConfig, run, quiet: bool) -> dict:
 
     run.write_config(config)
     result = run_evaluation(config, run=run, quiet=quiet)
-    run.log(config.encoder_steps + 1, **result["metrics"])
+    run.log(config.ltt.train.steps + 1, **result["metrics"])
     plot_metrics(result["metrics"], run.plots_dir / "retrieval.png")
     run.plot_metrics(["loss", "in_batch_acc"], filename="ltt_training.png", title="LTT code encoder training")
     (run.path / "result.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -213,7 +212,7 @@ def demo(out_dir: pathlib.Path, quiet: bool):
     run = Run("codesearch", path=out_dir)
     source = pathlib.Path(__file__).resolve().parents[1]
     start = time.perf_counter()
-    index = build_index(source, IndexConfig(encoders="ltt", encoder_steps=150), quiet=quiet)
+    index = build_index(source, IndexConfig(encoders="ltt").override({"ltt.train.steps": 150}), quiet=quiet)
     index.save(out_dir / "code_index")
     index_s = time.perf_counter() - start
     queries = ["save a checkpoint atomically", "reciprocal rank fusion of ranked lists",
@@ -223,7 +222,7 @@ def demo(out_dir: pathlib.Path, quiet: bool):
         hit = index.search(query, 1)
         rows.append([query, f"{hit[0].snippet.path}:{hit[0].snippet.start_line} {hit[0].snippet.symbol}" if hit
                      else "-"])
-    config = EvalConfig(max_queries=300, max_pool=600, encoder_steps=200, max_train_pairs=4000)
+    config = EvalConfig(max_queries=300, max_pool=600, max_train_pairs=4000).override({"ltt.train.steps": 200})
     result = evaluate_into_run(config, run, quiet)
     m = result["metrics"]
     metrics = {"index_snippets": len(index), "index_s": round(index_s, 1),

@@ -13,7 +13,6 @@ sentence-transformers model (default: the packaged all-MiniLM-L6-v2, offline).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -25,41 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.checkpoint import CheckpointMixin
-from ..core.config import Config
 from ..core.errors import CheckpointError, DataError
-from ..ltt.config import EncoderConfig, nest_encoder_fields
+from ..ltt.config import nest_encoder_fields
 from ..ltt.encoder import DeterministicEncoder
+from .config import CodeEncoderConfig
 from .tokens import Vocabulary
 
 log = logging.getLogger("latentspace")
-
-
-@dataclasses.dataclass
-class CodeEncoderConfig(Config):
-    """The LTT code encoder: sizes of the DeterministicEncoder, the heads and the training schedule."""
-
-    vocab_size: int = 0  # set from the vocabulary when the encoder is built
-    max_words: int = 16000
-    hash_buckets: int = 2048
-    # the LTT DeterministicEncoder (the context path)
-    encoder: EncoderConfig = dataclasses.field(default_factory=lambda: EncoderConfig(n_layers=1, latent_dim=64))
-    context: bool = True  # False: word path only (a trained, IDF-pooled bag of words)
-    embed_dim: int = 256  # width of the word path, the pooled vector and the output
-    max_code_tokens: int = 64
-    max_query_tokens: int = 32
-    temperature: float = 0.05
-    steps: int = 800
-    batch_size: int = 64
-    lr: float = 2e-3
-    seed: int = 0
-
-    PRESETS = {
-        "tiny": {"encoder": {"d_model": 32, "n_layers": 1, "n_heads": 2, "latent_dim": 32}, "embed_dim": 32,
-                 "steps": 60, "batch_size": 32, "max_code_tokens": 64, "max_words": 2000, "hash_buckets": 256},
-        "small": {},
-        "base": {"encoder": {"d_model": 128, "n_layers": 2, "latent_dim": 128}, "max_code_tokens": 128,
-                 "batch_size": 128},
-    }
 
 
 class CodeEncoder(CheckpointMixin, nn.Module):
@@ -194,26 +165,26 @@ def train_code_encoder(pairs: Sequence[tuple[str, str]], config: CodeEncoderConf
 
     Args:
         pairs: the self-supervised pairs; at least 2.
-        config: sizes and schedule (default CodeEncoderConfig()).
+        config: sizes and training (`config.train`; default CodeEncoderConfig()).
         run: a `core.runs.Run` for metrics.jsonl and checkpoints (optional).
         vocab_texts: texts the vocabulary is built from (default: both sides of the pairs); they are also the
             documents of the IDF that seeds the pooling (default: the code side of the pairs).
     """
-    from ..core.training import TrainConfig, fit
+    from ..core.training import fit
 
     config = config or CodeEncoderConfig()
     if len(pairs) < 2:
         raise DataError(f"the LTT encoder needs at least 2 (docstring, code) pairs to train on, got {len(pairs)}")
     texts = vocab_texts if vocab_texts is not None else [t for pair in pairs for t in pair]
     vocab = Vocabulary.build(texts, config.max_words, hash_buckets=config.hash_buckets)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.train.seed)
     model = CodeEncoder(config, vocab)
     model.set_idf(vocab_texts if vocab_texts is not None else [c for _, c in pairs])
     queries, q_mask = model.tokenize([q for q, _ in pairs], "query")  # (N, Tq)
     codes, c_mask = model.tokenize([c for _, c in pairs], "code")  # (N, Tc)
     batch_size = min(config.batch_size, len(pairs))
-    generator = torch.Generator().manual_seed(config.seed)
-    epochs = math.ceil(config.steps * batch_size / len(pairs)) + 1
+    generator = torch.Generator().manual_seed(config.train.seed)
+    epochs = math.ceil(config.train.steps * batch_size / len(pairs)) + 1
     order = torch.cat([torch.randperm(len(pairs), generator=generator) for _ in range(epochs)])
 
     def batch(step: int):
@@ -231,9 +202,7 @@ def train_code_encoder(pairs: Sequence[tuple[str, str]], config: CodeEncoderConf
             accuracy = ((query @ code.T).argmax(1) == torch.arange(len(q))).float().mean()
         return loss, {"in_batch_acc": float(accuracy)}
 
-    train_config = TrainConfig(steps=config.steps, lr=config.lr, warmup_steps=min(50, config.steps // 10),
-                               weight_decay=0.01, log_every=10, seed=config.seed, cpu=True)
-    fit(model, loss_fn, batch, train_config, run=run, quiet=quiet, description="training LTT code encoder")
+    fit(model, loss_fn, batch, config.train, run=run, quiet=quiet, description="training LTT code encoder")
     return model.eval()
 
 

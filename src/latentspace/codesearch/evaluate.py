@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import Config
 from ..core.errors import DataError, require_path
+from .config import EvalConfig
 from .index import RRF_K, BM25Part, DensePart
 from .snippets import extract_snippets, first_sentence, read_source, walk_files
 
@@ -36,26 +36,6 @@ log = logging.getLogger("latentspace")
 
 STDLIB_SKIP = {"test", "idlelib", "lib2to3", "ensurepip", "turtledemo", "site-packages", "dist-packages",
                "lib-dynload", "__pycache__", "__phello__", "pydoc_data", "config"}
-
-
-@dataclasses.dataclass
-class EvalConfig(Config):
-    """What the retrieval benchmark evaluates, on what, and how big."""
-
-    packages: str = "stdlib"  # "stdlib" and/or comma-separated installed package names or folders
-    # installed packages whose functions only train the LTT encoder (never evaluated); missing ones are skipped
-    train_packages: str = "numpy,scipy,pandas,sklearn,sympy,networkx,matplotlib,statsmodels"
-    eval_fraction: float = 0.25  # share of packages held out (by a stable hash of the name)
-    validation_fraction: float = 0.2  # share of the other packages kept for choosing the fusion weights
-    max_validation: int = 400
-    max_queries: int = 1000
-    max_pool: int = 4000  # searched functions: the query targets plus other held-out functions
-    max_train_pairs: int = 60000
-    methods: str = "bm25,minilm,ltt"
-    encoder_preset: str = "small"
-    encoder_steps: int = 800
-    min_query_words: int = 4
-    seed: int = 0
 
 
 @dataclasses.dataclass
@@ -268,11 +248,9 @@ def run_evaluation(config: EvalConfig, run=None, quiet: bool = True, depth: int 
             continue
         t = time.perf_counter()
         if name == "ltt":
-            from .encoder import CodeEncoderConfig, train_code_encoder
+            from .encoder import train_code_encoder
 
-            enc_config = CodeEncoderConfig.preset(config.encoder_preset).replace(steps=config.encoder_steps,
-                                                                                 seed=config.seed)
-            encoder = train_code_encoder([(e.query, e.code) for e in train], enc_config, run=run, quiet=quiet)
+            encoder = train_code_encoder([(e.query, e.code) for e in train], config.ltt, run=run, quiet=quiet)
             timings["ltt_train_s"] = time.perf_counter() - t
             t = time.perf_counter()
         else:

@@ -25,10 +25,10 @@ import numpy as np
 from safetensors import SafetensorError
 
 from .. import __version__
-from ..core.config import Config
 from ..core.data import atomic_folder, atomic_write, read_jsonl
 from ..core.errors import DataError
 from ..core.progress import track
+from .config import IndexConfig
 from .snippets import SkippedFile, Snippet, extract_snippets, first_sentence, read_source, walk_files
 from .tokens import bm25_tokens
 
@@ -43,45 +43,6 @@ RRF_K = 60
 
 class IndexFormatError(DataError):
     """An index folder that is missing, corrupt, of another format or of another format version."""
-
-
-@dataclasses.dataclass
-class IndexConfig(Config):
-    """How a tree is indexed."""
-
-    encoders: str = "ltt"  # comma-separated dense encoders: ltt, minilm, any sentence-transformers id/path; "" none
-    snippet_lines: int = 20
-    overlap: int = 5
-    max_file_bytes: int = 1_000_000
-    max_snippet_lines: int = 200
-    encoder_preset: str = "small"  # CodeEncoderConfig preset of the LTT encoder
-    encoder_steps: int = 800  # training steps of the LTT encoder on the indexed corpus
-    min_train_pairs: int = 16  # fewer docstring pairs: add (symbol name, code) pairs
-    # weighted reciprocal-rank fusion: "part=weight,..." (parts not named weigh 1), and RRF's k. The defaults
-    # are those chosen for the default parts (bm25 + ltt) on the validation packages of benchmarks/codesearch.py
-    # (docs/codesearch.md); minilm, when added, weighs 1.
-    fusion_weights: str = "bm25=1,ltt=0.75,minilm=1"
-    rrf_k: float = 5.0
-
-    def encoder_names(self) -> list[str]:
-        return [canonical_encoder(n) for n in self.encoders.split(",") if n.strip()]
-
-    def weights(self) -> dict[str, float]:
-        """Part name -> fusion weight, from `fusion_weights`."""
-        out = {}
-        for item in [i.strip() for i in self.fusion_weights.split(",") if i.strip()]:
-            name, _, value = item.partition("=")
-            try:
-                out[canonical_encoder(name)] = float(value)
-            except ValueError:
-                raise DataError(f"fusion weight {item!r} is not NAME=NUMBER (e.g. 'bm25=1,ltt=0.5')") from None
-        return out
-
-
-def canonical_encoder(name: str) -> str:
-    name = name.strip()
-    aliases = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
-    return "minilm" if name.lower() in aliases else name
 
 
 @dataclasses.dataclass
@@ -482,7 +443,7 @@ def build_index(root: str | Path, config: IndexConfig | None = None, previous: C
         previous: an index of the same tree to update incrementally.
         retrain: train the LTT encoder again even if `previous` holds one.
         skipped: receives the files left out and why.
-        encoder_config: a CodeEncoderConfig overriding `config.encoder_preset` / `encoder_steps`.
+        encoder_config: a CodeEncoderConfig to train the LTT encoder with instead of `config.ltt`.
         loaded_encoders: encoders already in memory, by name (a trained CodeEncoder under "ltt" is used as is,
             not trained again).
 
@@ -544,14 +505,12 @@ def build_index(root: str | Path, config: IndexConfig | None = None, previous: C
             if reuse and not retrain:
                 encoders[name] = previous.encoder("ltt")
             else:
-                from .encoder import CodeEncoderConfig, train_code_encoder
+                from .encoder import train_code_encoder
 
                 t = time.perf_counter()
                 pairs = corpus_pairs(snippets, config.min_train_pairs)
                 n_pairs = len(pairs)
-                enc_config = encoder_config or CodeEncoderConfig.preset(config.encoder_preset).replace(
-                    steps=config.encoder_steps)
-                encoders[name] = train_code_encoder(pairs, enc_config, quiet=quiet,
+                encoders[name] = train_code_encoder(pairs, encoder_config or config.ltt, quiet=quiet,
                                                     vocab_texts=[s.text for s in snippets[:50000]] + [
                                                         q for q, _ in pairs])
                 timings["ltt_train_s"] = time.perf_counter() - t
