@@ -22,7 +22,7 @@ from _common import machine as machine_info
 from latentspace.core.data import find_dataset
 from latentspace.core.runs import markdown_table, set_threads
 from latentspace.logs.baselines import drain_lr, tfidf_lr
-from latentspace.logs.config import LogsConfig
+from latentspace.logs.config import LogsConfig, train_schedule
 from latentspace.logs.data import load_examples, split
 from latentspace.logs.drift import plot_drift, run_drift
 from latentspace.logs.parse import prepare, read_log_file
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def task_scores(config: LogsConfig) -> dict:
     """Model, Drain3+LR and TF-IDF+LR on the task's held-out split (the same split for all three)."""
-    train, test = split(load_examples(config.task, config.system_list()), config.test_frac, config.seed)
+    train, test = split(load_examples(config.task, config.system_list()), config.test_frac, config.train.seed)
     start = time.perf_counter()
     model = train_classifier(config, train)
     train_s = time.perf_counter() - start
@@ -94,13 +94,14 @@ def main() -> None:
     steps = 120 if args.quick else 400
     per_stream, per_test = (150, 100) if args.quick else (600, 300)
 
-    bgl, bgl_model = task_scores(LogsConfig(task="bgl_alert", steps=steps))
+    schedule = {"train": train_schedule(steps)}  # warm-up min(20, steps // 10), as always
+    bgl, bgl_model = task_scores(LogsConfig(task="bgl_alert").override(schedule))
     print("bgl", json.dumps(bgl), flush=True)
     severity = None
     if not args.quick:
-        severity, _ = task_scores(LogsConfig(task="severity", steps=steps))
+        severity, _ = task_scores(LogsConfig(task="severity").override(schedule))
         print("severity", json.dumps(severity), flush=True)
-    drift = run_drift(LogsConfig(task="severity", steps=steps), per_system_stream=per_stream,
+    drift = run_drift(LogsConfig(task="severity").override(schedule), per_system_stream=per_stream,
                       per_system_test=per_test, eval_every=300 if not args.quick else 150)
     for method, result in drift.items():
         print("drift", method, json.dumps(result.metrics), flush=True)

@@ -34,7 +34,7 @@ GRID = [  # (update_lr, update_steps, replay_ratio)
 def main() -> None:
     set_threads(1)
     started = time.perf_counter()
-    config = LogsConfig(task="severity", steps=400)
+    config = LogsConfig(task="severity")  # 400 steps, the default
     base_train, _, _ = prepare_drift(config, per_system_stream=500, per_system_test=300, validation=True)
     base = train_classifier(config, base_train)
     rows, results = [], []

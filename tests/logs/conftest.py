@@ -8,12 +8,16 @@ import pytest
 import torch
 
 from latentspace.core.data import find_dataset
-from latentspace.logs.config import LogsConfig
+from latentspace.logs.config import LogsConfig, train_schedule
 from latentspace.logs.data import Examples
 
 
 def tiny_config(**changes) -> LogsConfig:
-    return LogsConfig.preset("tiny").replace(**changes)
+    """The tiny preset with `changes`; `steps`, `lr` and `seed` go to `train` (steps with its old schedule)."""
+    train = {key: changes.pop(key) for key in ("steps", "lr", "seed") if key in changes}
+    if "steps" in train:
+        train.update(train_schedule(train["steps"]))
+    return LogsConfig.preset("tiny").override({**changes, "train": train})
 
 
 def synthetic_severity(n: int = 200, seed: int = 0) -> Examples:

@@ -3,6 +3,7 @@ import json
 from typer.testing import CliRunner
 
 from latentspace.logs.cli import app
+from latentspace.logs.config import LogsConfig
 
 runner = CliRunner()
 TINY = ["--hash-buckets", "512", "--max-len", "24", "--encoder.d-model", "32", "--encoder.n-layers", "1",
@@ -11,7 +12,7 @@ TINY = ["--hash-buckets", "512", "--max-len", "24", "--encoder.d-model", "32", "
 
 def test_train_classify_stream_evaluate(loghub, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["train", "--steps", "30", "--name", "t", "--quiet", "--json", *TINY,
+    result = runner.invoke(app, ["train", "--train.steps", "30", "--name", "t", "--quiet", "--json", *TINY,
                                  "--data-dir", str(loghub.parent)])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
@@ -47,3 +48,24 @@ def test_bad_input_gives_clean_errors(tmp_path):
     assert isinstance(result.exception, LatentspaceError) and "neither" in str(result.exception)
     result = runner.invoke(app, ["train", "--task", "nope"])
     assert isinstance(result.exception, LatentspaceError)
+
+
+def test_train_options_and_preset_precedence(loghub, tmp_path, monkeypatch):
+    """--help lists the dotted options; --train.steps reaches training and beats --preset tiny, whose other
+    settings (and its warm-up) stay; the saved config reads back as the run's LogsConfig."""
+    res = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    for flag in ("--train.steps", "--train.lr", "--train.seed", "--train.warmup-steps", "--encoder.d-model",
+                 "--batch-size", "--preset", "--config"):
+        assert flag in res.output, flag
+    assert "--steps " not in res.output and "--seed " not in res.output
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["train", "--preset", "tiny", "--train.steps", "8", "--train.lr", "0.005",
+                              "--memory-size", "50", "--batch-size", "16", "--name", "p", "--quiet", "--json",
+                              "--data-dir", str(loghub.parent)])
+    assert res.exit_code == 0, res.output
+    saved = LogsConfig.from_json(tmp_path / "runs/logs/p/config.json")
+    assert saved.train.steps == 8 and saved.train.lr == 0.005 and saved.memory_size == 50  # options beat the preset
+    assert saved.encoder.d_model == 32 and saved.hash_buckets == 512 and saved.train.warmup_steps == 6  # the preset
+    lines = (tmp_path / "runs/logs/p/metrics.jsonl").read_text().splitlines()
+    assert max(json.loads(line).get("step", 0) for line in lines) == 8

@@ -11,7 +11,7 @@ import typer
 
 from ..core.config import config_command
 from ..core.errors import CheckpointError, require_dir, require_file, require_path
-from .config import LogsConfig
+from .config import LogsConfig, train_schedule
 
 app = typer.Typer(help="Log classification and anomaly detection with Raccoon continual learning.",
                   no_args_is_help=True)
@@ -39,15 +39,15 @@ def _train_run(config: LogsConfig, name: str, runs_dir: Path, data_dir, quiet: b
     run = Run("logs", name, root=runs_dir)
     run.write_config(config)
     examples = load_examples(config.task, config.system_list(), data_dir)
-    train, test = split(examples, config.test_frac, config.seed)
+    train, test = split(examples, config.test_frac, config.train.seed)
     model = train_classifier(config, train, run=run, quiet=quiet, resume=resume)
     metrics = {f"test_{k}": v for k, v in evaluate_model(model, test).items()}
     metrics.update(train_lines=len(train), test_lines=len(test), templates=len(model.templates))
-    learner = RaccoonLearner(model, seed=config.seed)
-    fill_memory(learner, train, config.seed)
+    learner = RaccoonLearner(model, seed=config.train.seed)
+    fill_memory(learner, train, config.train.seed)
     learner.save(run.path / "raccoon")
     metrics["memory_bytes"] = learner.memory.nbytes
-    run.log(config.steps, **{k: v for k, v in metrics.items() if isinstance(v, float)})
+    run.log(config.train.steps, **{k: v for k, v in metrics.items() if isinstance(v, float)})
     run.plot_metrics(["loss", "acc"], "train.png", title=f"logs train ({config.task})")
     run.write_summary(f"logs train: {config.task} on {', '.join(config.system_list())}", metrics,
                       notes=f"Model and replay memory: `{run.path / 'raccoon'}` (use with classify/stream --model).")
@@ -188,7 +188,7 @@ def evaluate(
     learner, _ = load_learner(model, quiet)
     config = learner.model.config
     examples = load_examples(config.task, config.system_list(), data_dir)
-    train_part, test = split(examples, config.test_frac, config.seed)
+    train_part, test = split(examples, config.test_frac, config.train.seed)
     results = {"model": evaluate_model(learner.model, test),
                "drain_lr": scores(test.labels, drain_lr(train_part, test, config.task), config.task),
                "tfidf_lr": scores(test.labels, tfidf_lr(train_part, test, config.task), config.task)}
@@ -220,13 +220,13 @@ def demo(out_dir: pathlib.Path, quiet: bool):
 
     torch.manual_seed(0)
     run = Run("logs", path=out_dir)
-    config = LogsConfig(steps=150)
+    config = LogsConfig().override({"train": train_schedule(150)})
     run.write_config(config)
-    train_part, test = split(load_examples("bgl_alert", ["BGL"]), config.test_frac, config.seed)
+    train_part, test = split(load_examples("bgl_alert", ["BGL"]), config.test_frac, config.train.seed)
     model = train_classifier(config, train_part, run=run, quiet=quiet)
     bgl = evaluate_model(model, test)
     tfidf = scores(test.labels, tfidf_lr(train_part, test, "bgl_alert"), "bgl_alert")
-    drift = run_drift(config.replace(task="severity", steps=150), per_system_stream=200, per_system_test=100,
+    drift = run_drift(config.replace(task="severity"), per_system_stream=200, per_system_test=100,
                       eval_every=200, quiet=quiet)
     plot = plot_drift(drift, run.plots_dir / "drift.png", window=50)
     metrics = {"f1_bgl_model": bgl["f1_alert"], "f1_bgl_tfidf_lr": tfidf["f1_alert"]}

@@ -1,13 +1,39 @@
-"""Configuration of the logs app: tokenizer, LTT encoder size, Raccoon dynamics, replay and training."""
+"""Configuration of the logs app: tokenizer, LTT encoder size, Raccoon dynamics, replay and training.
+
+`LogsConfig` is both the config a classifier checkpoint is built from and the one config tree of `logs train` (and
+`logs evaluate`): its base training is the shared `TrainConfig` under `train` (`--train.steps`, `--train.lr`,
+`--train.seed`). Checkpoints saved before (flat `steps`, `lr`, `seed`) still load.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from ..core.config import Config
+from ..core.training import TrainConfig
 from ..ltt.config import EncoderConfig
 
 TASKS = ("bgl_alert", "severity")
+
+# fields of LogsConfig before it nested a TrainConfig -> their place in `train`
+_LEGACY_TRAIN = ("steps", "lr", "seed")
+
+
+def train_schedule(steps: int) -> dict[str, int]:
+    """`train` overrides for a run of `steps` steps with the warm-up and logging `logs train` has always used:
+    warm-up min(20, steps // 10) and a log line every max(1, steps // 20) steps.
+
+    The defaults of `LogsConfig.train` are these for 400 steps (warm-up 20, log every 20); they do not follow
+    `--train.steps`, so `LogsConfig().override({"train": train_schedule(150)})` is a run of 150 steps as before.
+    """
+    return {"steps": steps, "warmup_steps": min(20, steps // 10), "log_every": max(1, steps // 20)}
+
+
+def _train_defaults() -> TrainConfig:
+    """The base training: 400 steps at 2e-3 on CPU, warm-up 20 and a log line every 20 steps (train_schedule(400))."""
+    return TrainConfig(lr=2e-3, seed=0, cpu=True, **train_schedule(400))
 
 
 @dataclasses.dataclass
@@ -33,18 +59,28 @@ class LogsConfig(Config):
     update_lr: float = 1e-3
     update_steps: int = 4
     update_batch: int = 16
-    # base training
-    steps: int = 400
+    # base training; train.seed is the run's one seed: the split, the initialisation, the batches, the learner
     batch_size: int = 64
-    lr: float = 2e-3
+    train: TrainConfig = dataclasses.field(default_factory=_train_defaults)
     test_frac: float = 0.3
-    seed: int = 0
     anomaly_quantile: float = 0.99
 
     PRESETS = {
         "tiny": {"hash_buckets": 512, "max_len": 24, "encoder": {"d_model": 32, "n_layers": 1, "n_heads": 2,
-                 "latent_dim": 16}, "steps": 60, "memory_size": 200},
+                 "latent_dim": 16}, "train": train_schedule(60), "memory_size": 200},
     }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """Build from a dict; the flat `steps`, `lr`, `seed` of a checkpoint saved before `train` move into it
+        (with the warm-up and log interval that training ran with)."""
+        if isinstance(data, Mapping) and any(key in data for key in _LEGACY_TRAIN):
+            data = dict(data)
+            train = {key: data.pop(key) for key in _LEGACY_TRAIN if key in data}
+            if "steps" in train:
+                train.update(train_schedule(train["steps"]))
+            data["train"] = {**train, **data.get("train", {})}
+        return super().from_dict(data)
 
     def __post_init__(self):
         if self.task not in TASKS:

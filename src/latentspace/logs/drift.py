@@ -60,7 +60,7 @@ def prepare_drift(config: LogsConfig, base_systems=BASE_SYSTEMS, stream_systems=
     base model trains on the base systems' remaining training lines.
     """
     examples = load_examples("severity", [*base_systems, *stream_systems], data_dir)
-    train, test = split(examples, config.test_frac, config.seed)
+    train, test = split(examples, config.test_frac, config.train.seed)
     if validation:
         held_out = Examples()
         kept = []
@@ -179,10 +179,10 @@ def run_drift(config: LogsConfig, base_systems=BASE_SYSTEMS, stream_systems=STRE
         model.invalidate_cache()
         options = {k: v for k, v in (learner_options or {}).items() if method != "naive" or k != "replay_ratio"}
         learner = RaccoonLearner(model, **{"replay_ratio": 0.0 if method == "naive" else None, **options},
-                                 frozen=method == "frozen", seed=config.seed)
+                                 frozen=method == "frozen", seed=config.train.seed)
         if method == "raccoon":
-            fill_memory(learner, base_train, config.seed)
-        torch.manual_seed(config.seed)
+            fill_memory(learner, base_train, config.train.seed)
+        torch.manual_seed(config.train.seed)
         results[method] = run_stream(learner, method, tests, stream, stream_systems, eval_every,
                                      quiet=quiet)
     return results

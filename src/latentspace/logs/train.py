@@ -8,7 +8,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from ..core.errors import DataError
 from ..core.runs import Run
-from ..core.training import TrainConfig, fit
+from ..core.training import fit
 from .classify import LogClassifier
 from .config import LogsConfig
 from .data import Examples
@@ -32,14 +32,14 @@ def train_classifier(config: LogsConfig, train: Examples, run: Run | None = None
     """Train on labelled lines with class-balanced batches, mine Drain3 templates, calibrate the scorer."""
     if len(train) == 0:
         raise DataError("no training lines")
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.train.seed)
     model = LogClassifier(config)
     tokens, mask, labels = tensorise(model, train)
     counts = torch.bincount(labels, minlength=len(model.labels)).float()
     weights = (counts[labels].rsqrt())  # softened class balance: p(label) ~ sqrt(count)
 
     def data(step: int):
-        gen = torch.Generator().manual_seed(config.seed * 100_003 + step)
+        gen = torch.Generator().manual_seed(config.train.seed * 100_003 + step)
         index = torch.multinomial(weights, config.batch_size, replacement=True, generator=gen)
         keep = mask[index].any(0)
         return tokens[index][:, keep], mask[index][:, keep], labels[index]
@@ -49,9 +49,7 @@ def train_classifier(config: LogsConfig, train: Examples, run: Run | None = None
         logits = net.logits(x, m, stochastic=True)
         return F.cross_entropy(logits, y), {"acc": float((logits.argmax(-1) == y).float().mean())}
 
-    train_config = TrainConfig(steps=config.steps, lr=config.lr, log_every=max(1, config.steps // 20),
-                               seed=config.seed, warmup_steps=min(20, config.steps // 10), cpu=True)
-    fit(model, loss_fn, data, train_config, run=run, quiet=quiet, resume=resume, description="logs train")
+    fit(model, loss_fn, data, config.train, run=run, quiet=quiet, resume=resume, description="logs train")
     model.templates = LogTemplates()
     for line in train.lines:
         model.templates.add(prepare(line, config.task)[1])
