@@ -11,8 +11,9 @@ input as the user's turn; "plain": `Instruction: ...\\nInput: ...\\nOutput:`). A
 - "exact": the answer's first line, normalised (lower case, punctuation to spaces), equals the gold output;
 - "contains": the gold output appears as whole words in the answer's first line, no competing answer of the
   example appears there (the other labels of a closed label set, the other items of a choose-from-the-input
-  task), and the line is not the input echoed back. A chatty small model ("the opposite of fortunate is
-  unfortunate") is credited, a hedge ("positive or negative") or an echo is not.
+  task), and the line is not the input echoed back; a one-character gold ("a", "7") must end the line, since it is
+  also an ordinary word. A chatty small model ("the opposite of fortunate is unfortunate") is credited, a hedge
+  ("positive or negative"), an echo or "Admission is a legal term" for the first letter of admission is not.
 
 `AnswerCache` keeps every generated answer in an append-only JSON-lines file keyed by model, prompt format,
 instruction and input, so building an outcome table is paid once and survives a crash (a torn last line is
@@ -133,6 +134,8 @@ def is_correct(answer: str, example: Example, rule: str = "contains") -> bool:
     if rule != "contains":
         raise DataError(f"unknown scoring rule {rule!r}; known: {SCORING_RULES}")
     if not _has_words(line, gold) or line == normalise(example.input):
+        return False
+    if len(gold) == 1 and not line.endswith(f" {gold}") and line != gold:  # "a", "i", a digit: also plain words
         return False
     return not any(_has_words(line, normalise(c)) for c in example.competitors if normalise(c) != gold)
 
