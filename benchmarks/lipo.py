@@ -404,7 +404,16 @@ def main() -> None:
                         help="what LIPO's GP is trained on (default: LIPOConfig's gp_fidelity)")
     parser.add_argument("--control", action="store_true",
                         help="also run hbbops_all: HbBoPs with LIPO's gp_fidelity='all' GP")
+    parser.add_argument("--task", default=None,
+                        help="real instruction induction instead of the synthetic GSM8K table: a task name, a comma "
+                             "list or 'all' (the development tasks); see benchmarks/lipo_ii.py")
+    parser.add_argument("--tables", default=None, help="folder of outcome tables for --task (lipo_ii_tables.py)")
+    parser.add_argument("--horizon-frac", type=float, default=0.12, help="budget as a share of the full table")
     args = parser.parse_args()
+    if args.task:
+        from lipo_ii import main_ii
+
+        return main_ii(args)
     set_threads(1)
     n = args.n or (400 if args.quick else 1000)
     seeds = args.seeds or (1 if args.quick else 8)
