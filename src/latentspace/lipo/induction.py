@@ -322,3 +322,29 @@ def read_table(path: str | Path) -> dict:
             raise DataError(f"{path}: '{part}' must hold one equal-length outcome string per instruction")
         table[part] = np.array([[c == "1" for c in row] for row in rows], dtype=np.int8)
     return table
+
+
+INVERSION_PROMPT = ("Here are instructions for the same task:\n{examples}\n\nWrite one new instruction for this task "
+                    "that combines their ideas. Reply with the instruction only, in one sentence.")
+
+
+def llm_inversion_candidates(task_model: LLMTaskModel, neighbour_sets: Sequence[Sequence[str]], per_target: int = 8,
+                             seed: int = 0) -> list[list[str]]:
+    """LLM inversion (InstructZero's manner): per target, the LLM writes instructions from its nearest pool ones.
+
+    neighbour_sets: for each target, the pool instructions nearest to the decoded latent (closest first).
+    Returns per target up to `per_target` distinct cleaned instructions; the caller keeps the one whose
+    re-encoded embedding is closest to the target.
+    """
+    prompts = []
+    for neighbours in neighbour_sets:
+        text = INVERSION_PROMPT.format(examples="\n".join(f"- {n}" for n in neighbours))
+        chat = task_model.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                        add_generation_prompt=True)
+        prompts += [chat] * per_target
+    samples = task_model.generate(prompts, sample=True, max_new_tokens=40, seed=seed)
+    out = []
+    for t in range(len(neighbour_sets)):
+        cleaned = [clean_instruction(s) for s in samples[t * per_target:(t + 1) * per_target]]
+        out.append(list(dict.fromkeys(c for c in cleaned if len(c) >= 8)))
+    return out
