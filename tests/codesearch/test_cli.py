@@ -93,3 +93,28 @@ def test_index_and_evaluate_options_come_from_their_run_configs(repo, tmp_path, 
     assert index.config.ltt.encoder.d_model == 32 and index.config.ltt.max_words == 2000  # the rest of the preset
     trained = index.encoder("ltt").config
     assert trained.train.steps == 3 and trained.embed_dim == 16 and trained.encoder.d_model == 32
+
+
+def test_search_settings_come_from_its_config(indexed, tmp_path, monkeypatch):
+    """`search` / `similar` settings are SearchConfig's fields: command line > --config file > defaults."""
+    from latentspace.codesearch.index import CodeIndex
+    from latentspace.core.errors import ConfigError
+
+    calls = []
+    search = CodeIndex.search
+
+    def spy(self, query, top_k=10, parts=None, depth=100):
+        calls.append((top_k, parts, depth))
+        return search(self, query, top_k, parts, depth)
+
+    monkeypatch.setattr(CodeIndex, "search", spy)
+    settings = tmp_path / "search.json"
+    settings.write_text(json.dumps({"top_k": 5, "parts": "bm25", "depth": 7}))
+    result = runner.invoke(app, ["search", "checksum", "--index", str(indexed), "--json", "--config", str(settings),
+                                 "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    assert calls == [(2, ["bm25"], 7)] and len(json.loads(result.output)) <= 2
+    result = runner.invoke(app, ["search", "checksum", "--index", str(indexed), "--json"])
+    assert calls[-1] == (10, None, 100)
+    bad = runner.invoke(app, ["similar", "pkg/checksums.py:7", "--index", str(indexed), "--top-k", "0"])
+    assert isinstance(bad.exception, ConfigError) and "--top-k" in str(bad.exception)

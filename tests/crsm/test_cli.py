@@ -21,7 +21,7 @@ def test_pipeline_generate_evaluate_end_to_end(tmp_path):
     assert saved.model.n_layers == 2 and saved.data.pathstar_length == 3
     assert CRSM.load(checkpoint).config.d_model == 24
     for planner in ("off", "sync", "async"):
-        out = runner.invoke(app, ["generate", str(checkpoint), "--prompt", "ab,bc,ad,de|ae=", "-n", "4",
+        out = runner.invoke(app, ["generate", str(checkpoint), "--prompt", "ab,bc,ad,de|ae=", "--max-new-tokens", "4",
                                   "--planner", planner, "--pathstar", "--json"])
         assert out.exit_code == 0, out.output
         record = json.loads(out.output.strip().splitlines()[-1])

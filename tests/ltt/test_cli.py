@@ -86,3 +86,29 @@ def test_run_config_defaults_are_the_old_command_defaults():
     t = config.train
     assert (t.steps, t.lr, t.warmup, t.log_every, t.eval_every, t.seed, t.grad_clip) == (1500, 1e-3, 100, 10, 300,
                                                                                          0, 1.0)
+
+
+def test_evaluate_settings_come_from_its_config(tmp_path, monkeypatch):
+    """`ltt evaluate`'s settings are EvaluateConfig's fields: command line > --config file > defaults."""
+    from latentspace.ltt import train as train_module
+    from latentspace.ltt.config import EvaluateConfig
+
+    seen = {}
+    monkeypatch.setattr("latentspace.ltt.cli._load", lambda checkpoint, runs_dir: "model")
+    monkeypatch.setattr(train_module, "validity_report",
+                        lambda model, n, prior_steps: seen.update(n=n, prior_steps=prior_steps) or {"valid": 1.0})
+    monkeypatch.setattr(train_module, "latent_usage", lambda model, n: {"usage": 0.5})
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"n": 16, "prior_steps": 7}))
+    args = ["evaluate", "--checkpoint", str(tmp_path), "--runs-dir", str(tmp_path), "--quiet"]
+    out = runner.invoke(app, [*args, "--name", "a", "--config", str(settings), "--n", "4"])
+    assert out.exit_code == 0, out.output
+    assert seen == {"n": 4, "prior_steps": 7}  # --n beats the file; the file's prior_steps beats the default
+    saved = json.loads((tmp_path / "ltt" / "a" / "config.json").read_text())
+    assert (saved["n"], saved["prior_steps"]) == (4, 7)
+    out = runner.invoke(app, [*args, "--name", "b"])
+    assert out.exit_code == 0, out.output
+    assert seen == {"n": EvaluateConfig().n, "prior_steps": EvaluateConfig().prior_steps} == {"n": 512,
+                                                                                              "prior_steps": 300}
+    out = runner.invoke(app, ["plan", "--checkpoint", str(tmp_path), "--method", "beam"])
+    assert out.exit_code != 0 and "cem or random" in str(out.exception)

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from ..core.config import config_command
 from ..core.errors import DataError, require_path
-from .config import EvalConfig, IndexConfig
+from .config import EvalConfig, IndexConfig, SearchConfig
 
 app = typer.Typer(help="Semantic code search: BM25 + LTT/MiniLM dense vectors, fused by reciprocal rank.",
                   no_args_is_help=True)
@@ -21,12 +21,14 @@ console = Console()
 log = logging.getLogger("latentspace")
 
 INDEX_OPTION = typer.Option(pathlib.Path(".code_index"), "--index", "-i", help="The index folder.")
-PARTS_OPTION = typer.Option(None, "--parts", help="Comma-separated parts to fuse (bm25, ltt, minilm, ...); "
-                                                  "default all in the index.")
-
-
-def _parts(parts: str | None) -> list[str] | None:
-    return [p.strip() for p in parts.split(",") if p.strip()] if parts else None
+# the options of search / similar that are not settings (those are SearchConfig's fields): the index read and how
+# the hits are printed
+LOOKUP_PARAMS = {
+    "index_dir": (pathlib.Path, INDEX_OPTION),
+    "show_code": (bool, typer.Option(False, "--show-code", help="Print each snippet.")),
+    "as_json": (bool, typer.Option(False, "--json", help="Machine-readable output.")),
+    "quiet": (bool, typer.Option(False, "--quiet", "-q")),
+}
 
 
 @config_command(
@@ -98,38 +100,29 @@ def _print_hits(hits, show_code: bool) -> None:
             console.print(Syntax(s.text, lexer, line_numbers=True, start_line=s.start_line))
 
 
-@app.command("search")
-def search_command(
-    query: str = typer.Argument(..., help="What you are looking for, in plain words or code."),
-    index_dir: pathlib.Path = INDEX_OPTION,
-    top_k: int = typer.Option(10, "--top-k", "-k", min=1),
-    show_code: bool = typer.Option(False, "--show-code", help="Print each snippet."),
-    parts: Optional[str] = PARTS_OPTION,  # noqa: UP045
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-):
+@config_command(app, "search", SearchConfig,
+                query=(str, typer.Argument(..., help="What you are looking for, in plain words or code.")),
+                **LOOKUP_PARAMS)
+def search_command(config: SearchConfig, query: str, index_dir: pathlib.Path, show_code: bool, as_json: bool,
+                   quiet: bool):
     """Search the index for QUERY."""
     from .index import CodeIndex
 
     _threads()
     index = CodeIndex.load(index_dir)
-    hits = index.search(query, top_k, _parts(parts))
+    hits = index.search(query, config.top_k, config.part_list(), depth=config.depth)
     if as_json:
         print(json.dumps([h.to_dict(show_code) for h in hits], indent=2))
     else:
         _print_hits(hits, show_code)
 
 
-@app.command("similar")
-def similar_command(
-    location: str = typer.Argument(..., help="FILE:LINE of the code to match (path as indexed, or a real path)."),
-    index_dir: pathlib.Path = INDEX_OPTION,
-    top_k: int = typer.Option(10, "--top-k", "-k", min=1),
-    show_code: bool = typer.Option(False, "--show-code", help="Print each snippet."),
-    parts: Optional[str] = PARTS_OPTION,  # noqa: UP045
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-):
+@config_command(app, "similar", SearchConfig,
+                location=(str, typer.Argument(..., help="FILE:LINE of the code to match (path as indexed, or a real "
+                                                        "path).")),
+                **LOOKUP_PARAMS)
+def similar_command(config: SearchConfig, location: str, index_dir: pathlib.Path, show_code: bool, as_json: bool,
+                    quiet: bool):
     """Find the snippets most like the one at FILE:LINE."""
     from .index import CodeIndex
 
@@ -138,7 +131,7 @@ def similar_command(
     if not file or not line.isdigit():
         raise DataError(f"expected FILE:LINE (e.g. src/app.py:42), got {location!r}")
     index = CodeIndex.load(index_dir)
-    source, hits = index.similar(file, int(line), top_k, _parts(parts))
+    source, hits = index.similar(file, int(line), config.top_k, config.part_list(), depth=config.depth)
     if as_json:
         print(json.dumps({"source": {"path": source.path, "start_line": source.start_line,
                                      "end_line": source.end_line, "symbol": source.symbol},

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..core.config import Config
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError
 from ..core.training import TrainConfig
 from ..ltt.config import EncoderConfig
 
@@ -168,3 +168,24 @@ class EvalConfig(Config):
         if isinstance(data, Mapping) and isinstance(data.get("ltt"), Mapping):
             data = {**data, "ltt": _nest_train(data["ltt"])}
         return super().from_dict(data)
+
+
+@dataclasses.dataclass
+class SearchConfig(Config):
+    """The settings of `codesearch search` and `codesearch similar` (how the index was built, fusion weights
+    included, is the index's own `IndexConfig`)."""
+
+    top_k: int = dataclasses.field(default=10, metadata={"help": "Hits to show."})
+    parts: str | None = dataclasses.field(default=None, metadata={
+        "help": "Comma-separated parts to fuse (bm25, ltt, minilm, ...); default all in the index."})
+    depth: int = dataclasses.field(default=100, metadata={"help": "Candidates each part ranks before fusion."})
+
+    def __post_init__(self):
+        if self.top_k < 1:
+            raise ConfigError(f"--top-k {self.top_k}: expected >= 1")
+        if self.depth < 1:
+            raise ConfigError(f"--depth {self.depth}: expected >= 1")
+
+    def part_list(self) -> list[str] | None:
+        """The parts named by `parts`, or None for all in the index."""
+        return [p.strip() for p in self.parts.split(",") if p.strip()] if self.parts else None

@@ -11,7 +11,7 @@ import typer
 from ..core.config import config_command
 from ..core.errors import CheckpointError, ConfigError, require_dir
 from ..core.runs import DemoResult, default_run_name, set_threads
-from .config import PipelineConfig
+from .config import EvaluateConfig, GenerateConfig, PipelineConfig
 
 app = typer.Typer(help="Continuous Reasoning State Model: Mamba LM + asynchronous MCTS state deltas.",
                   no_args_is_help=True)
@@ -85,73 +85,60 @@ def _load(checkpoint: Path):
     return CRSM.load(checkpoint)
 
 
-@app.command("generate")
-def generate_cmd(
-    checkpoint: Path = typer.Argument(..., help="A CRSM checkpoint folder (any pipeline stage's model/)."),
-    prompt: str = typer.Option("def ", "--prompt", "-p", help="Prompt text."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n"),
-    planner: str = typer.Option("off", "--planner", help="off | sync | async"),
-    simulations: int = typer.Option(None, "--simulations", help="MCTS simulations per token."),
-    transition: str = typer.Option(None, "--transition", help="backbone | dynamics (default: the config's)."),
-    pathstar: bool = typer.Option(False, "--pathstar", help="Verify the answer as a path-star prompt (reward)."),
-    planner_backend: str = typer.Option(
-        "thread", "--planner-backend",
-        help="Where the async search runs: thread (no start-up; right for one generation) or process (no GIL "
-             "shared with generation; its process takes a few seconds to start, worth it for many generations)."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-):
+# the options of generate / evaluate that are not settings (those are GenerateConfig's / EvaluateConfig's fields)
+CHECKPOINT_ARG = typer.Argument(..., help="A CRSM checkpoint folder (any pipeline stage's model/).")
+OUTPUT_OPTS = {
+    "as_json": (bool, typer.Option(False, "--json", help="Machine-readable output.")),
+    "quiet": (bool, typer.Option(False, "--quiet", "-q")),
+}
+
+
+@config_command(app, "generate", GenerateConfig, checkpoint=(Path, CHECKPOINT_ARG),
+                prompt=(str, typer.Option("def ", "--prompt", "-p", help="Prompt text.")), **OUTPUT_OPTS)
+def generate_cmd(config: GenerateConfig, checkpoint: Path, prompt: str, as_json: bool, quiet: bool):
     """Generate a continuation with the planner off, synchronous or asynchronous."""
     from .generate import generate
     from .tasks import PathStarTask
 
-    if planner not in ("off", "sync", "async"):
-        raise ConfigError(f"--planner {planner!r}: expected off, sync or async")
-    if planner_backend not in ("thread", "process"):
-        raise ConfigError(f"--planner-backend {planner_backend!r}: expected thread or process")
+    require_dir(checkpoint, "checkpoint", CheckpointError)
     _quiet_threads()
     model = _load(checkpoint)
     ids = model.encode(prompt)
     if not ids:
         raise ConfigError("--prompt is empty")
-    reward = PathStarTask.reward_fn(PathStarTask(), model, prompt) if pathstar else None
-    out = generate(model, ids, max_new_tokens, planner=planner, reward_fn=reward, num_simulations=simulations,
-                   transition=transition, planner_backend=planner_backend)
+    reward = PathStarTask.reward_fn(PathStarTask(), model, prompt) if config.pathstar else None
+    out = generate(model, ids, config.max_new_tokens, planner=config.planner, reward_fn=reward,
+                   num_simulations=config.simulations, transition=config.transition,
+                   planner_backend=config.planner_backend)
     record = {"prompt": prompt, "completion": out.text, "tokens": len(out.tokens),
-              "tokens_per_s": round(out.tokens_per_s, 2), "planner": planner, "searches": out.searches,
+              "tokens_per_s": round(out.tokens_per_s, 2), "planner": config.planner, "searches": out.searches,
               "deltas_applied": out.deltas_applied, "planned_tokens": out.planned_tokens}
     if as_json:
         print(json.dumps(record))
     else:
         _console().print(prompt + out.text, markup=False, highlight=False)
         if not quiet:
-            _console().print(f"[dim]{record['tokens']} tokens, {record['tokens_per_s']} tok/s, planner {planner}, "
-                             f"{out.searches} searches, {out.deltas_applied} deltas[/dim]")
+            _console().print(f"[dim]{record['tokens']} tokens, {record['tokens_per_s']} tok/s, planner "
+                             f"{config.planner}, {out.searches} searches, {out.deltas_applied} deltas[/dim]")
 
 
-@app.command("evaluate")
-def evaluate_cmd(
-    checkpoint: Path = typer.Argument(..., help="A CRSM checkpoint folder."),
-    samples: int = typer.Option(100, "--samples", help="Path-star graphs to answer."),
-    simulations: int = typer.Option(48, "--simulations"),
-    degree: int = typer.Option(None, "--degree", help="Path-star degree (default: the run's)."),
-    length: int = typer.Option(None, "--length", help="Path-star arm length (default: the run's)."),
-    task: str = typer.Option(None, "--task", help="pathstar | lm (default: the run's)."),
-    name: str = typer.Option(None, "--name", help="Run name for runs/crsm/<name>."),
-    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-    as_json: bool = typer.Option(False, "--json"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-):
+@config_command(app, "evaluate", EvaluateConfig, checkpoint=(Path, CHECKPOINT_ARG),
+                name=(str, typer.Option(None, "--name", help="Run name for runs/crsm/<name>.")),
+                runs_dir=(Path, typer.Option(Path("runs"), "--runs-dir")), **OUTPUT_OPTS)
+def evaluate_cmd(config: EvaluateConfig, checkpoint: Path, name: str | None, runs_dir: Path, as_json: bool,
+                 quiet: bool):
     """Path-star accuracy (greedy vs planner) or perplexity on the held-out corpus."""
     from ..core.runs import Run, markdown_table
     from .evaluate import evaluate_checkpoint
 
+    require_dir(checkpoint, "checkpoint", CheckpointError)
     _quiet_threads()
     model = _load(checkpoint)
     run = Run("crsm", name or f"eval-{default_run_name()}", root=runs_dir)
-    metrics = evaluate_checkpoint(model, checkpoint, task=task, degree=degree, length=length, samples=samples,
-                                  simulations=simulations)
-    run.write_config({"checkpoint": str(checkpoint), **{k: v for k, v in metrics.items() if isinstance(v, str)}})
+    metrics = evaluate_checkpoint(model, checkpoint, task=config.task, degree=config.degree, length=config.length,
+                                  samples=config.samples, simulations=config.simulations)
+    run.write_config({"checkpoint": str(checkpoint), **config.to_dict(),
+                      **{k: v for k, v in metrics.items() if isinstance(v, str)}})
     run.log(0, **{k: v for k, v in metrics.items() if isinstance(v, int | float)})
     run.write_summary("CRSM evaluation", metrics)
     if as_json:

@@ -152,3 +152,50 @@ def _convert_legacy(flat) -> dict:
         steps = out.get(f"{stage}.steps", getattr(defaults, stage).steps)
         out.update({f"{stage}.seed": seed, f"{stage}.checkpoint_every": max(50, steps // 4)})
     return out
+
+
+def _setting(default, text: str):
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
+@dataclasses.dataclass
+class GenerateConfig(Config):
+    """The settings of `crsm generate`. Planner settings left at None are the checkpoint's own (its
+    `model.mcts_simulations`, `model.transition`): the trained model's config is not nested here, so that its
+    defaults never override what the checkpoint was built with."""
+
+    max_new_tokens: int = _setting(64, "Tokens to generate.")
+    planner: str = _setting("off", "off | sync | async")
+    simulations: int | None = _setting(None, "MCTS simulations per token (default: the checkpoint's "
+                                             "model.mcts_simulations).")
+    transition: str | None = _setting(None, "backbone | dynamics (default: the checkpoint's model.transition).")
+    pathstar: bool = _setting(False, "Verify the answer as a path-star prompt (reward).")
+    planner_backend: str = _setting(
+        "thread", "Where the async search runs: thread (no start-up; right for one generation) or process (no GIL "
+                  "shared with generation; its process takes a few seconds to start, worth it for many "
+                  "generations).")
+
+    def __post_init__(self):
+        if self.planner not in ("off", "sync", "async"):
+            raise ConfigError(f"--planner {self.planner!r}: expected off, sync or async")
+        if self.planner_backend not in ("thread", "process"):
+            raise ConfigError(f"--planner-backend {self.planner_backend!r}: expected thread or process")
+        if self.transition not in (None, "backbone", "dynamics"):
+            raise ConfigError(f"--transition {self.transition!r}: expected backbone or dynamics")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens {self.max_new_tokens}: expected >= 1")
+
+
+@dataclasses.dataclass
+class EvaluateConfig(Config):
+    """The settings of `crsm evaluate`; task settings left at None are the run's (its `data.*`)."""
+
+    samples: int = _setting(100, "Path-star graphs to answer.")
+    simulations: int = _setting(48, "MCTS simulations per token of the planner's answers.")
+    degree: int | None = _setting(None, "Path-star degree (default: the run's data.pathstar_degree).")
+    length: int | None = _setting(None, "Path-star arm length (default: the run's data.pathstar_length).")
+    task: str | None = _setting(None, "pathstar | lm (default: the run's data.task).")
+
+    def __post_init__(self):
+        if self.task not in (None, "pathstar", "lm"):
+            raise ConfigError(f"--task {self.task!r}: expected pathstar or lm")

@@ -12,7 +12,7 @@ import typer
 
 from ..core.config import config_command
 from ..core.errors import CheckpointError, require_dir, require_file
-from .config import LBSRunConfig
+from .config import ForecastConfig, LBSRunConfig, SteerConfig
 
 app = typer.Typer(help="LLM-integrated Bayesian state space: a Kalman-style filter with a frozen-LLM sensor.",
                   no_args_is_help=True)
@@ -25,6 +25,19 @@ RUN_PARAMS = {
     "runs_dir": (Path, typer.Option(Path("runs"), "--runs-dir")),
     "quiet": (bool, typer.Option(False, "--quiet", "-q")),
     "as_json": (bool, typer.Option(False, "--json", help="Print metrics as JSON.")),
+}
+
+
+# the options of forecast / steer that are not settings (those are ForecastConfig's / SteerConfig's fields): the model
+# and the series it reads, and how the result is printed
+SERIES_PARAMS = {
+    "model_dir": (Path, typer.Option(DEFAULT_RUN, "--model", help="A run folder or model folder.")),
+    "data": (Optional[str], typer.Option(None, "--data", help="Series (default: the one it was trained on).")),  # noqa: UP045
+    "data_dir": (DataDir, typer.Option(None, "--data-dir", help="Folder holding time-mmd.")),
+}
+OUTPUT_PARAMS = {
+    "quiet": (bool, typer.Option(False, "--quiet", "-q")),
+    "as_json": (bool, typer.Option(False, "--json", help="Print the result as JSON.")),
 }
 
 
@@ -103,18 +116,9 @@ def _forecast_payload(series, scaler, fc, origin: int, horizon: int) -> list[dic
     return rows
 
 
-@app.command("forecast")
-def forecast_command(
-    model_dir: Path = typer.Option(DEFAULT_RUN, "--model", help="A run folder or model folder."),
-    data: Optional[str] = typer.Option(None, "--data", help="Series (default: the one it was trained on)."),  # noqa: UP045
-    data_dir: DataDir = typer.Option(None, "--data-dir"),
-    origin: int = typer.Option(-1, "--origin", help="First forecast step (-1: just after the series ends)."),
-    horizon: int = typer.Option(6, "--horizon"),
-    samples: int = typer.Option(64, "--samples", help="N prior trajectories."),
-    text: bool = typer.Option(False, "--text", help="Also generate a textual forecast from the soft prompt."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    as_json: bool = typer.Option(False, "--json"),
-):
+@config_command(app, "forecast", ForecastConfig, **SERIES_PARAMS, **OUTPUT_PARAMS)
+def forecast_command(config: ForecastConfig, model_dir: Path, data: str | None, data_dir: Path | None, quiet: bool,
+                     as_json: bool):
     """Forecast H steps: N prior rollouts, mean and 10/50/90% quantiles (original units)."""
     _check_inputs(data, data_dir)
     _setup()
@@ -125,7 +129,8 @@ def forecast_command(
     series = load_series(data or meta.get("data", "generated"), data_dir)
     scaler = Standardizer(series.values)
     scaler.mean, scaler.std = meta.get("mean", scaler.mean), meta.get("std", scaler.std)
-    origin = len(series) if origin < 0 else origin
+    horizon, samples, text = config.horizon, config.samples, config.text
+    origin = len(series) if config.origin < 0 else config.origin
     context = int(meta.get("window", {}).get("context", 24))
     instance_norm = bool(meta.get("window", {}).get("instance_norm", False))
     point = str(meta.get("window", {}).get("point", "samples"))  # older checkpoints: the sampled mean
@@ -138,19 +143,9 @@ def forecast_command(
     _echo(payload, as_json, quiet)
 
 
-@app.command("steer")
-def steer_command(
-    model_dir: Path = typer.Option(DEFAULT_RUN, "--model"),
-    data: Optional[str] = typer.Option(None, "--data"),  # noqa: UP045
-    data_dir: DataDir = typer.Option(None, "--data-dir"),
-    target: Optional[float] = typer.Option(None, "--target", help="Goal value (original units)."),  # noqa: UP045
-    goal_text: Optional[str] = typer.Option(None, "--goal-text", help="Goal as text, through the encoder."),  # noqa: UP045
-    strength: float = typer.Option(0.5, "--strength", help="0: no steering, 1: the prior mean is the goal."),
-    horizon: int = typer.Option(6, "--horizon"),
-    samples: int = typer.Option(64, "--samples"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-    as_json: bool = typer.Option(False, "--json"),
-):
+@config_command(app, "steer", SteerConfig, **SERIES_PARAMS, **OUTPUT_PARAMS)
+def steer_command(config: SteerConfig, model_dir: Path, data: str | None, data_dir: Path | None, quiet: bool,
+                  as_json: bool):
     """Steer the forecast toward a goal (a target value or a goal text) and show how far it moved."""
     _check_inputs(data, data_dir)
     _setup()
@@ -160,6 +155,8 @@ def steer_command(
     from .data import Standardizer, load_series
     from .forecast import context_tensors, filter_context, rollout, stat_base
 
+    target, goal_text, strength = config.target, config.goal_text, config.strength
+    horizon, samples = config.horizon, config.samples
     if (target is None) == (goal_text is None):
         raise ConfigError("give exactly one of --target VALUE or --goal-text TEXT")
     model, meta = _load(model_dir)

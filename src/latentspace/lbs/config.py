@@ -161,3 +161,41 @@ class LBSRunConfig(Config):
 
     # the model presets, as presets of the run (`--preset tiny` = LBSConfig.preset("tiny") as the model)
     PRESETS = {name: {"model": dict(changes)} for name, changes in LBSConfig.PRESETS.items()}
+
+
+def _setting(default, text: str):
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
+@dataclasses.dataclass
+class ForecastConfig(Config):
+    """The settings of `lbs forecast`. The window settings a forecast shares with training (context, instance
+    norm, point forecast) are the checkpoint's own (saved with its `window`), so `WindowConfig` is not nested here:
+    its defaults would override the trained model's."""
+
+    origin: int = _setting(-1, "First forecast step (-1: just after the series ends).")
+    horizon: int = _setting(6, "H steps forecast.")
+    samples: int = _setting(64, "N prior trajectories.")
+    text: bool = _setting(False, "Also generate a textual forecast from the soft prompt.")
+
+    def __post_init__(self) -> None:
+        for name in ("horizon", "samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class SteerConfig(Config):
+    """The settings of `lbs steer`: the goal (exactly one of `target` and `goal_text`), how hard to steer, and the
+    forecast it steers."""
+
+    target: float | None = _setting(None, "Goal value (original units).")
+    goal_text: str | None = _setting(None, "Goal as text, through the encoder.")
+    strength: float = _setting(0.5, "0: no steering, 1: the prior mean is the goal.")
+    horizon: int = _setting(6, "H steps forecast.")
+    samples: int = _setting(64, "N prior trajectories.")
+
+    def __post_init__(self) -> None:
+        for name in ("horizon", "samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")

@@ -11,13 +11,21 @@ import typer
 
 from ..core.config import config_command
 from ..core.errors import CheckpointError, require_dir, require_file, require_path
-from .config import LogsConfig, train_schedule
+from .config import ClassifyConfig, EvaluateConfig, LogsConfig, StreamConfig, train_schedule
 
 app = typer.Typer(help="Log classification and anomaly detection with Raccoon continual learning.",
                   no_args_is_help=True)
 
 DEFAULT_RUN = Path("runs") / "logs" / "default"
 DataDir = Optional[Path]  # noqa: UP045
+
+
+# the options of classify / stream / evaluate that are not settings (those are their configs' fields)
+MODEL_PARAM = (DataDir, typer.Option(None, help="run folder, Raccoon state or model checkpoint"))
+OUTPUT_PARAMS = {
+    "as_json": (bool, typer.Option(False, "--json", help="JSON output")),
+    "quiet": (bool, typer.Option(False, "--quiet", "-q")),
+}
 
 
 def _echo(payload, as_json: bool, quiet: bool = False) -> None:
@@ -95,15 +103,9 @@ def train(config: LogsConfig, data_dir, run_name, runs_dir, resume, quiet, as_js
     _echo({"run": str(run.path), **metrics}, as_json, quiet)
 
 
-@app.command("classify")
-def classify(
-    file: Path = typer.Argument(..., help="a text log file"),
-    model: Optional[Path] = typer.Option(None, help="run folder, Raccoon state or model checkpoint"),  # noqa: UP045
-    templates: bool = typer.Option(True, help="add each line's Drain3 template"),
-    anomaly_threshold: float = typer.Option(1.0, help="anomaly score above which a line is an alert"),
-    as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-):
+@config_command(app, "classify", ClassifyConfig,
+                file=(Path, typer.Argument(..., help="a text log file")), model=MODEL_PARAM, **OUTPUT_PARAMS)
+def classify(config: ClassifyConfig, file: Path, model: Path | None, as_json: bool, quiet: bool):
     """Classify every line of FILE: label, confidence, anomaly score, alert flag (and template)."""
     from .parse import read_log_file
 
@@ -111,7 +113,8 @@ def classify(
     require_path(model, "--model", error=CheckpointError)
     learner, _ = load_learner(model, quiet)
     lines, issues = read_log_file(file)
-    predictions = learner.model.classify_lines(lines, templates=templates, anomaly_threshold=anomaly_threshold)
+    predictions = learner.model.classify_lines(lines, templates=config.templates,
+                                               anomaly_threshold=config.anomaly_threshold)
     if as_json:
         for line, p in zip(lines, predictions, strict=True):
             print(json.dumps({"label": p.label, "confidence": round(p.confidence, 4),
@@ -128,15 +131,11 @@ def classify(
         console.print(f"{len(lines)} lines, {alerts} alerts; skipped: {issues or 'none'}")
 
 
-@app.command("stream")
-def stream(
-    model: Optional[Path] = typer.Option(None, help="run folder, Raccoon state or model checkpoint"),  # noqa: UP045
-    state: Optional[Path] = typer.Option(None, help="where the learner is saved (default: the model's folder)"),  # noqa: UP045
-    anomaly_threshold: float = typer.Option(1.0, help="anomaly score above which a line is an alert"),
-    save_every: int = typer.Option(10, help="save the state every N continuous updates"),
-    as_json: bool = typer.Option(False, "--json", help="alerts as JSON lines"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-):
+@config_command(app, "stream", StreamConfig, model=MODEL_PARAM,
+                state=(Optional[Path], typer.Option(None, help="where the learner is saved (default: the model's "  # noqa: UP045
+                                                              "folder)")),
+                **OUTPUT_PARAMS)
+def stream(config: StreamConfig, model: Path | None, state: Path | None, as_json: bool, quiet: bool):
     """Read log lines from stdin, print alerts as they come; `#label LABEL <line>` lines teach the model."""
     import sys
 
@@ -150,8 +149,8 @@ def stream(
     else:
         learner, found = load_learner(model, quiet)
         state = state or found
-    stats = LogStream(learner, state, as_json=as_json, anomaly_threshold=anomaly_threshold,
-                      save_every=save_every).run(_stdin_source(sys.stdin))
+    stats = LogStream(learner, state, as_json=as_json, anomaly_threshold=config.anomaly_threshold,
+                      save_every=config.save_every).run(_stdin_source(sys.stdin))
     if not quiet:
         from ..core.progress import console
 
@@ -168,15 +167,11 @@ def _stdin_source(stdin):
         return getattr(stdin, "buffer", stdin)
 
 
-@app.command("evaluate")
-def evaluate(
-    model: Optional[Path] = typer.Option(None, help="run folder, Raccoon state or model checkpoint"),  # noqa: UP045
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="folder holding loghub/"),  # noqa: UP045
-    drift: bool = typer.Option(False, help="also run the concept-drift stream (Raccoon vs naive vs frozen)"),
-    name: str = typer.Option("evaluate", help="run name: runs/logs/<name>/"),
-    as_json: bool = typer.Option(False, "--json"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-):
+@config_command(app, "evaluate", EvaluateConfig, model=MODEL_PARAM,
+                data_dir=(DataDir, typer.Option(None, "--data-dir", help="folder holding loghub/")),
+                name=(str, typer.Option("evaluate", help="run name: runs/logs/<name>/")), **OUTPUT_PARAMS)
+def evaluate(settings: EvaluateConfig, model: Path | None, data_dir: Path | None, name: str, as_json: bool,
+             quiet: bool):
     """Score a model on its task's held-out split beside Drain3+LR and TF-IDF+LR (and the drift stream)."""
     from ..core.runs import Run, markdown_table
     from .baselines import drain_lr, tfidf_lr
@@ -195,7 +190,7 @@ def evaluate(
     run = Run("logs", name)
     payload = {"task": config.task, "test_lines": len(test), "results": results}
     plots = []
-    if drift:
+    if settings.drift:
         from .drift import plot_drift, run_drift
 
         drift_results = run_drift(config, data_dir=data_dir, quiet=quiet)

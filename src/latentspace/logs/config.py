@@ -100,3 +100,30 @@ class LogsConfig(Config):
 
 # loghub systems whose lines carry a level token (Linux's "combo" and HPC/Mac/... carry none)
 SEVERITY_SYSTEMS = ("HDFS", "Hadoop", "Spark", "Zookeeper", "OpenStack", "Apache", "Android", "BGL", "Windows")
+
+
+def _setting(default, text: str):
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
+@dataclasses.dataclass
+class ClassifyConfig(Config):
+    """The settings of `logs classify`."""
+
+    templates: bool = _setting(True, "Add each line's Drain3 template.")
+    anomaly_threshold: float = _setting(1.0, "Anomaly score above which a line is an alert.")
+
+
+@dataclasses.dataclass
+class StreamConfig(Config):
+    """The settings of `logs stream`."""
+
+    anomaly_threshold: float = _setting(1.0, "Anomaly score above which a line is an alert.")
+    save_every: int = _setting(10, "Save the state every N continuous updates.")
+
+
+@dataclasses.dataclass
+class EvaluateConfig(Config):
+    """The settings of `logs evaluate` (the model's task, systems and split are the checkpoint's `LogsConfig`)."""
+
+    drift: bool = _setting(False, "Also run the concept-drift stream (Raccoon vs naive vs frozen).")

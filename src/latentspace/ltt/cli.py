@@ -10,12 +10,21 @@ import typer
 
 from ..core.config import config_command
 from ..core.errors import CheckpointError, require_dir
-from .config import LTTRunConfig
+from .config import EvaluateConfig, LTTRunConfig, PlanConfig, SampleConfig
 
 app = typer.Typer(help="Latent Trajectory Transformer: char task, ODE/SDE/flow priors, latent planning.",
                   no_args_is_help=True)
 
 DEFAULT_RUN = "default"
+# the options of sample / plan / evaluate that are not settings (those are their configs' fields)
+MODEL_PARAMS = {
+    "checkpoint": (Path, typer.Option(None, help="Model folder or run folder (default runs/ltt/default).")),
+    "runs_dir": (Path, typer.Option(Path("runs"), help="Root of the run folders.")),
+}
+OUTPUT_PARAMS = {
+    "quiet": (bool, typer.Option(False, "--quiet")),
+    "as_json": (bool, typer.Option(False, "--json", help="Print the result as JSON.")),
+}
 
 
 def _checkpoint_dir(checkpoint: Path | None, runs_dir: Path) -> Path:
@@ -82,26 +91,17 @@ def train_command(config: LTTRunConfig, name, runs_dir, resume, quiet, as_json):
     _emit({**out["metrics"], "run": str(out["run"].path)}, as_json, quiet)
 
 
-@app.command("sample")
-def sample_command(
-    checkpoint: Path = typer.Option(None, help="Model folder or run folder (default runs/ltt/default)."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Root of the run folders."),
-    n: int = typer.Option(8, help="Samples to draw."),
-    shared_z: bool = typer.Option(False, "--shared-z", help="One z0 for all samples."),
-    solver: str = typer.Option(None, help="ODE/SDE solver (default: the checkpoint's)."),
-    temperature: float = typer.Option(None, help="Decoder temperature (0: greedy)."),
-    seed: int = typer.Option(0, help="Random seed."),
-    quiet: bool = typer.Option(False, "--quiet"),
-    as_json: bool = typer.Option(False, "--json", help="Print samples as JSON."),
-):
+@config_command(app, "sample", SampleConfig, **MODEL_PARAMS, **OUTPUT_PARAMS)
+def sample_command(config: SampleConfig, checkpoint: Path | None, runs_dir: Path, quiet: bool, as_json: bool):
     """Sample sequences from the prior: z0 -> integrate -> decode; marks each as valid or not."""
     import torch
 
     from . import tasks
 
     model = _load(checkpoint, runs_dir)
-    tokens, _ = model.sample(n, shared_z=shared_z, generator=torch.Generator().manual_seed(seed),
-                             temperature=temperature, method=solver)
+    tokens, _ = model.sample(config.n, shared_z=config.shared_z,
+                             generator=torch.Generator().manual_seed(config.seed), temperature=config.temperature,
+                             method=config.solver)
     valid = tasks.valid_mask(tokens, model.config.seq_len, model.config.block_len)
     rows = [{"text": tasks.decode(t), "valid": bool(v)} for t, v in zip(tokens, valid, strict=True)]
     if as_json:
@@ -112,18 +112,8 @@ def sample_command(
         print(f"valid: {float(valid.float().mean()):.3f}")
 
 
-@app.command("plan")
-def plan_command(
-    checkpoint: Path = typer.Option(None, help="Model folder or run folder (default runs/ltt/default)."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Root of the run folders."),
-    goal: str = typer.Option(None, help="Goal sequence whose final latent is the target (default: a random task)."),
-    method: str = typer.Option("cem", help="cem | random (random shooting)."),
-    candidates: int = typer.Option(256, help="Candidates per iteration (one batch)."),
-    iterations: int = typer.Option(5, help="Iterations (CEM refits; random draws candidates x iterations)."),
-    seed: int = typer.Option(0, help="Random seed."),
-    quiet: bool = typer.Option(False, "--quiet"),
-    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
-):
+@config_command(app, "plan", PlanConfig, **MODEL_PARAMS, **OUTPUT_PARAMS)
+def plan_command(config: PlanConfig, checkpoint: Path | None, runs_dir: Path, quiet: bool, as_json: bool):
     """Search z0 so that the prior's trajectory ends at a goal latent; print the decoded best plan."""
     import torch
 
@@ -131,37 +121,32 @@ def plan_command(
     from .plan import plan
 
     model = _load(checkpoint, runs_dir)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    goal = config.goal
     c = model.config
     goal_tokens = (tasks.encode(goal) if goal else
                    tasks.generate(1, c.seq_len, c.block_len, c.noise_p, generator=generator)[0])
     with torch.no_grad():
         goal_latent = model.encoder(goal_tokens[None])[0, -1]  # (D,)
-    result = plan(model, goal_latent, method=method, n_candidates=candidates, iterations=iterations,
-                  generator=generator)
+    result = plan(model, goal_latent, method=config.method, n_candidates=config.candidates,
+                  iterations=config.iterations, generator=generator)
     _emit({"goal": tasks.decode(goal_tokens), "plan": tasks.decode(result.tokens), "distance": result.distance,
            "random_mean_distance": result.random_mean_distance, "history": result.history,
            "evaluated": result.evaluated}, as_json, quiet)
 
 
-@app.command("evaluate")
-def evaluate_command(
-    checkpoint: Path = typer.Option(None, help="Model folder or run folder (default runs/ltt/default)."),
-    runs_dir: Path = typer.Option(Path("runs"), help="Root of the run folders."),
-    n: int = typer.Option(512, help="Samples per prior."),
-    prior_steps: int = typer.Option(300, help="Steps to fit the SDE and flow priors on the frozen encoder."),
-    name: str = typer.Option("evaluate", help="Run name: runs/ltt/<name>/."),
-    quiet: bool = typer.Option(False, "--quiet"),
-    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
-):
+@config_command(app, "evaluate", EvaluateConfig, **MODEL_PARAMS,
+                name=(str, typer.Option("evaluate", help="Run name: runs/ltt/<name>/.")), **OUTPUT_PARAMS)
+def evaluate_command(config: EvaluateConfig, checkpoint: Path | None, runs_dir: Path, name: str, quiet: bool,
+                     as_json: bool):
     """Validity of prior samples for ODE, SDE and flow priors vs encoder z0 (upper bound) and an untrained prior."""
     from ..core.runs import Run
     from .train import latent_usage, validity_report
 
     model = _load(checkpoint, runs_dir)
     run = Run("ltt", name, root=runs_dir)
-    metrics = {**validity_report(model, n=n, prior_steps=prior_steps), **latent_usage(model, n)}
-    run.write_config({"checkpoint": str(_checkpoint_dir(checkpoint, runs_dir)), "n": n, "prior_steps": prior_steps})
+    metrics = {**validity_report(model, n=config.n, prior_steps=config.prior_steps), **latent_usage(model, config.n)}
+    run.write_config({"checkpoint": str(_checkpoint_dir(checkpoint, runs_dir)), **config.to_dict()})
     run.log(0, **metrics)
     run.write_summary("LTT evaluation: validity of prior samples", metrics)
     _emit({**metrics, "run": str(run.path)}, as_json, quiet)

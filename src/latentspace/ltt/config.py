@@ -137,3 +137,49 @@ class LTTRunConfig(Config):
     def __post_init__(self):
         if self.batch_size < 1:
             raise ConfigError(f"LTTRunConfig: batch_size must be >= 1, got {self.batch_size}")
+
+
+def _setting(default, text: str):
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
+@dataclasses.dataclass
+class SampleConfig(Config):
+    """The settings of `ltt sample`. Solver and temperature left at None are the checkpoint's (its `LTTConfig`'s
+    `solver` / `sde_solver` and `temperature`): the model config is not nested here, so that its defaults never
+    override the trained model's."""
+
+    n: int = _setting(8, "Samples to draw.")
+    shared_z: bool = _setting(False, "One z0 for all samples.")
+    solver: str | None = _setting(None, "ODE/SDE solver (default: the checkpoint's).")
+    temperature: float | None = _setting(None, "Decoder temperature (0: greedy; default: the checkpoint's).")
+    seed: int = _setting(0, "Random seed.")
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ConfigError(f"--n {self.n}: expected >= 1")
+
+
+@dataclasses.dataclass
+class PlanConfig(Config):
+    """The settings of `ltt plan`: the goal and the search for z0."""
+
+    goal: str | None = _setting(None, "Goal sequence whose final latent is the target (default: a random task).")
+    method: str = _setting("cem", "cem | random (random shooting).")
+    candidates: int = _setting(256, "Candidates per iteration (one batch).")
+    iterations: int = _setting(5, "Iterations (CEM refits; random draws candidates x iterations).")
+    seed: int = _setting(0, "Random seed.")
+
+    def __post_init__(self):
+        if self.method not in ("cem", "random"):
+            raise ConfigError(f"--method {self.method!r}: expected cem or random")
+        if self.candidates < 1 or self.iterations < 1:
+            raise ConfigError("--candidates and --iterations must be >= 1")
+
+
+@dataclasses.dataclass
+class EvaluateConfig(Config):
+    """The settings of `ltt evaluate`."""
+
+    n: int = _setting(512, "Samples per prior.")
+    prior_steps: int = _setting(300, "Steps to fit the SDE and flow priors on the frozen encoder.")
