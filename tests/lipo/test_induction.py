@@ -145,3 +145,20 @@ def test_committed_tables_are_well_formed():
         assert table["sources"].count("ape") >= 200 and "human" in table["sources"]
         assert not set(table["selection_inputs"]) & set(table["credit_inputs"])  # credit inputs never selected on
         assert np.corrcoef(table["selection"].mean(1), table["credit"].mean(1))[0, 1] > 0.5
+
+
+def test_benchmark_credits_the_pick_on_held_out_examples_only():
+    """The optimisers see selection outcomes; the incumbent is credited with its credit accuracy, never selection."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import lipo as bench
+    from lipo_ii import final_error
+
+    selection = (np.arange(25)[None, :] < np.arange(1, 21)[:, None]).astype(float)  # row i: i + 1 of 25 right
+    credit_error = np.linspace(0.0, 0.95, 20)  # ... and the better on selection, the worse on credit
+    curve = bench.run_random(1.0 - selection, credit_error, 25, horizon=25 * 20, seed=0)
+    # every row evaluated: the pick is row 19, the best by selection, credited with its held-out error
+    assert final_error(curve, 25 * 20, 1.0) == credit_error[19] == 0.95
+    assert final_error([], 100, 0.7) == 0.7  # nothing evaluated at full fidelity yet: the worst pool error
