@@ -317,13 +317,17 @@ def fault_point(name: str) -> None:
 
     With `$LATENTSPACE_FAULT_LOG` set, appends `name` and the process id to that file when reached; with
     `$LATENTSPACE_FAULT_POINT` equal to `name`, then sleeps `$LATENTSPACE_FAULT_SLEEP` seconds (default 30), so
-    that a SIGKILL sent meanwhile lands exactly there (inside a checkpoint write, inside an index write).
+    that a SIGKILL sent meanwhile lands exactly there (inside a checkpoint write, inside an index write); with
+    `$LATENTSPACE_FAULT_ERRNO` also set, raises that OSError there instead (a full disk: 28, a read-only folder: 30).
     """
     log_path = os.environ.get("LATENTSPACE_FAULT_LOG")
     if log_path:
         with open(log_path, "a") as handle:
             handle.write(f"{name} {os.getpid()}\n")
     if os.environ.get("LATENTSPACE_FAULT_POINT") == name:
+        if os.environ.get("LATENTSPACE_FAULT_ERRNO"):  # a failing write: a full disk (28), a read-only folder (30)
+            code = int(os.environ["LATENTSPACE_FAULT_ERRNO"])
+            raise OSError(code, os.strerror(code), os.environ.get("LATENTSPACE_FAULT_PATH", name))
         import time
 
         time.sleep(float(os.environ.get("LATENTSPACE_FAULT_SLEEP", "30")))

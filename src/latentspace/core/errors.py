@@ -50,7 +50,7 @@ def disk_error_message(err: OSError, what: str) -> str | None:
         return None
     where = f" ({err.filename})" if err.filename else ""
     return (f"cannot write {what}: {reason}{where}; earlier results are intact; free space or fix the "
-            "permissions, then continue with --resume")
+            "permissions, then run the command again (with --resume where it has one)")
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from typing import Any
 
 import matplotlib
 
-from .data import atomic_write, read_jsonl
+from .data import atomic_write, fault_point, read_jsonl
 from .errors import DiskError, RunInUseError, disk_error_message, disk_errors
 
 try:
@@ -91,6 +91,7 @@ def acquire_run_lock(path: Path) -> str:
             _locks[key] = [-1, 1]
             return key
         try:
+            fault_point("run.lock")
             fd = os.open(Path(path) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             message = disk_error_message(err, f"run folder {path}")
