@@ -57,14 +57,14 @@ def ltt_trial(work: Path, steps: int, rng: random.Random, kills_per_trial: int) 
         assert done.returncode == 0, done.stderr[-3000:]
     name = f"killed-{rng.randrange(10**6)}"
     interval = max(1, steps // 10)
-    kills = [Kill(p, at=rng.randrange(1, 2 * interval)) if p == "step" else Kill(p)
+    kills = [Kill(p, at=rng.randrange(1, 2 * interval)) if p == "step" else Kill(p, skip=rng.randrange(4))
              for p in (rng.choice(FIT_POINTS) for _ in range(kills_per_trial))]
     result = kill_and_resume_fit(ltt_args(work / "runs", steps, name), ["--resume"], work,
                                  work / "runs" / "ltt" / name, kills)
     equal = result.returncode == 0 and same_tensors(ltt_weights(work / "runs" / "ltt" / name),
                                                     ltt_weights(straight_dir))
     return {"job": "ltt train", "interval": interval, "equal": equal, "returncode": result.returncode,
-            "kills": [{"point": k.point, "at": k.at, "landed": k.landed, "recovered": k.recovered,
+            "kills": [{"point": k.point, "at": k.at, "skip": k.skip, "landed": k.landed, "recovered": k.recovered,
                        "killed_step": k.killed_step, "checkpoint_step": k.checkpoint_step,
                        "work_lost": k.work_lost()} for k in kills]}
 
@@ -139,12 +139,12 @@ def bad_disk_cases(work: Path, steps: int) -> list[dict]:
         before_step = checkpoint_step(last)
         before_index = index_vectors(index)
         proc = cli(args, work, {"LATENTSPACE_FAULT_POINT": point, "LATENTSPACE_FAULT_ERRNO": str(code)})
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        lines = [line for line in proc.stderr.splitlines() if line.lower().startswith("error")]  # not INFO logs
         try:
             intact = checkpoint_step(last) == before_step and same_tensors(index_vectors(index), before_index)
         except Exception:  # noqa: BLE001
             intact = False
-        clear = (proc.returncode == 2 and len(lines) == 1 and "cannot write" in lines[0]
+        clear = (proc.returncode == 2 and len(lines) == 1 and "cannot write" in lines[0] and point in lines[0]
                  and "Traceback" not in proc.stderr)
         out.append({"case": what, "returncode": proc.returncode, "stderr": proc.stderr.strip()[-600:],
                     "one_clear_line": clear, "earlier_results_intact": intact, "ok": clear and intact})
@@ -199,7 +199,7 @@ def main() -> None:
                           for t in trials for k in t["kills"] if k["landed"]]), "", "## Bad disks", "",
           markdown_table(["case", "exit code", "one clear line", "earlier results intact", "message"],
                          [(d["case"], d["returncode"], d["one_clear_line"], d["earlier_results_intact"],
-                           d["stderr"][:200]) for d in disks])]
+                           d["stderr"].replace("\n", " / ")[-240:]) for d in disks])]
     (args.out / "faults.md").write_text("\n".join(md) + "\n")
     print(json.dumps(metrics, indent=2))
 

@@ -69,6 +69,7 @@ def checkpoint_step(last: Path) -> int | None:
 class Kill:
     point: str  # "step" or a fault point name
     at: int = 0  # for "step": kill once this many steps are logged
+    skip: int = 0  # for a fault point: pass it this many times first (kill inside a later checkpoint write)
     killed_step: int = 0  # the last step the killed process logged
     checkpoint_step: int | None = None  # the step of the checkpoint it left (None: none)
     recovered: bool = False  # the checkpoint (or index) left is intact and loadable
@@ -110,15 +111,19 @@ def kill_when(args: list[str], cwd: Path, ready, extra_env: dict[str, str], time
         proc.stderr.close()
 
 
-def fault_env(point: str, log: Path, step_sleep: float) -> dict[str, str]:
-    if point == "step":
+def fault_env(kill: Kill, log: Path, step_sleep: float) -> dict[str, str]:
+    if kill.point == "step":
         return {"LATENTSPACE_FAULT_LOG": str(log), "LATENTSPACE_FAULT_POINT": "fit.step",
                 "LATENTSPACE_FAULT_SLEEP": str(step_sleep)}
-    return {"LATENTSPACE_FAULT_LOG": str(log), "LATENTSPACE_FAULT_POINT": point, "LATENTSPACE_FAULT_SLEEP": "60"}
+    return {"LATENTSPACE_FAULT_LOG": str(log), "LATENTSPACE_FAULT_POINT": kill.point, "LATENTSPACE_FAULT_SLEEP": "60",
+            "LATENTSPACE_FAULT_SKIP": str(kill.skip)}
 
 
-def reached(log: Path, point: str) -> bool:
-    return log.exists() and any(line.split()[0] == point for line in log.read_text().splitlines() if line.strip())
+def reached(log: Path, point: str, times: int = 1) -> bool:
+    """Whether the fault log shows `point` reached `times` times (the process now sleeps there)."""
+    if not log.exists():
+        return False
+    return sum(line.split()[0] == point for line in log.read_text().splitlines() if line.strip()) >= times
 
 
 def kill_and_resume_fit(args: list[str], resume_args: list[str], cwd: Path, run_dir, kills: list[Kill],
@@ -142,10 +147,10 @@ def kill_and_resume_fit(args: list[str], resume_args: list[str], cwd: Path, run_
             def ready(target=target) -> bool:
                 return logged_steps(metrics()) >= target
         else:
-            def ready(log=log, point=kill.point) -> bool:
-                return reached(log, point)
+            def ready(log=log, point=kill.point, times=kill.skip + 1) -> bool:
+                return reached(log, point, times)
         restart = resume_args if i else []
-        kill.landed = kill_when(args + restart, cwd, ready, fault_env(kill.point, log, step_sleep))
+        kill.landed = kill_when(args + restart, cwd, ready, fault_env(kill, log, step_sleep))
         kill.killed_step = logged_steps(metrics())
         try:
             kill.checkpoint_step = checkpoint_step(metrics().parent / "checkpoints" / "last")

@@ -312,6 +312,9 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     return path
 
 
+_fault_hits: dict[str, int] = {}
+
+
 def fault_point(name: str) -> None:
     """A hook for the fault-injection tests (tests/faults, benchmarks/faults.py); does nothing unless asked.
 
@@ -319,12 +322,16 @@ def fault_point(name: str) -> None:
     `$LATENTSPACE_FAULT_POINT` equal to `name`, then sleeps `$LATENTSPACE_FAULT_SLEEP` seconds (default 30), so
     that a SIGKILL sent meanwhile lands exactly there (inside a checkpoint write, inside an index write); with
     `$LATENTSPACE_FAULT_ERRNO` also set, raises that OSError there instead (a full disk: 28, a read-only folder: 30).
+    `$LATENTSPACE_FAULT_SKIP=N` lets the process pass the point N times first (a later checkpoint).
     """
     log_path = os.environ.get("LATENTSPACE_FAULT_LOG")
     if log_path:
         with open(log_path, "a") as handle:
             handle.write(f"{name} {os.getpid()}\n")
     if os.environ.get("LATENTSPACE_FAULT_POINT") == name:
+        _fault_hits[name] = _fault_hits.get(name, 0) + 1
+        if _fault_hits[name] <= int(os.environ.get("LATENTSPACE_FAULT_SKIP", "0")):
+            return  # pass the first N times this process reaches the point
         if os.environ.get("LATENTSPACE_FAULT_ERRNO"):  # a failing write: a full disk (28), a read-only folder (30)
             code = int(os.environ["LATENTSPACE_FAULT_ERRNO"])
             raise OSError(code, os.strerror(code), os.environ.get("LATENTSPACE_FAULT_PATH", name))
