@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .core.errors import LatentspaceError
+from .core.errors import LatentspaceError, disk_error_message
 
 # (family, one line); a family is present once `latentspace.<family>.cli` exists.
 FAMILIES = [
@@ -240,6 +240,9 @@ def main() -> None:
             sys.exit(130)
         if isinstance(err, exits):
             sys.exit(err.exit_code)
+        if isinstance(err, OSError) and (message := disk_error_message(err, "a result")) is not None:
+            _print_error(message)  # a full disk or a read-only folder anywhere: one line, what was written stays
+            sys.exit(LatentspaceError.exit_code)
         raise
     if code == 130:  # typer turns Ctrl-C into Exit(130) and returns its code
         _exit_interrupted()

@@ -63,3 +63,19 @@ def test_atomic_folder_swaps_in_a_complete_folder_or_nothing(tmp_path):
     with atomic_folder(target) as tmp:
         (tmp / "b").write_text("3")
     assert os.listdir(target) == ["b"] and sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_atomic_folder_swaps_and_recover_folder_restores_a_folder_left_aside(tmp_path):
+    from latentspace.core.data import atomic_folder, recover_folder
+
+    target = tmp_path / "last"
+    for content in ("one", "two"):
+        with atomic_folder(target) as tmp:
+            (tmp / "f").write_text(content)
+    assert (target / "f").read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["last"]
+    # a kill between the two renames of the fallback swap: the previous folder is aside, a new one half-written
+    target.rename(tmp_path / ".last.old-123")
+    (tmp_path / ".last.tmp-abc").mkdir()
+    assert recover_folder(target) and (target / "f").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["last"]
+    assert not recover_folder(target)

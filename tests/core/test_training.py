@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from latentspace.core.checkpoint import CheckpointMixin
+from latentspace.core.checkpoint import CheckpointMixin, load_state
 from latentspace.core.config import Config
 from latentspace.core.runs import Run
 from latentspace.core.training import StopTraining, TrainConfig, TrainingError, fit, lr_at
@@ -109,3 +109,68 @@ def test_lr_schedule():
     assert lr_at(10, config) == pytest.approx(1.0)
     assert lr_at(100, config) == pytest.approx(0.1)
     assert lr_at(55, config) == pytest.approx(0.55)
+
+
+def test_periodic_checkpoints_by_default():
+    assert TrainConfig(steps=400).checkpoint_interval == 40 and TrainConfig(steps=5).checkpoint_interval == 1
+    assert TrainConfig(steps=400, checkpoint_every=0).checkpoint_interval == 0
+    assert TrainConfig(steps=400, checkpoint_every=7).checkpoint_interval == 7
+    assert TrainConfig().checkpoint_seconds == 300.0
+
+
+def test_checkpoints_by_time_when_steps_are_slow(tmp_path, monkeypatch):
+    """checkpoint_seconds triggers a checkpoint between step intervals; the saved step is the one reached."""
+    saved = []
+    import latentspace.core.training as training
+
+    real = training.save_state
+    monkeypatch.setattr(training, "save_state", lambda path, state: saved.append(state["step"]) or real(path, state))
+    import itertools
+
+    monkeypatch.setattr(training.time, "monotonic", itertools.count(0, 100).__next__)  # each call: 100 s later
+    fit(_fresh(), loss_fn, data, CONFIG.replace(steps=6, checkpoint_every=0, checkpoint_seconds=150), quiet=True,
+        run=Run("t", path=tmp_path / "time"))
+    assert saved[:-1] and saved[-1] == 6 and all(s < 6 for s in saved[:-1])
+
+
+KILLED_FIT = """
+import os, signal, sys, torch
+torch.set_num_threads(2)
+from tests.core.test_training import CONFIG, _fresh, data, loss_fn
+from latentspace.core.runs import Run
+from latentspace.core.training import fit
+
+def kill_at_25(step, metrics):
+    if step == 25:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+torch.manual_seed(0)
+fit(_fresh(), loss_fn, data, CONFIG.replace(checkpoint_every=None), run=Run("t", path=sys.argv[1]), quiet=True,
+    callbacks=[kill_at_25])
+"""
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    """A process killed with SIGKILL at step 25 (default checkpoints: every 4 steps) resumes to the same result."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}"}
+    proc = subprocess.run([sys.executable, "-c", KILLED_FIT, str(tmp_path / "k")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    last = tmp_path / "k" / "checkpoints" / "last"
+    assert load_state(last / "trainer_state")["step"] == 24 and Net.load(last / "model").config == NetConfig()
+    run = Run("t", path=tmp_path / "k")
+    assert max(r["step"] for r in run.read_metrics()) == 25
+    resumed = _fresh()
+    result = fit(resumed, loss_fn, data, CONFIG.replace(checkpoint_every=None), run=run, quiet=True, resume=True)
+    assert result.step == 40
+    straight = _fresh()
+    fit(straight, loss_fn, data, CONFIG, run=Run("t", path=tmp_path / "a"), quiet=True)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert [r["step"] for r in run.read_metrics() if "loss" in r] == list(range(1, 41))

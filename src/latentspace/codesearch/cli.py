@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import shutil
 import time
 from typing import Optional
 
@@ -63,8 +64,11 @@ def index_command(config: IndexConfig, directory: pathlib.Path, output: pathlib.
             raise DataError(f"{output} exists and is not a codesearch index; choose another --output")
     skipped: list[SkippedFile] = []
     start = time.perf_counter()
-    index = build_index(directory, config, previous=previous, retrain=retrain, quiet=quiet, skipped=skipped)
+    work_dir = output.parent / f".{output.name}.build"  # the encoder's periodic checkpoints: a killed build resumes
+    index = build_index(directory, config, previous=previous, retrain=retrain, quiet=quiet, skipped=skipped,
+                        work_dir=work_dir)
     index.save(output)
+    shutil.rmtree(work_dir, ignore_errors=True)
     seconds = time.perf_counter() - start
     stats = {**index.stats, "seconds": round(seconds, 3), "snippets_per_s": round(len(index) / seconds, 1),
              "output": str(output)}

@@ -160,13 +160,15 @@ def contrastive_loss_reference(query: torch.Tensor, code: torch.Tensor, temperat
 
 
 def train_code_encoder(pairs: Sequence[tuple[str, str]], config: CodeEncoderConfig | None = None, run=None,
-                       quiet: bool = True, vocab_texts: Sequence[str] | None = None) -> CodeEncoder:
+                       quiet: bool = True, vocab_texts: Sequence[str] | None = None,
+                       resume: bool = False) -> CodeEncoder:
     """Train a CodeEncoder on (query text, code text) pairs, e.g. (docstring, function without it).
 
     Args:
         pairs: the self-supervised pairs; at least 2.
         config: sizes and training (`config.train`; default CodeEncoderConfig()).
         run: a `core.runs.Run` for metrics.jsonl and checkpoints (optional).
+        resume: continue from `run`'s last checkpoint (the same pairs and config give the same model).
         vocab_texts: texts the vocabulary is built from (default: both sides of the pairs); they are also the
             documents of the IDF that seeds the pooling (default: the code side of the pairs).
     """
@@ -202,7 +204,8 @@ def train_code_encoder(pairs: Sequence[tuple[str, str]], config: CodeEncoderConf
             accuracy = ((query @ code.T).argmax(1) == torch.arange(len(q))).float().mean()
         return loss, {"in_batch_acc": float(accuracy)}
 
-    fit(model, loss_fn, batch, config.train, run=run, quiet=quiet, description="training LTT code encoder")
+    fit(model, loss_fn, batch, config.train, run=run, quiet=quiet, resume=resume,
+        description="training LTT code encoder")
     return model.eval()
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from safetensors import SafetensorError
 
 from .. import __version__
-from ..core.data import atomic_folder, atomic_write, read_jsonl
+from ..core.data import atomic_folder, atomic_write, fault_point, read_jsonl
 from ..core.errors import DataError
 from ..core.progress import track
 from .config import IndexConfig
@@ -293,6 +293,7 @@ class CodeIndex:
         generation = _next_generation(directory)
         with atomic_folder(directory / generation) as tmp:
             self._write(tmp)
+            fault_point("index.write")
         if crash_hook is not None:
             crash_hook()
         atomic_write(directory / CURRENT, generation + "\n")
@@ -432,9 +433,22 @@ def corpus_pairs(snippets: Sequence[Snippet], min_pairs: int = 16) -> list[tuple
     return pairs
 
 
+def _encoder_run(work_dir: Path | None, pairs, vocab_texts, encoder_config):
+    """The run folder where the LTT encoder of an index build checkpoints: one per (pairs, texts, config)."""
+    if work_dir is None:
+        return None
+    import hashlib
+
+    from ..core.runs import Run
+
+    digest = hashlib.sha256(json.dumps([list(pairs), list(vocab_texts), encoder_config.to_dict()],
+                                       sort_keys=True).encode()).hexdigest()[:16]
+    return Run("codesearch", path=Path(work_dir) / f"ltt-encoder-{digest}")
+
+
 def build_index(root: str | Path, config: IndexConfig | None = None, previous: CodeIndex | None = None,
                 retrain: bool = False, quiet: bool = True, skipped: list[SkippedFile] | None = None,
-                encoder_config=None, loaded_encoders: dict | None = None) -> CodeIndex:
+                encoder_config=None, loaded_encoders: dict | None = None, work_dir: Path | None = None) -> CodeIndex:
     """Index a tree; with `previous`, only files whose content hash changed are re-extracted and re-embedded.
 
     Args:
@@ -446,6 +460,8 @@ def build_index(root: str | Path, config: IndexConfig | None = None, previous: C
         encoder_config: a CodeEncoderConfig to train the LTT encoder with instead of `config.ltt`.
         loaded_encoders: encoders already in memory, by name (a trained CodeEncoder under "ltt" is used as is,
             not trained again).
+        work_dir: where the LTT encoder's training checkpoints periodically (a run folder named by a hash of
+            its pairs and config), so a build killed during training resumes there; None: no checkpoints.
 
     Returns:
         The index; `index.stats` holds counts and the seconds of each stage.
@@ -510,9 +526,11 @@ def build_index(root: str | Path, config: IndexConfig | None = None, previous: C
                 t = time.perf_counter()
                 pairs = corpus_pairs(snippets, config.min_train_pairs)
                 n_pairs = len(pairs)
+                vocab_texts = [s.text for s in snippets[:50000]] + [q for q, _ in pairs]
+                encoder_run = _encoder_run(work_dir, pairs, vocab_texts, encoder_config or config.ltt)
                 encoders[name] = train_code_encoder(pairs, encoder_config or config.ltt, quiet=quiet,
-                                                    vocab_texts=[s.text for s in snippets[:50000]] + [
-                                                        q for q, _ in pairs])
+                                                    vocab_texts=vocab_texts, run=encoder_run,
+                                                    resume=encoder_run is not None)
                 timings["ltt_train_s"] = time.perf_counter() - t
                 reuse = False
         else:

@@ -18,11 +18,13 @@ never a torn one). This module imports no torch, so torch-free paths (a BM25 sea
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -310,27 +312,129 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     return path
 
 
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """A hook for the fault-injection tests (tests/faults, benchmarks/faults.py); does nothing unless asked.
+
+    With `$LATENTSPACE_FAULT_LOG` set, appends `name` and the process id to that file when reached; with
+    `$LATENTSPACE_FAULT_POINT` equal to `name`, then sleeps `$LATENTSPACE_FAULT_SLEEP` seconds (default 30), so
+    that a SIGKILL sent meanwhile lands exactly there (inside a checkpoint write, inside an index write); with
+    `$LATENTSPACE_FAULT_ERRNO` also set, raises that OSError there instead (a full disk: 28, a read-only folder: 30).
+    `$LATENTSPACE_FAULT_SKIP=N` lets the process pass the point N times first (a later checkpoint).
+    """
+    log_path = os.environ.get("LATENTSPACE_FAULT_LOG")
+    if log_path:
+        with open(log_path, "a") as handle:
+            handle.write(f"{name} {os.getpid()}\n")
+    if os.environ.get("LATENTSPACE_FAULT_POINT") == name:
+        _fault_hits[name] = _fault_hits.get(name, 0) + 1
+        if _fault_hits[name] <= int(os.environ.get("LATENTSPACE_FAULT_SKIP", "0")):
+            return  # pass the first N times this process reaches the point
+        if os.environ.get("LATENTSPACE_FAULT_ERRNO"):  # a failing write: a full disk (28), a read-only folder (30)
+            code = int(os.environ["LATENTSPACE_FAULT_ERRNO"])
+            raise OSError(code, os.strerror(code), os.environ.get("LATENTSPACE_FAULT_PATH", name))
+        import time
+
+        time.sleep(float(os.environ.get("LATENTSPACE_FAULT_SLEEP", "30")))
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of `folder` and the folder itself to disk, so that a power loss after the rename finds
+    the content and not empty files."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems refuse to fsync a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | Path) -> Iterator[Path]:
     """A fresh temporary folder beside `target` to write into, swapped into place when the block ends.
 
     One of the two complete folders (the previous `target` or the new one) exists at every moment; if the
-    block raises, the temporary folder is removed and `target` is left untouched.
+    block raises, the temporary folder is removed and `target` is left untouched. The new content is flushed
+    to disk before the swap. On Linux the swap is one atomic exchange (renameat2), so `target` itself is never
+    missing; elsewhere it is two renames, and a kill between them leaves the previous folder as
+    `.<name>.old-<pid>`, which `recover_folder` puts back.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        fault_point("atomic_folder.before_swap")
+        _fsync_tree(tmp)
+        if target.exists() and _exchange(tmp, target):
+            _fsync_dir(target.parent)
+            shutil.rmtree(tmp, ignore_errors=True)  # now the previous content
+            return
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(target, old)
+            fault_point("atomic_folder.between_renames")
         os.replace(tmp, target)
+        _fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def recover_folder(target: str | Path) -> bool:
+    """After a kill inside `atomic_folder`: put a previous folder left aside back, and remove the leftovers.
+
+    Call it only while no other process writes `target` (under the run's lock). Returns whether `target`
+    was restored from a `.<name>.old-*` folder.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return False
+    restored = False
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not target.exists() and olds:
+        os.replace(olds.pop(0), target)
+        log.warning("restored %s from the copy a killed checkpoint write left aside", target)
+        restored = True
+    for leftover in [*olds, *target.parent.glob(f".{target.name}.tmp-*")]:
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    return restored

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -25,6 +28,41 @@ class BackboneError(LatentspaceError):
 
 class ConfigError(LatentspaceError):
     """A configuration holds an unknown field or an invalid value."""
+
+
+class DiskError(LatentspaceError):
+    """A result cannot be written: the disk is full, or the folder is read-only or not writable."""
+
+
+class RunInUseError(LatentspaceError):
+    """Another process is writing the same run folder."""
+
+
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted"}
+
+
+def disk_error_message(err: OSError, what: str) -> str | None:
+    """One line for a write that failed for lack of space or permission, or None for another OSError."""
+    reason = DISK_ERRNOS.get(err.errno)
+    if reason is None:
+        return None
+    where = f" ({err.filename})" if err.filename else ""
+    return (f"cannot write {what}: {reason}{where}; earlier results are intact; free space or fix the "
+            "permissions, then run the command again (with --resume where it has one)")
+
+
+@contextlib.contextmanager
+def disk_errors(what: str) -> Iterator[None]:
+    """Turn a full disk or a read-only folder while writing `what` into one clear `DiskError` (exit code 2)."""
+    try:
+        yield
+    except OSError as err:
+        message = disk_error_message(err, what)
+        if message is None:
+            raise
+        raise DiskError(message) from None
 
 
 def require_path(path: str | Path | None, what: str, kind: str = "any", error: type[LatentspaceError] = DataError,

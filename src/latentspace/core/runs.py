@@ -3,20 +3,34 @@
 A `Run` is where a training or evaluation command leaves everything a reader needs afterwards;
 checkpoints live under `checkpoints/` inside it so `--resume` finds them. `set_threads` is the one place
 that sets torch's CPU threads for a command or a benchmark.
+
+A `Run` holds an exclusive lock on `<run>/.lock` (fcntl.flock) while it lives: a second process that opens
+the same run folder gets a clear `RunInUseError` naming the holder's process id, instead of two writers
+corrupting one folder. The lock dies with its process, so a run killed with SIGKILL leaves no stale lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
-from .data import read_jsonl
+from .data import atomic_write, fault_point, read_jsonl
+from .errors import DiskError, RunInUseError, disk_error_message, disk_errors
+
+try:
+    import fcntl
+except ImportError:  # Windows: no run lock
+    fcntl = None
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -50,6 +64,70 @@ def set_threads(n: int, at_most: bool = False, blas: bool = False) -> int:
     return threads
 
 
+LOCK_FILE = ".lock"
+# run folder (resolved) -> [open lock file descriptor, number of live Run objects of this process on it]
+_locks: dict[str, list[int]] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_holder(path: Path) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        return f"process {int((path / LOCK_FILE).read_text().split()[0])}"
+    return "another process"
+
+
+def acquire_run_lock(path: Path) -> str:
+    """Take (or share, within this process) the exclusive lock of run folder `path`; returns its key.
+
+    Raises:
+        RunInUseError when another process holds it; DiskError when the folder is not writable.
+    """
+    key = str(Path(path).resolve())
+    with _locks_guard:
+        if key in _locks:
+            _locks[key][1] += 1
+            return key
+        if fcntl is None:
+            _locks[key] = [-1, 1]
+            return key
+        try:
+            fault_point("run.lock")
+            fd = os.open(Path(path) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            message = disk_error_message(err, f"run folder {path}")
+            if message is None:
+                raise
+            raise DiskError(message) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunInUseError(
+                f"run folder {path} is in use by {_lock_holder(Path(path))}; wait for it to end, or pass "
+                "another --name / output folder"
+            ) from None
+        with contextlib.suppress(OSError):  # the holder's id, for the message above; the lock is the flock
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _locks[key] = [fd, 1]
+        return key
+
+
+def release_run_lock(key: str) -> None:
+    """Drop one reference to a run lock of this process; the last one unlocks the folder."""
+    with _locks_guard:
+        entry = _locks.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _locks[key]
+        if entry[0] >= 0:
+            with contextlib.suppress(OSError):
+                os.close(entry[0])  # closing the descriptor releases the flock
+
+
 class Run:
     """One run directory.
 
@@ -64,8 +142,16 @@ class Run:
         self.family = family
         self.name = name or default_run_name()
         self.path = Path(path) if path is not None else Path(root) / family / self.name
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.plots_dir.mkdir(exist_ok=True)
+        with disk_errors(f"run folder {self.path}"):
+            self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_key = acquire_run_lock(self.path)
+        self._lock_release = weakref.finalize(self, release_run_lock, self._lock_key)
+        with disk_errors(f"run folder {self.path}"):
+            self.plots_dir.mkdir(exist_ok=True)
+
+    def close(self) -> None:
+        """Release the run folder's lock now (it is released anyway when the Run is collected or the process ends)."""
+        self._lock_release()
 
     @property
     def plots_dir(self) -> Path:
@@ -83,7 +169,8 @@ class Run:
         """Save the run's config (a `Config` or a dict) to config.json."""
         data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         path = self.path / "config.json"
-        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        with disk_errors(f"{path}"):
+            atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
         return path
 
     def log(self, step: int, **metrics: float) -> None:
@@ -91,7 +178,7 @@ class Run:
         record = {"step": int(step), "time": round(time.time(), 3)}
         for key, value in metrics.items():
             record[key] = float(value) if hasattr(value, "__float__") else value
-        with open(self.metrics_path, "a") as handle:
+        with disk_errors(f"{self.metrics_path}"), open(self.metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
@@ -101,8 +188,20 @@ class Run:
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop metric lines past `after_step` (on resume, steps after the checkpoint are re-done)."""
-        rows = [r for r in self.read_metrics() if r["step"] <= after_step]
-        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if not self.metrics_path.exists():
+            return
+        lines = self.metrics_path.read_bytes().splitlines()
+        rows = []
+        for number, raw in enumerate(lines, 1):
+            try:
+                rows.append(json.loads(raw))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if number == len(lines):
+                    break  # a line torn by a kill during its write
+                raise
+        rows = [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= after_step]
+        with disk_errors(f"{self.metrics_path}"):
+            atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def plot_metrics(self, keys: Sequence[str], filename: str = "loss.png", title: str | None = None,
                      logy: bool = False) -> Path | None:

@@ -5,6 +5,11 @@ resumed with `resume=True` reaches the same parameters as an uninterrupted run, 
 the optimizer, the step and every RNG (torch, CUDA, numpy, random) are restored from the last
 checkpoint, and the data is addressed by step. Nothing is pickled: the trainer state is JSON +
 safetensors (core/checkpoint.py).
+
+Crash safety: a checkpoint is written every `checkpoint_every` steps (by default about 10 % of the run)
+or every `checkpoint_seconds` (default 5 minutes), whichever comes first, into a temporary folder that
+is renamed over `checkpoints/last` only once complete (`atomic_folder`). A kill -9, a crash or a power
+loss therefore loses at most one interval; `--resume` continues from the last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import dataclasses
 import logging
 import math
 import random
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,8 +29,8 @@ from accelerate import Accelerator
 
 from .checkpoint import load_checkpoint, load_state, save_checkpoint, save_state
 from .config import Config
-from .data import atomic_folder
-from .errors import LatentspaceError
+from .data import atomic_folder, fault_point, recover_folder
+from .errors import LatentspaceError, disk_errors
 from .progress import progress_bar
 from .runs import Run
 
@@ -46,7 +52,8 @@ class TrainConfig(Config):
     grad_clip: float = 1.0  # 0 disables clipping
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate only at the end
-    checkpoint_every: int = 0  # 0: checkpoint only at the end and on interrupt
+    checkpoint_every: int | None = None  # None: ~10 % of the run (max(1, steps // 10)); 0: no step-based checkpoints
+    checkpoint_seconds: float = 300.0  # also checkpoint when this many seconds passed since the last; 0: never
     mixed_precision: str = "auto"  # auto (bf16 on CUDA, none on CPU) | no | bf16 | fp16
     seed: int = 0
     cpu: bool = False  # force CPU even when a GPU is present
@@ -55,6 +62,11 @@ class TrainConfig(Config):
     def warmup(self) -> int:
         """Warm-up steps: `warmup_steps`, or min(50, steps // 10) when it is None (follows `steps`)."""
         return min(50, self.steps // 10) if self.warmup_steps is None else self.warmup_steps
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Steps between periodic checkpoints: `checkpoint_every`, or max(1, steps // 10) when it is None; 0: none."""
+        return max(1, self.steps // 10) if self.checkpoint_every is None else max(0, self.checkpoint_every)
 
 
 class StopTraining(Exception):  # noqa: N818 (a signal, not an error)
@@ -196,6 +208,8 @@ def fit(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start = 0
     last_dir = run.checkpoints_dir / "last" if run is not None else None
+    if last_dir is not None:  # a kill inside a checkpoint swap left the previous one aside: put it back
+        recover_folder(last_dir)
     if resume and last_dir is not None and (last_dir / "trainer_state.json").exists():
         _, state_dict = load_checkpoint(last_dir / "model")
         model.load_state_dict(state_dict)
@@ -208,14 +222,26 @@ def fit(
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
 
+    interval = config.checkpoint_interval
+    last_saved = {"step": start, "time": time.monotonic()}
+
     def checkpoint(step: int) -> Path | None:
         if last_dir is None:
             return None
-        with atomic_folder(last_dir) as tmp:
+        with disk_errors(f"checkpoint {last_dir} (the previous checkpoint is kept)"), atomic_folder(last_dir) as tmp:
             save_model(raw_model, tmp / "model", metadata={"step": step})
+            fault_point("checkpoint.write")
             save_state(tmp / "trainer_state", {"step": step, "optimizer": optimizer.state_dict(),
                                                 "rng": _rng_state()})
+        last_saved.update(step=step, time=time.monotonic())
         return last_dir
+
+    def checkpoint_due(step: int) -> bool:
+        if step >= config.steps or step == last_saved["step"]:
+            return False  # the final checkpoint follows
+        if interval and step % interval == 0:
+            return True
+        return bool(config.checkpoint_seconds) and time.monotonic() - last_saved["time"] >= config.checkpoint_seconds
 
     def evaluate(step: int) -> dict[str, float]:
         if eval_fn is None:
@@ -264,9 +290,10 @@ def fit(
                     run.log(step, **metrics)
                 if config.eval_every and step % config.eval_every == 0 and step < config.steps:
                     metrics.update(evaluate(step))
-                if config.checkpoint_every and step % config.checkpoint_every == 0:
+                if checkpoint_due(step):
                     checkpoint(step)
                 bar.update(task, completed=step, info=f"loss {metrics['loss']:.4f}")
+                fault_point("fit.step")
                 try:
                     for callback in callbacks:
                         callback(step, metrics)

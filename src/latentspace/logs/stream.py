@@ -10,7 +10,8 @@ feedback line has the form
 binary junk and empty lines are skipped and counted, lines past `MAX_LINE_CHARS` are cut (a 1 MB line
 is never held whole), undecodable bytes fall back to Latin-1, and a last line without a newline (an
 interrupted stream) is still processed. The learner's state is saved atomically every `save_every`
-updates and when the stream ends or is interrupted, so a restart continues where it stopped.
+updates or `save_seconds` (5 minutes) after the last save, whichever comes first, and when the stream ends
+or is interrupted, so a restart (even after a kill -9) continues from the last save.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,10 +110,12 @@ class LogStream:
         as_json: one JSON object per alert instead of text.
         anomaly_threshold: an anomaly score above this is an alert even when the label is not.
         save_every: save after this many continuous updates.
+        save_seconds: also save after an update once this many seconds passed since the last save (0: never).
     """
 
     def __init__(self, learner: RaccoonLearner, state_dir: Path | None = None, out=None, err=None,
-                 as_json: bool = False, anomaly_threshold: float = 1.0, save_every: int = 10):
+                 as_json: bool = False, anomaly_threshold: float = 1.0, save_every: int = 10,
+                 save_seconds: float = 300.0):
         self.learner = learner
         self.model = learner.model
         self.state_dir = state_dir
@@ -120,6 +124,8 @@ class LogStream:
         self.as_json = as_json
         self.anomaly_threshold = anomaly_threshold
         self.save_every = save_every
+        self.save_seconds = save_seconds
+        self._saved_at = time.monotonic()
         self.stats = StreamStats()
         self._queue: list[tuple[str, str]] = []
         self._warned: set[str] = set()
@@ -188,8 +194,11 @@ class LogStream:
             labels = torch.tensor([self.model.labels.index(label) for _, label in chunk])
             self.learner.continuous_update(tokens, labels)
             self.stats.updates += 1
-            if self.state_dir is not None and self.stats.updates % self.save_every == 0:
+            due = (self.save_every and self.stats.updates % self.save_every == 0) or (
+                self.save_seconds and time.monotonic() - self._saved_at >= self.save_seconds)
+            if self.state_dir is not None and due:
                 self.learner.save(self.state_dir)
+                self._saved_at = time.monotonic()
 
     def finish(self) -> StreamStats:
         """Learn from what feedback is left and save the state."""
