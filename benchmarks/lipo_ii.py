@@ -149,7 +149,7 @@ def main_ii(args) -> None:
         return f"{np.mean(values):.3f} +- {np.std(values, ddof=1) / np.sqrt(len(values)):.3f}"
 
     rows = [[r["task"], r["pool"]] + [cell(r["acc"][m]) for m in METHODS]
-            + [f"{r['ape_top']:.3f}", f"{r['human_by_selection']:.3f}", f"{r['human_best']:.3f}", f"{r['pool_best']:.3f}"]
+            + [f"{r[k]:.3f}" for k in ("ape_top", "human_by_selection", "human_best", "pool_best")]
             for r in per_task]
     md = [f"# LIPO on real instruction induction ({result['date']})", "",
           f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores. Command: `{command}`", "",
