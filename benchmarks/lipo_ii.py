@@ -128,8 +128,8 @@ def main_ii(args) -> None:
         metrics[f"ii_p_lipo_vs_{other}"] = round(tests[other]["p_wilcoxon"], 4)
     beats = [r for r in per_task if r["human_best"] is not None and np.mean(r["acc"]["lipo"]) > r["human_best"]]
     metrics["ii_tasks_lipo_beats_human"] = len(beats)
-    metrics["ii_tasks_lipo_beats_human_by_selection"] = sum(
-        np.mean(r["acc"]["lipo"]) > r["human_by_selection"] for r in per_task if r["human_by_selection"] is not None)
+    metrics["ii_tasks_lipo_beats_human_by_selection"] = int(sum(
+        np.mean(r["acc"]["lipo"]) > r["human_by_selection"] for r in per_task if r["human_by_selection"] is not None))
     metrics["ii_tasks_total"] = len(per_task)
     build = json.loads((tables / "build.json").read_text()) if (tables / "build.json").is_file() else {}
     for key in ("scoring_seqs_per_s", "scoring_speedup_vs_generate_loop"):
