@@ -150,10 +150,29 @@ def similar_command(config: SearchConfig, location: str, index_dir: pathlib.Path
     run_name=(Optional[str], typer.Option(None, "--name", help="Run name under runs/codesearch/.")),  # noqa: UP045
     quiet=(bool, typer.Option(False, "--quiet", "-q", help="No progress bars.")),
     as_json=(bool, typer.Option(False, "--json", help="Print the result as JSON.")),
+    queries=(Optional[pathlib.Path], typer.Option(  # noqa: UP045
+        None, "--queries", help="CoSQA-format queries: a JSON list of {\"doc\": query, \"retrieval_idx\": id}. "
+                                "With --codebase, evaluates on them instead of the installed packages.")),
+    codebase=(Optional[pathlib.Path], typer.Option(  # noqa: UP045
+        None, "--codebase", help="CoSQA-format code base: a JSON object {code: id}, one function each.")),
+    split=(str, typer.Option("dev", "--split", help="The split's name in the CoSQA metric names "
+                                                      "(cosqa_<split>_mrr10_<part>).")),
 )
-def evaluate_command(config: EvalConfig, run_name: str | None, quiet: bool, as_json: bool):
-    """Docstring -> function retrieval on installed packages (held out by package): MRR@10, Recall@1/10."""
+def evaluate_command(config: EvalConfig, run_name: str | None, quiet: bool, as_json: bool,
+                     queries: pathlib.Path | None, codebase: pathlib.Path | None, split: str):
+    """Docstring -> function retrieval on installed packages (held out by package): MRR@10, Recall@1/10.
+
+    With --queries and --codebase: real queries in CoSQA's format instead; the code base is indexed as
+    `codesearch index` would (BM25 plus the dense parts of --methods, the LTT encoder of --ltt.* / --preset
+    trained on its docstrings) and each part and their fusion are scored.
+    """
     from ..core.runs import Run
+
+    if queries is not None or codebase is not None:
+        if queries is None or codebase is None:
+            raise DataError("--queries and --codebase go together: give both (CoSQA-format files) or neither")
+        cosqa_evaluate(config, queries, codebase, split, run_name, quiet, as_json)
+        return
     from .evaluate import package_folders
 
     package_folders(config.packages)  # a missing folder or package is named before the run folder is made
@@ -167,6 +186,50 @@ def evaluate_command(config: EvalConfig, run_name: str | None, quiet: bool, as_j
 
     console.print(markdown_table(["metric", "value"], [[k, round(v, 4)] for k, v in result["metrics"].items()]))
     console.print(f"sizes: {result['sizes']}; run: {run.path}")
+
+
+def cosqa_index_config(config: EvalConfig) -> IndexConfig:
+    """The index a CoSQA evaluation builds: the default IndexConfig with the dense parts of `config.methods`
+    (bm25 is always there) and `config.ltt` as its LTT encoder."""
+    encoders = [m.strip() for m in config.methods.split(",") if m.strip() and m.strip() != "bm25"]
+    return IndexConfig(encoders=",".join(encoders), ltt=config.ltt)
+
+
+def cosqa_evaluate(config: EvalConfig, queries: pathlib.Path, codebase: pathlib.Path, split: str,
+                   run_name: str | None, quiet: bool, as_json: bool) -> dict:
+    """`codesearch evaluate --queries Q --codebase C`: CoSQA-format retrieval, printed and left in a run."""
+    from ..core.runs import Run, markdown_table
+    from .cosqa import evaluate_cosqa, load_cosqa
+
+    query_list, codes = load_cosqa(queries, codebase)  # every input problem is named before any work
+    _threads()
+    index_config = cosqa_index_config(config)
+    result = evaluate_cosqa(query_list, codes, index_config, quiet=quiet, split=split)
+    result["queries_file"], result["codebase_file"] = str(queries), str(codebase)
+    run = Run("codesearch", run_name or f"evaluate-cosqa-{time.strftime('%Y%m%d-%H%M%S')}")
+    run.write_config(index_config)
+    run.log(0, **result["metrics"], index_snippets_per_s=result["index"]["snippets_per_s"],
+            query_ms_p50=result["query_ms"]["p50"], query_ms_p99=result["query_ms"]["p99"])
+    (run.path / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    rows = [[name, m["mrr10"], m["recall1"], m["recall10"]] for name, m in result["by_part"].items()]
+    table = markdown_table(["ranking", "MRR@10", "R@1", "R@10"], rows)
+    timing = (f"index: {result['sizes']['functions']} functions in {result['index']['seconds']:.1f} s "
+              f"({result['index']['snippets_per_s']:.1f} snippets/s); query: p50 {result['query_ms']['p50']:.1f} ms, "
+              f"p99 {result['query_ms']['p99']:.1f} ms")
+    run.write_summary(f"codesearch evaluation: CoSQA-format queries {queries.name} over {codebase.name}",
+                      result["metrics"], tables=[table],
+                      notes=f"{result['sizes']['queries']} queries. fused: all parts ({', '.join(result['parts'])}); "
+                            f"default: the parts of a default index ({', '.join(result['default_parts'])}). "
+                            f"{timing}.")
+    if as_json:
+        print(json.dumps({**result, "run": str(run.path)}, indent=2))
+        return result
+    console.print(table)
+    console.print(f"fused = all parts ({', '.join(result['parts'])}); default = the parts of a default index "
+                  f"({', '.join(result['default_parts'])}); {result['sizes']['queries']} queries")
+    console.print(timing)
+    console.print(f"run: {run.path}")
+    return result
 
 
 def evaluate_into_run(config: EvalConfig, run, quiet: bool) -> dict:

@@ -505,6 +505,41 @@ def build_index(root: str | Path, config: IndexConfig | None = None, previous: C
     if not snippets:
         raise DataError(f"the files under {root} hold no code to index ({len(files)} files, all empty)")
 
+    bm25, encoders, vectors, n_pairs = _build_parts(snippets, config, timings, previous, reused_rows, retrain,
+                                                    quiet, encoder_config, loaded_encoders, work_dir)
+    stats = {"n_files": len(files), "n_snippets": len(snippets), "n_files_changed": n_changed,
+             "n_files_removed": len(set(previous.files) - set(files)) if previous is not None else 0,
+             "n_snippets_reused": len(reused_rows), "n_train_pairs": n_pairs, "n_skipped": len(skipped),
+             **{k: round(v, 3) for k, v in timings.items()}}
+    index = CodeIndex(base, config, snippets, files, vectors, encoders=encoders, bm25=bm25, stats=stats)
+    if previous is not None and "ltt" in encoders and encoders["ltt"] is previous.encoders.get("ltt"):
+        index.path = previous.path
+    return index
+
+
+def index_snippets(snippets: Sequence[Snippet], config: IndexConfig | None = None, root: str | Path = ".",
+                   quiet: bool = True, encoder_config=None, loaded_encoders: dict | None = None,
+                   work_dir: Path | None = None) -> CodeIndex:
+    """Index snippets given as they are (no tree walked): the BM25 part and a dense part per encoder of `config`,
+    the LTT encoder trained on the snippets' own docstrings as `build_index` trains it. Used for corpora that
+    come as separate functions (e.g. CoSQA's code base); `root` is only recorded."""
+    config = config or IndexConfig()
+    snippets = list(snippets)
+    if not snippets:
+        raise DataError("no snippets to index")
+    timings: dict[str, float] = {}
+    bm25, encoders, vectors, n_pairs = _build_parts(snippets, config, timings, quiet=quiet,
+                                                    encoder_config=encoder_config, loaded_encoders=loaded_encoders,
+                                                    work_dir=work_dir)
+    stats = {"n_files": 0, "n_snippets": len(snippets), "n_train_pairs": n_pairs,
+             **{k: round(v, 3) for k, v in timings.items()}}
+    return CodeIndex(Path(root), config, snippets, {}, vectors, encoders=encoders, bm25=bm25, stats=stats)
+
+
+def _build_parts(snippets: list[Snippet], config: IndexConfig, timings: dict[str, float],
+                 previous: CodeIndex | None = None, reused_rows=(), retrain: bool = False, quiet: bool = True,
+                 encoder_config=None, loaded_encoders: dict | None = None, work_dir: Path | None = None):
+    """(bm25, encoders, vectors, n_train_pairs) of `snippets`: rows of `previous` are reused per `reused_rows`."""
     t = time.perf_counter()
     bm25 = BM25Part.build([s.text for s in snippets])
     timings["bm25_s"] = time.perf_counter() - t
@@ -542,14 +577,7 @@ def build_index(root: str | Path, config: IndexConfig | None = None, previous: C
         t = time.perf_counter()
         vectors[name] = _embed(encoders[name], snippets, previous.vectors[name] if reuse else None, reused_rows)
         timings[f"embed_{name}_s"] = time.perf_counter() - t
-    stats = {"n_files": len(files), "n_snippets": len(snippets), "n_files_changed": n_changed,
-             "n_files_removed": len(set(previous.files) - set(files)) if previous is not None else 0,
-             "n_snippets_reused": len(reused_rows), "n_train_pairs": n_pairs, "n_skipped": len(skipped),
-             **{k: round(v, 3) for k, v in timings.items()}}
-    index = CodeIndex(base, config, snippets, files, vectors, encoders=encoders, bm25=bm25, stats=stats)
-    if previous is not None and "ltt" in encoders and encoders["ltt"] is previous.encoders.get("ltt"):
-        index.path = previous.path
-    return index
+    return bm25, encoders, vectors, n_pairs
 
 
 def _embed(encoder, snippets: list[Snippet], previous: np.ndarray | None, reused_rows) -> np.ndarray:
